@@ -1,0 +1,204 @@
+"""Recipe strings: ``token(opts)@target + token + ...`` ⇄ ``Recipe``.
+
+Examples: ``bf16``, ``bnb-nf4``, ``torchao-int8wo+offload-group-leaf``,
+``bnb-nf4(double_quant)@transformer+quanto-int8@text_encoder_2``,
+``gguf-q4_k(keep=norm|*.mod*=Q8_0)+compile(mode=max-autotune,fullgraph)``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from diffquant.errors import DiffquantError, unknown_choice
+from diffquant.recipes import catalog as cat
+from diffquant.recipes.model import DEFAULT_TARGET, CompileSpec, MemorySpec, OptionValue, QuantSpec, Recipe
+from diffquant.recipes.validate import check_options, check_recipe
+
+_TOKEN = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?:\((?P<opts>[^()]*)\))?(?:@(?P<target>[A-Za-z0-9_]+))?$")
+_HINT = "run `diffquant recipes` to see every recipe token and its options"
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on '+' outside parentheses."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "+" and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts]
+
+
+def _parse_value(raw: str) -> OptionValue:
+    low = raw.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if re.fullmatch(r"-?\d+", raw):
+        return int(raw)
+    return raw
+
+
+def _parse_options(raw: str | None, token: str) -> dict[str, OptionValue]:
+    options: dict[str, OptionValue] = {}
+    if not raw:
+        return options
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if key in options:
+            raise DiffquantError(f"Option {key!r} given twice in {token!r}.", hint="give each option once")
+        options[key] = _parse_value(value.strip()) if sep else True
+    return options
+
+
+def parse_recipe(text: str) -> Recipe:
+    """Parse a recipe string; raises DiffquantError with choices and suggestions on bad input."""
+    if not isinstance(text, str) or not text.strip():
+        raise DiffquantError("Empty recipe.", hint=f"give e.g. 'bf16' or 'bnb-nf4'; {_HINT}")
+    quant: list[QuantSpec] = []
+    memory = MemorySpec()
+    compile_spec = CompileSpec()
+    dtype: str | None = None
+    seen_offload: str | None = None
+    for token in _split_top_level(text.strip()):
+        match = _TOKEN.match(token)
+        if not token or not match:
+            raise DiffquantError(f"Cannot read recipe token {token!r} in {text!r}.",
+                                 hint="tokens look like name, name(key=value,flag) or name@component, "
+                                      f"joined with '+'; {_HINT}")
+        name = match["name"].lower()
+        opts = _parse_options(match["opts"], token)
+        target = match["target"]
+        if target and not _is_quant_name(name):
+            raise DiffquantError(f"'@{target}' only applies to quantization tokens, not {name!r}.",
+                                 hint="write e.g. bnb-nf4@transformer")
+        if name in cat.DTYPES:
+            _no_options(name, opts)
+            if dtype is not None:
+                raise DiffquantError(f"Two dtypes in {text!r}.", hint="give one of bf16, fp16, fp32")
+            dtype = cat.DTYPES[name]
+        elif name in cat.OFFLOAD_TOKENS:
+            if seen_offload:
+                raise DiffquantError(f"Contradictory offload options {seen_offload!r} and {name!r}.",
+                                     hint="choose one offload mode per recipe")
+            seen_offload = name
+            memory = _parse_offload(name, opts, memory)
+        elif name in cat.VAE_TOKENS:
+            _no_options(name, opts)
+            memory = replace(memory, **{cat.VAE_TOKENS[name]: True})
+        elif name == cat.COMPILE_TOKEN:
+            check_options(name, opts, cat.COMPILE_OPTIONS)
+            compile_spec = CompileSpec(enabled=True, mode=str(opts.get("mode", "default")),
+                                       fullgraph=bool(opts.get("fullgraph", False)))
+        elif _is_quant_name(name):
+            quant.append(_parse_quant(name, opts, target or DEFAULT_TARGET))
+        else:
+            raise unknown_choice("recipe token", name, cat.all_token_names(), hint=_HINT)
+    recipe = Recipe(quant=tuple(sorted(quant, key=_quant_order)), memory=memory, compile=compile_spec,
+                    dtype=dtype or "bfloat16")
+    check_recipe(recipe)
+    return recipe
+
+
+def _quant_order(spec: QuantSpec) -> tuple[int, str]:
+    return (0 if spec.target == DEFAULT_TARGET else 1, spec.target)
+
+
+def _is_quant_name(name: str) -> bool:
+    if name in cat.LAYERWISE_TOKENS:
+        return True
+    prefix = name.split("-", 1)[0]
+    return prefix in cat.BACKENDS and prefix != "layerwise"
+
+
+def _no_options(name: str, opts: dict[str, OptionValue]) -> None:
+    if opts:
+        raise DiffquantError(f"{name!r} takes no options (got {', '.join(opts)}).", hint=f"write just {name}")
+
+
+def _parse_quant(name: str, opts: dict[str, OptionValue], target: str) -> QuantSpec:
+    if name in cat.LAYERWISE_TOKENS:
+        backend, qtype = cat.BACKENDS["layerwise"], cat.LAYERWISE_TOKENS[name]
+    else:
+        prefix, _, qtype = name.partition("-")
+        backend = cat.BACKENDS[prefix]
+        if qtype not in backend.types:
+            raise unknown_choice(f"{backend.title} type", qtype, backend.types,
+                                 hint=f"write {prefix}-<type>, e.g. {prefix}-{next(iter(backend.types))}")
+    check_options(name, opts, backend.options)
+    skip = tuple(p for p in str(opts.pop("skip", "")).split("|") if p) if "skip" in opts else ()
+    return QuantSpec(backend=backend.name, qtype=qtype, target=target,
+                     options=tuple(sorted(opts.items())), skip_modules=skip)
+
+
+def _parse_offload(name: str, opts: dict[str, OptionValue], memory: MemorySpec) -> MemorySpec:
+    check_options(name, opts, cat.OFFLOAD_OPTIONS)
+    mode = cat.OFFLOAD_TOKENS[name]
+    if not mode.startswith("group") and opts:
+        raise DiffquantError(f"{name!r} takes no options; stream/disk/blocks belong to group offload.",
+                             hint="use offload-group-leaf(stream) or offload-group-block(blocks=2)")
+    if "blocks" in opts and mode != "group-block":
+        raise DiffquantError("'blocks' only applies to offload-group-block.",
+                             hint="use offload-group-block(blocks=N)")
+    return replace(memory, offload=mode, blocks_per_group=int(opts.get("blocks", 1)),
+                   use_stream=bool(opts.get("stream", False)), offload_to_disk=bool(opts.get("disk", False)))
+
+
+def _format_options(pairs: list[tuple[str, OptionValue]]) -> str:
+    if not pairs:
+        return ""
+    items = [k if v is True else f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in pairs]
+    return "(" + ",".join(items) + ")"
+
+
+def _format_quant(spec: QuantSpec) -> str:
+    if spec.backend == "layerwise":
+        name = "fp8-layerwise" if spec.qtype == "e4m3" else f"fp8-layerwise-{spec.qtype}"
+    else:
+        name = f"{spec.backend}-{spec.qtype}"
+    pairs = list(spec.options)
+    if spec.skip_modules:
+        pairs.append(("skip", "|".join(spec.skip_modules)))
+    text = name + _format_options(sorted(pairs))
+    return text if spec.target == DEFAULT_TARGET else f"{text}@{spec.target}"
+
+
+def format_recipe(recipe: Recipe) -> str:
+    """The canonical string of a recipe (``parse_recipe(format_recipe(r)) == r``)."""
+    tokens: list[str] = []
+    dtype_token = {v: k for k, v in cat.DTYPES.items()}[recipe.dtype]
+    if not recipe.quant or recipe.dtype != "bfloat16":
+        tokens.append(dtype_token)
+    tokens += [_format_quant(q) for q in recipe.quant]
+    mem = recipe.memory
+    if mem.offload != "none":
+        name = {v: k for k, v in cat.OFFLOAD_TOKENS.items() if k != "offload-sequential"}[mem.offload]
+        pairs: list[tuple[str, OptionValue]] = []
+        if mem.offload == "group-block" and mem.blocks_per_group != 1:
+            pairs.append(("blocks", mem.blocks_per_group))
+        if mem.offload_to_disk:
+            pairs.append(("disk", True))
+        if mem.use_stream:
+            pairs.append(("stream", True))
+        tokens.append(name + _format_options(pairs))
+    tokens += [tok for tok, attr in cat.VAE_TOKENS.items() if getattr(mem, attr)]
+    if recipe.compile.enabled:
+        pairs = []
+        if recipe.compile.fullgraph:
+            pairs.append(("fullgraph", True))
+        if recipe.compile.mode != "default":
+            pairs.append(("mode", recipe.compile.mode))
+        tokens.append("compile" + _format_options(pairs))
+    return "+".join(tokens)
