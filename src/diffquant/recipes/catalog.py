@@ -87,6 +87,8 @@ BACKENDS: dict[str, BackendDef] = {
         _types(("e4m3", "store weights in float8_e4m3fn, upcast per layer", 8.0),
                ("e5m2", "store weights in float8_e5m2, upcast per layer", 8.0)),
         {"skip": _SKIP},
+        # Pipelines read a text encoder's dtype to cast its output: float8 storage would leak out.
+        denoiser_only=True,
     ),
 }
 

@@ -1,0 +1,54 @@
+"""One module per quantization backend, and the single question every caller asks first:
+can this recipe run on this device, and if not, why not?"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from diffquant.recipes.model import Recipe
+
+_MODULES = {"bnb": "bnb", "torchao": "torchao", "quanto": "quanto", "gguf": "gguf", "layerwise": "layerwise"}
+
+
+def get_backend(name: str) -> ModuleType:
+    return importlib.import_module(f"diffquant.backends.{_MODULES[name]}")
+
+
+_ACCELERATOR_OFFLOAD = (
+    "{mode} offload moves components between CPU and an accelerator; with no GPU everything "
+    "already lives in RAM (diffusers: 'requires accelerator'). Nearest that runs here: "
+    "offload-group-leaf(disk) (keeps offloaded weights in files: a real RAM saving on CPU)."
+)
+
+
+def why_not_here(recipe: Recipe, device: str) -> str | None:
+    """None if ``recipe`` can run on ``device`` ("cpu" or "cuda"); otherwise the reason."""
+    for spec in recipe.quant:
+        reason = get_backend(spec.backend).why_not_here(spec, device)
+        if reason:
+            return reason
+    mem = recipe.memory
+    if device == "cpu":
+        if mem.offload in ("model", "sequential"):
+            return _ACCELERATOR_OFFLOAD.format(mode=mem.offload.capitalize())
+        if mem.use_stream:
+            return ("Group offload with stream=True overlaps host-to-device copies on a CUDA stream; "
+                    "there is none on CPU. Nearest that runs here: the same recipe without (stream).")
+    if recipe.compile.enabled and recipe.compile.mode in ("reduce-overhead", "max-autotune") and device == "cpu":
+        return None  # runs; CUDA graphs parts are simply not used on CPU
+    return None
+
+
+def notes_for(recipe: Recipe, device: str) -> list[str]:
+    """Things that run but that a user should know (no refusal)."""
+    notes = []
+    mem = recipe.memory
+    if device == "cpu" and mem.offload.startswith("group") and not mem.offload_to_disk:
+        notes.append("group offload CPU->CPU runs but saves no memory (add (disk) for a real saving)")
+    for spec in recipe.quant:
+        if device == "cpu" and spec.backend == "torchao" and spec.qtype == "intx4wo":
+            notes.append("torchao-intx4wo stores int4 values in int8 on CPU: no memory saving over int8")
+        if device == "cpu" and spec.backend == "bnb":
+            notes.append("bnb on CPU: layers swapped by hand (diffusers' bnb loader needs a GPU)")
+    return notes

@@ -1,0 +1,83 @@
+"""bitsandbytes: 4-bit NF4/FP4 and LLM.int8().
+
+On CUDA the component loads through diffusers'/transformers' ``BitsAndBytesConfig``. On CPU
+diffusers refuses ("No GPU found") although bitsandbytes' own layers run there, so we load the
+component in full precision and swap its ``nn.Linear`` layers for ``Linear4bit``/``Linear8bitLt``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+from diffquant.backends.base import ComponentContext, load_plain, package_missing
+from diffquant.recipes.model import QuantSpec
+
+name = "bnb"
+
+
+def why_not_here(spec: QuantSpec, device: str) -> str | None:
+    return package_missing("bnb")
+
+
+def _compute_dtype(spec: QuantSpec, ctx: ComponentContext) -> Any:
+    import torch
+
+    return getattr(torch, spec.option("compute_dtype")) if spec.option("compute_dtype") else ctx.dtype
+
+
+def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any | None:
+    if ctx.device == "cpu":
+        return None  # diffusers' bnb quantizer needs a GPU; swap layers by hand instead
+    import diffusers
+    import transformers
+
+    cls = diffusers.BitsAndBytesConfig if ctx.library == "diffusers" else transformers.BitsAndBytesConfig
+    skip = list(spec.skip_modules) or None
+    if spec.qtype == "int8":
+        return cls(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return cls(load_in_4bit=True, bnb_4bit_quant_type=spec.qtype,
+               bnb_4bit_compute_dtype=_compute_dtype(spec, ctx),
+               bnb_4bit_use_double_quant=bool(spec.option("double_quant", False)),
+               llm_int8_skip_modules=skip)
+
+
+def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
+    module = load_plain(ctx)
+    swap_linear_layers(module, spec, _compute_dtype(spec, ctx), ctx.device)
+    return module
+
+
+def swap_linear_layers(module: Any, spec: QuantSpec, compute_dtype: Any, device: str) -> int:
+    """Replace every eligible ``nn.Linear`` by its bitsandbytes counterpart; returns how many."""
+    import bitsandbytes as bnb
+    import torch
+
+    swapped = 0
+    for parent_name, parent in list(module.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            full = f"{parent_name}.{child_name}" if parent_name else child_name
+            if type(child) is not torch.nn.Linear or _skipped(full, spec.skip_modules):
+                continue
+            weight = child.weight.data
+            bias = child.bias.data.to(compute_dtype) if child.bias is not None else None
+            if spec.qtype == "int8":
+                new = bnb.nn.Linear8bitLt(child.in_features, child.out_features, bias=bias is not None,
+                                          has_fp16_weights=False)
+                new.weight = bnb.nn.Int8Params(weight.to(compute_dtype), requires_grad=False,
+                                               has_fp16_weights=False)
+            else:
+                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=bias is not None,
+                                        compute_dtype=compute_dtype, quant_type=spec.qtype,
+                                        compress_statistics=bool(spec.option("double_quant", False)))
+                new.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=spec.qtype,
+                                               compress_statistics=bool(spec.option("double_quant", False)))
+            if bias is not None:
+                new.bias = torch.nn.Parameter(bias, requires_grad=False)
+            setattr(parent, child_name, new.to(device))  # .to() is where bitsandbytes quantizes
+            swapped += 1
+    return swapped
+
+
+def _skipped(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(name, p) or p in name.split(".") for p in patterns)

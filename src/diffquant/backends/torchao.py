@@ -1,0 +1,67 @@
+"""torchao weight-only and dynamic quantization, always as config objects (diffusers >= 0.38
+rejects the old string quant types)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffquant.backends.base import ComponentContext, package_missing
+from diffquant.recipes.model import QuantSpec
+
+name = "torchao"
+
+_CPU_REFUSALS = {
+    "int4wo": "torchao int4 weight-only has no CPU layout (its packed formats need CUDA kernels). "
+              "Nearest that runs here: quanto-int4 or bnb-nf4 (real 4-bit storage), or torchao-intx4wo "
+              "(int4 values, stored in int8: no memory saving on CPU).",
+    "fp8dq": "torchao float8 dynamic activation quantization needs a CUDA GPU with compute capability "
+             ">= 8.9. Nearest that runs here: torchao-fp8wo.",
+}
+
+
+def why_not_here(spec: QuantSpec, device: str) -> str | None:
+    missing = package_missing("torchao")
+    if missing:
+        return missing
+    if device == "cpu" and spec.qtype in _CPU_REFUSALS:
+        return _CPU_REFUSALS[spec.qtype]
+    if device == "cuda" and spec.qtype == "fp8dq":
+        import torch
+
+        if torch.cuda.get_device_capability() < (8, 9):
+            return _CPU_REFUSALS["fp8dq"]
+    return None
+
+
+def ao_config(spec: QuantSpec) -> Any:
+    import torch
+    import torchao.quantization as q
+
+    group = spec.option("group_size")
+    if spec.qtype == "int8wo":
+        return q.Int8WeightOnlyConfig()
+    if spec.qtype == "int4wo":
+        return q.Int4WeightOnlyConfig(group_size=group or 128)
+    if spec.qtype == "intx4wo":
+        from torchao.quantization.granularity import PerGroup
+
+        return q.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group or 32))
+    if spec.qtype == "fp8wo":
+        return q.Float8WeightOnlyConfig()
+    if spec.qtype == "int8dq":
+        return q.Int8DynamicActivationInt8WeightConfig()
+    if spec.qtype == "fp8dq":
+        return q.Float8DynamicActivationFloat8WeightConfig()
+    raise AssertionError(f"unhandled torchao type {spec.qtype}")  # the catalogue and this list agree
+
+
+def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any:
+    import diffusers
+    import transformers
+
+    cls = diffusers.TorchAoConfig if ctx.library == "diffusers" else transformers.TorchAoConfig
+    return cls(ao_config(spec), modules_to_not_convert=list(spec.skip_modules) or None)
+
+
+def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
+    raise AssertionError("torchao always loads through its config")

@@ -1,0 +1,180 @@
+"""Load a pipeline with a recipe applied, and generate from it. The CLI, the Python API and the
+benchmark worker all go through these functions."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffquant.errors import BackendUnavailable, DiffquantError
+from diffquant.recipes import Recipe, load_recipe
+
+# Defaults for pipelines we know; zoo models are tiny so their defaults are small.
+_CLASS_DEFAULTS = {
+    "FluxPipeline": (28, 1024, 1024, 3.5),
+    "StableDiffusion3Pipeline": (28, 1024, 1024, 7.0),
+}
+_ZOO_DEFAULTS = {
+    "tiny-flux": (4, 64, 64, 3.5), "tiny-sd3": (4, 64, 64, 5.0), "flux-dev-slice": (4, 256, 256, 3.5),
+    "flux-dev-random": (28, 1024, 1024, 3.5),
+}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    steps: int | None
+    height: int | None
+    width: int | None
+    guidance_scale: float | None
+
+
+@dataclass
+class LoadInfo:
+    model_ref: str
+    model_dir: Path
+    recipe: Recipe
+    device: str
+    quantized: dict[str, str]  # component -> backend-type
+    quant_cache_used: bool = False
+    load_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GenerationOutput:
+    image: Any  # PIL.Image.Image
+    latents: Any  # torch.Tensor, final latents as the pipeline holds them (float32, CPU)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_settings(model: str) -> GenerationSettings:
+    """Model-appropriate generation defaults (a diffquant.json in the folder wins)."""
+    from diffquant.components import pipeline_class_name, resolve_model
+
+    model_dir = resolve_model(model)
+    meta = model_dir / "diffquant.json"
+    if meta.is_file():
+        data = json.loads(meta.read_text())
+        size = data.get("size") or [data.get("height"), data.get("width")]
+        return GenerationSettings(data.get("steps"), size[0], size[1], data.get("guidance_scale"))
+    name = model.removeprefix("zoo:") if model.startswith("zoo:") else None
+    values = _ZOO_DEFAULTS.get(name or "") or _CLASS_DEFAULTS.get(pipeline_class_name(model_dir))
+    return GenerationSettings(*values) if values else GenerationSettings(None, None, None, None)
+
+
+def load_pipeline(model: str, recipe: "str | Recipe" = "bf16", *, device: str | None = None,
+                  quant_cache_dir: Path | None = None) -> Any:
+    """Load ``model`` (Hub id, local folder or zoo:NAME) with ``recipe`` applied, ready to generate."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from diffquant.backends import get_backend, notes_for, why_not_here
+    from diffquant.backends.base import ComponentContext
+    from diffquant.components import denoiser_name, read_components, resolve_model, resolve_targets
+    from diffquant.memory import apply_compile, place_and_offload
+
+    from diffquant.quiet import quiet_libraries
+
+    quiet_libraries()
+    started = time.perf_counter()
+    recipe = load_recipe(recipe)
+    device = device or default_device()
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise DiffquantError(f"Unknown device {device!r}.", choices=["cpu", "cuda"], given=device)
+    reason = why_not_here(recipe, "cuda" if device.startswith("cuda") else device)
+    if reason:
+        raise BackendUnavailable(f"Recipe {recipe.name!r} cannot run on {device}: {reason}",
+                                 hint="run `diffquant recipes` to see what runs on this machine")
+    model_dir = resolve_model(model)
+    components = read_components(model_dir)
+    targets = resolve_targets(recipe, components)
+    dtype = getattr(torch, recipe.dtype)
+    denoiser = denoiser_name(components)
+    quant_mapping: dict[str, Any] = {}
+    loaded: dict[str, Any] = {}
+    cache_hits: list[bool] = []
+    for name, spec in targets.items():
+        comp = components[name]
+        ctx = ComponentContext(name=name, library=comp.library, class_name=comp.class_name,
+                               model_dir=str(model_dir), dtype=dtype, device=device,
+                               is_denoiser=name == denoiser)
+        backend = get_backend(spec.backend)
+        config = backend.load_config(spec, ctx)
+        if config is not None:
+            quant_mapping[name] = config
+        else:
+            if spec.backend == "gguf" and not spec.option("path"):
+                cache_hits.append(backend.gguf_file_for(spec, ctx, quant_cache_dir).is_file())
+            loaded[name] = backend.load_component(spec, ctx, quant_cache_dir)
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, **loaded}
+    if quant_mapping:
+        from diffusers.quantizers import PipelineQuantizationConfig
+
+        kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping=quant_mapping)
+    pipe = DiffusionPipeline.from_pretrained(str(model_dir), **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    notes = notes_for(recipe, device) + place_and_offload(pipe, recipe, device)
+    notes += apply_compile(pipe, recipe, denoiser)
+    pipe._diffquant_load_info = LoadInfo(
+        model_ref=model, model_dir=model_dir, recipe=recipe, device=device,
+        quantized={n: f"{s.backend}-{s.qtype}" for n, s in targets.items()},
+        quant_cache_used=bool(cache_hits) and all(cache_hits),
+        load_seconds=time.perf_counter() - started, notes=notes)
+    return pipe
+
+
+def load_info(pipe: Any) -> LoadInfo:
+    info = getattr(pipe, "_diffquant_load_info", None)
+    if info is None:
+        raise DiffquantError("This pipeline was not loaded by diffquant.load_pipeline.",
+                             hint="load it with diffquant.load_pipeline(model, recipe)")
+    return info
+
+
+def generate(pipe: Any, prompt: str, *, seed: int, steps: int | None = None, height: int | None = None,
+             width: int | None = None, guidance_scale: float | None = None,
+             step_callback: Callable[[int], None] | None = None) -> GenerationOutput:
+    """One image for ``prompt`` with a seeded CPU generator (same noise on every device)."""
+    import torch
+
+    info = getattr(pipe, "_diffquant_load_info", None)
+    defaults = default_settings(info.model_ref) if info else GenerationSettings(None, None, None, None)
+    captured: dict[str, Any] = {}
+
+    def on_step_end(_pipe: Any, step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        captured["latents"] = tensors["latents"]
+        if step_callback is not None:
+            step_callback(step)
+        return tensors
+
+    kwargs: dict[str, Any] = {
+        "prompt": prompt, "generator": torch.Generator("cpu").manual_seed(seed),
+        "callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"],
+    }
+    for key, value, default in (("num_inference_steps", steps, defaults.steps), ("height", height, defaults.height),
+                                ("width", width, defaults.width),
+                                ("guidance_scale", guidance_scale, defaults.guidance_scale)):
+        if value is not None or default is not None:
+            kwargs[key] = value if value is not None else default
+    _check_size(pipe, kwargs.get("height"), kwargs.get("width"))
+    # no_grad, not inference_mode: quanto int4 fails under inference_mode ("Cannot set version_counter").
+    with torch.no_grad():
+        result = pipe(**kwargs)
+    return GenerationOutput(image=result.images[0], latents=captured["latents"].detach().float().cpu())
+
+
+def _check_size(pipe: Any, height: int | None, width: int | None) -> None:
+    factor = getattr(pipe, "vae_scale_factor", 8) * 2
+    for label, value in (("height", height), ("width", width)):
+        if value is not None and (value <= 0 or value % factor):
+            raise DiffquantError(f"Image {label} {value} is not a positive multiple of {factor} for this "
+                                 "pipeline.", hint=f"use e.g. {max(factor, (value or 0) // factor * factor)}")
