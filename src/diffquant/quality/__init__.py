@@ -1,0 +1,43 @@
+"""Quality against the reference: a metric registry, scoring, bootstrap CIs and their tables.
+
+The reference is the unquantized run (recipe ``bf16`` unless told otherwise) of the same model,
+device and pixel settings; each image of a quantized run is compared with the reference image of
+the same prompt index and seed. Importing this package is cheap: torch, torchmetrics and
+transformers load only when a metric runs.
+
+    score_database(db_path, reference="bf16", metrics=None)   # used by ``diffquant bench``/``score``
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from diffquant.quality.registry import METRICS, MetricInfo, MetricOptions, MetricUnavailable, register_metric
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffquant.quality.scoring import BootstrapSettings, MetricResult
+
+__all__ = ["METRICS", "MetricInfo", "MetricOptions", "MetricUnavailable", "register_metric", "score_database",
+           "score_db"]
+
+
+def score_db(db_path: Path, reference: str = "bf16", metrics: list[str] | None = None, *,
+             options: MetricOptions | None = None,
+             bootstrap: "BootstrapSettings | None" = None) -> list["MetricResult"]:
+    """Score every successful run of the database and store the results; return them too."""
+    from diffquant.quality.scoring import BootstrapSettings, score_runs
+    from diffquant.quality.store import load_runs, open_existing, write_results
+
+    infos = METRICS.resolve(metrics)  # unknown names fail before any work
+    boot = bootstrap or BootstrapSettings()
+    with open_existing(Path(db_path)) as db:
+        runs = load_runs(db)
+        results = score_runs(runs, reference, [i.name for i in infos], options, boot)
+        write_results(db.connection, results, reference, boot)
+    return results
+
+
+def score_database(db_path: Path, reference: str = "bf16", metrics: list[str] | None = None) -> None:
+    """Score the database's runs against ``reference`` with ``metrics`` (all when None)."""
+    score_db(db_path, reference, metrics)

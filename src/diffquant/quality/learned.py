@@ -1,0 +1,150 @@
+"""Metrics that need learned weights: LPIPS, CLIP score, and the zoo:shapes adherence scorer.
+
+Nothing is ever downloaded. When a package or the weights are missing, the factory raises
+:class:`MetricUnavailable` with the reason and what to do; the metric is then reported
+*unavailable*, never filled with a made-up number.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from diffquant.quality.batch import Batch
+from diffquant.quality.metrics import to_tensor
+from diffquant.quality.registry import MetricFn, MetricOptions, MetricUnavailable
+
+# torchvision's ImageNet backbones, as named in the torch hub cache (``<hub>/checkpoints/``).
+LPIPS_BACKBONE_FILES = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
+SHAPES_MODELS = ("zoo:shapes", "zoo:shapes-random")
+_CLIP_CHUNK = 16
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def lpips_unavailable_reason(net: str, hub_dir: Path | None = None) -> str | None:
+    """Why LPIPS cannot run here (None when it can): torchvision and both weight files are needed."""
+    if net not in LPIPS_BACKBONE_FILES:
+        return f"unknown LPIPS backbone {net!r}; choose one of {', '.join(LPIPS_BACKBONE_FILES)}"
+    if importlib.util.find_spec("torchvision") is None:
+        return ("torchvision is not installed; install the torchvision build that matches your torch "
+                "(pip install 'diffquant[lpips]')")
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # a mismatched build fails at import with many error types
+        return f"torchvision does not import beside this torch ({_first_line(exc)})"
+    import torch
+    import torchmetrics.functional.image as tmi
+
+    lin = Path(tmi.__file__).parent / "lpips_models" / f"{net}.pth"
+    if not lin.exists():
+        return f"torchmetrics' LPIPS layer weights are missing ({lin})"
+    checkpoints = Path(hub_dir or torch.hub.get_dir()) / "checkpoints"
+    backbone = checkpoints / LPIPS_BACKBONE_FILES[net]
+    if not backbone.exists():
+        return (f"the {net} backbone weights are not in the torch hub cache: {backbone} is missing; "
+                f"copy {LPIPS_BACKBONE_FILES[net]} there (or set TORCH_HOME)")
+    return None
+
+
+def make_lpips(options: MetricOptions) -> MetricFn:
+    reason = lpips_unavailable_reason(options.lpips_net)
+    if reason:
+        raise MetricUnavailable(reason)
+    import torch
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    try:
+        module = LearnedPerceptualImagePatchSimilarity(net_type=options.lpips_net, normalize=True)
+    except Exception as exc:  # weights present but unloadable
+        raise MetricUnavailable(f"LPIPS ({options.lpips_net}) did not load: {_first_line(exc)}") from exc
+    module = module.to(options.device).eval()
+
+    def lpips(batch: Batch) -> list[float]:
+        values = []
+        with torch.no_grad():
+            for img, ref in zip(batch.images, batch.references, strict=True):
+                module.reset()
+                module.update(to_tensor(img, torch.float32).to(options.device),
+                              to_tensor(ref, torch.float32).to(options.device))
+                values.append(float(module.compute()))
+        return values
+
+    return lpips
+
+
+def make_clip_score(options: MetricOptions) -> MetricFn:
+    """CLIP score as torchmetrics defines it: 100 x max(cos(image, prompt), 0)."""
+    import torch
+
+    try:
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+    except ImportError as exc:
+        raise MetricUnavailable(f"transformers' CLIP classes do not import ({_first_line(exc)})") from exc
+    source = options.clip_model
+    local = Path(source).expanduser()
+    ref = str(local) if local.exists() else source
+    try:
+        model = CLIPModel.from_pretrained(ref, local_files_only=True).to(options.device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=True)
+        processor = CLIPImageProcessor.from_pretrained(ref, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise MetricUnavailable(
+            f"CLIP model {source!r} cannot be loaded offline ({_first_line(exc)}); pass a local folder "
+            "with --clip-model (or DIFFQUANT_CLIP_MODEL), or put the model in the Hugging Face cache"
+        ) from exc
+    max_len = min(int(tokenizer.model_max_length), int(model.config.text_config.max_position_embeddings))
+
+    def features(out: object) -> torch.Tensor:
+        # transformers returns a tensor, or (newer versions) an output object with the pooled embeds
+        if isinstance(out, torch.Tensor):
+            return out
+        for name in ("image_embeds", "text_embeds", "pooler_output"):
+            value = getattr(out, name, None)
+            if isinstance(value, torch.Tensor):
+                return value
+        raise TypeError(f"unexpected CLIP feature output {type(out).__name__}")
+
+    def clip_score(batch: Batch) -> list[float]:
+        scores: list[float] = []
+        images = batch.images
+        with torch.no_grad():
+            for start in range(0, len(images), _CLIP_CHUNK):
+                imgs = images[start:start + _CLIP_CHUNK]
+                texts = batch.prompts[start:start + _CLIP_CHUNK]
+                pixels = processor(images=imgs, return_tensors="pt")["pixel_values"].to(options.device)
+                tokens = tokenizer(texts, padding=True, truncation=True, max_length=max_len,
+                                   return_tensors="pt").to(options.device)
+                img_f = features(model.get_image_features(pixel_values=pixels))
+                txt_f = features(model.get_text_features(input_ids=tokens["input_ids"],
+                                                         attention_mask=tokens.get("attention_mask")))
+                cos = torch.nn.functional.cosine_similarity(img_f.float(), txt_f.float(), dim=-1)
+                scores.extend((100.0 * cos.clamp(min=0)).tolist())
+        return scores
+
+    return clip_score
+
+
+def make_shapes_adherence(options: MetricOptions) -> MetricFn:
+    try:
+        from diffquant.zoo.shapes.scorer import score_images
+    except Exception as exc:
+        raise MetricUnavailable(f"the zoo:shapes scorer does not load ({_first_line(exc)})") from exc
+
+    def shapes_adherence(batch: Batch) -> list[float]:
+        if batch.model not in SHAPES_MODELS:
+            raise MetricUnavailable(f"only scores images of {' / '.join(SHAPES_MODELS)}; "
+                                    f"this run's model is {batch.model}")
+        values = [float(v) for v in score_images(list(batch.images), list(batch.prompts))]
+        if len(values) != len(batch):
+            raise MetricUnavailable(f"the shapes scorer returned {len(values)} scores for {len(batch)} images")
+        return values
+
+    return shapes_adherence
