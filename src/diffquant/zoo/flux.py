@@ -13,22 +13,23 @@ component in bf16:
 
 The three sizes (see :func:`tiny_spec`, :func:`dev_slice_spec`, :func:`dev_full_spec`):
 
-- ``tiny-flux`` (13.1M params: transformer 9.3M, T5 1.5M, CLIP 1.3M, VAE 1.0M):
-  transformer 2 double + 4 single blocks, 4 heads x 64
-  (inner dim 256, rope axes (8, 28, 28)); T5 2 layers, d_model 256, d_ff 512, 4 heads x 64,
-  gated-gelu; CLIP 2 layers, hidden 256, MLP 512; a 4-level VAE with channels (32, 32, 64, 64) and
-  16 latent channels, so ``in_channels`` = 64 as in FLUX.1. Widths are chosen so that every
-  transformer and T5 Linear has ``in_features`` a multiple of 256 (GGUF K-quants' block size) - the
-  only exception is ``x_embedder`` (64 inputs, exactly as in FLUX.1, still a multiple of 32 and 64
-  for Q8_0/Q4_x, bnb, torchao and quanto). CLIP Linears have 256 or 512 inputs, too.
-- ``flux-dev-slice`` (~0.95B): FLUX.1-dev's exact widths (24 heads x 128 = 3072, rope
-  (16, 56, 56), joint dim 4096, pooled 768, in_channels 64, guidance embeds) with 1 double and
-  2 single blocks; a 1-layer T5 at T5-XXL widths; 2-layer CLIP-L; the real FLUX VAE config. The
-  text encoders' vocabularies are the offline tokenizers' (~760) rather than 32128/49408, which
-  keeps 170M parameters of unused embedding rows out of the slice.
-- ``flux-dev-random`` (~16.9B): the full FLUX.1-dev architecture (19 + 38 blocks, 11.9B), full
-  T5-XXL encoder (24 layers, 4.76B, vocab 32128), CLIP-L (12 layers, 123M, vocab 49408) and the
-  FLUX VAE (84M): ~34 GB on disk. Meant for a GPU host with >= 64 GiB of RAM.
+- ``tiny-flux`` (13.1M params: transformer 9.3M, T5 1.5M, CLIP 1.3M, VAE 1.0M; 26 MB):
+  transformer 2 double + 4 single blocks, 4 heads x 64 (inner dim 256, rope axes (8, 28, 28));
+  T5 2 layers, d_model 256, d_ff 512, 4 heads x 64, gated-gelu; CLIP 2 layers, hidden 256, MLP 512;
+  a 4-level VAE with channels (32, 32, 64, 64) and 16 latent channels, so ``in_channels`` = 64 as
+  in FLUX.1. Widths are chosen so that every transformer and T5 Linear has ``in_features`` a
+  multiple of 256 (GGUF K-quants' block size) - the only exception is ``x_embedder`` (64 inputs,
+  exactly as in FLUX.1, still a multiple of 32 and 64 for Q8_0/Q4_x, bnb, torchao and quanto).
+  CLIP Linears have 256 or 512 inputs, too. A 64x64 image in 3 steps takes ~0.25 s on 2 CPU cores.
+- ``flux-dev-slice`` (0.98B params: transformer 0.69B, T5 0.20B, VAE 84M, CLIP 15M; 2.0 GB):
+  FLUX.1-dev's exact widths (24 heads x 128 = 3072, rope (16, 56, 56), joint dim 4096, pooled 768,
+  in_channels 64, guidance embeds) with 1 double and 2 single blocks; a 1-layer T5 at T5-XXL
+  widths; 2-layer CLIP-L; the real FLUX VAE config (decoding 128x128 takes ~3 s on 2 CPU cores).
+  The text encoders' vocabularies are the offline tokenizers' (~760) rather than 32128/49408,
+  which keeps 170M parameters of unused embedding rows out of the slice. Builds in ~30 s.
+- ``flux-dev-random`` (16.87B params, 33.7 GB): the full FLUX.1-dev architecture (19 + 38 blocks,
+  11.90B), the full T5-XXL encoder (24 layers, 4.76B, vocab 32128), CLIP-L (12 layers, 123M,
+  vocab 49408) and the FLUX VAE (84M); meant for a GPU host with >= 40 GiB of RAM.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any
 import torch
 
 SEED = 0
+MAX_SHARD = "5GB"  # a shard is held in memory while written: peak ~ component + one shard
 
 FLUX_DEV_SCHEDULER: dict[str, Any] = {
     "base_image_seq_len": 256, "base_shift": 0.5, "max_image_seq_len": 4096, "max_shift": 1.15,
@@ -200,7 +202,7 @@ def write_pipeline(folder: Path, pipeline_cls: type, models: dict[str, torch.nn.
             component.save_pretrained(folder / name)
     for i, (name, meta_model) in enumerate(models.items()):
         model = materialize(meta_model, seed + i)
-        model.save_pretrained(folder / name, safe_serialization=True)
+        model.save_pretrained(folder / name, safe_serialization=True, max_shard_size=MAX_SHARD)
         del model
         gc.collect()
     _check_index(folder, [*models, *others])
@@ -235,7 +237,7 @@ def build_tiny_flux(folder: Path) -> None:
 
 
 def build_flux_dev_slice(folder: Path) -> None:
-    """``zoo:flux-dev-slice``: FLUX.1-dev widths, 1 double + 2 single blocks (~0.95B params)."""
+    """``zoo:flux-dev-slice``: FLUX.1-dev widths, 1 double + 2 single blocks (0.98B params)."""
     build_flux(folder, dev_slice_spec())
 
 
@@ -243,6 +245,6 @@ def build_flux_dev_random(folder: Path) -> None:
     """``zoo:flux-dev-random``: full FLUX.1-dev architecture, random weights (~34 GB bf16).
 
     Peak memory is about the largest component in bf16 (the 11.9B transformer: ~24 GB) plus one
-    safetensors shard while it is written.
+    5 GB safetensors shard while it is written: build it on a host with >= 40 GiB of RAM.
     """
     build_flux(folder, dev_full_spec())
