@@ -1,0 +1,316 @@
+"""A sweep: one model, many recipes, the same settings; each recipe in its own worker process,
+each finished run (or failure) written to the results database as soon as it ends.
+
+- The reference recipe (default ``bf16``) runs first and uncompiled; ratios are taken against it.
+- A recipe that does not parse, or that cannot run on this device (``why_not_here``), becomes an
+  error row with the reason, without starting a worker.
+- A run already in the database (same run key) is skipped: ``force`` re-runs everything,
+  ``retry_errors`` re-runs failed ones. A re-run replaces the old row in the same transaction.
+- A run's row and its image rows are written in one transaction after the worker has exited (the
+  worker wrote the image files atomically before), so an interrupted sweep leaves only complete
+  runs behind and resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffquant.bench.runner import WorkerOutcome, run_worker
+from diffquant.bench.spec import BenchSettings, RunSpec, run_key, slug, sweep_id
+from diffquant.errors import DiffquantError
+from diffquant.store import ImageRow, ResultsDB, RunRow
+
+# The seed article's three prompts: the default when neither the user nor the model names any.
+SEED_PROMPTS: tuple[str, ...] = (
+    "Baroque style, a lavish palace interior with ornate gilded ceilings, intricate tapestries, and dramatic "
+    "lighting over a grand staircase.",
+    "Futurist style, a dynamic spaceport with sleek silver starships docked at angular platforms, surrounded by "
+    "distant planets and glowing energy lines.",
+    "Noir style, a shadowy alleyway with flickering street lamps and a solitary trench-coated figure, framed by "
+    "rain-soaked cobblestones and darkened storefronts.",
+)
+
+SweepEventHandler = Callable[[str, "PlannedRun", dict[str, Any]], None]
+
+
+@dataclass
+class SweepOptions:
+    model: str
+    recipes: Sequence[str]
+    settings: BenchSettings
+    db_path: Path
+    image_root: Path | None = None  # default: an "images" folder beside the database
+    reference: str = "bf16"
+    timeout_s: float | None = 3600.0
+    force: bool = False
+    retry_errors: bool = False
+    quant_cache_dir: Path | None = None
+    sample_interval_s: float = 0.02
+    save_images: bool = True
+    faults: Mapping[str, str] = field(default_factory=dict)  # test-only: recipe -> "fault[@phase]"
+    worker_argv: Sequence[str] | None = None  # test-only: replaces `python -m diffquant.bench.worker`
+
+
+@dataclass
+class PlannedRun:
+    index: int
+    text: str  # as the user wrote it
+    name: str  # canonical recipe string (the text itself if it did not parse)
+    recipe_hash: str
+    run_key: str
+    problem: str | None = None  # why it will be an error row without a worker
+    outcome_kind: str | None = None  # "invalid" | "unavailable" (with problem)
+    existing: RunRow | None = None
+    action: str = "run"  # "run" | "skip"
+    compiled: bool = False
+
+
+@dataclass
+class SweepReport:
+    sweep_id: str
+    model: str
+    reference: str
+    db_path: Path
+    planned: list[PlannedRun]
+    rows: dict[int, RunRow]  # planned index -> the row now in the database (new or kept)
+    wall_s: float = 0.0
+
+    @property
+    def ran(self) -> list[PlannedRun]:
+        return [p for p in self.planned if p.action == "run"]
+
+    @property
+    def skipped(self) -> list[PlannedRun]:
+        return [p for p in self.planned if p.action == "skip"]
+
+    @property
+    def failed(self) -> list[RunRow]:
+        return [r for r in self.rows.values() if not r.ok]
+
+    def ordered_rows(self) -> list[RunRow]:
+        return [self.rows[p.index] for p in self.planned if p.index in self.rows]
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def default_prompts(model: str) -> tuple[str, ...]:
+    """Prompts a model folder suggests (``diffquant.json`` "prompts"), else the seed's three."""
+    import json
+
+    from diffquant.components import resolve_model
+
+    meta = resolve_model(model) / "diffquant.json"
+    if meta.is_file():
+        prompts = json.loads(meta.read_text()).get("prompts")
+        if prompts:
+            return tuple(str(p) for p in prompts)
+    return SEED_PROMPTS
+
+
+def resolve_settings(model: str, *, prompts: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+                     steps: int | None = None, height: int | None = None, width: int | None = None,
+                     guidance_scale: float | None = None, device: str | None = None, repeats: int = 2,
+                     warmup: int = 0) -> BenchSettings:
+    """Fill what the user left out from the model's defaults and this machine."""
+    from diffquant.pipeline import default_device, default_settings
+
+    defaults = default_settings(model)
+    return BenchSettings(
+        prompts=tuple(prompts) if prompts else default_prompts(model),
+        seeds=tuple(int(s) for s in seeds) if seeds else (0,),
+        steps=steps if steps is not None else defaults.steps,
+        height=height if height is not None else defaults.height,
+        width=width if width is not None else defaults.width,
+        guidance_scale=guidance_scale if guidance_scale is not None else defaults.guidance_scale,
+        device=device or default_device(), repeats=max(int(repeats), 0), warmup=max(int(warmup), 0))
+
+
+def _why_not_here(recipe: Any, device: str) -> str | None:
+    from diffquant.backends import why_not_here
+
+    return why_not_here(recipe, "cuda" if device.startswith("cuda") else device)
+
+
+def plan_sweep(options: SweepOptions, db: ResultsDB) -> list[PlannedRun]:
+    """Reference first, duplicates dropped, each recipe parsed, checked and looked up in the DB."""
+    from diffquant.recipes import parse_recipe
+
+    reference = parse_recipe(options.reference)
+    if reference.compile.enabled:
+        raise DiffquantError(f"The reference recipe {reference.name!r} compiles; ratios need an uncompiled "
+                             "baseline.", hint="give --reference without +compile (e.g. bf16)")
+    texts = [reference.name] + [t.strip() for t in options.recipes if t.strip()]
+    planned: list[PlannedRun] = []
+    seen: set[str] = set()
+    settings = options.settings
+    for text in texts:
+        problem = kind = None
+        compiled = False
+        try:
+            recipe = parse_recipe(text)
+            name, recipe_hash, compiled = recipe.name, recipe.hash, recipe.compile.enabled
+            reason = _why_not_here(recipe, settings.device)
+            if reason:
+                problem, kind = f"Recipe {name!r} cannot run on {settings.device}: {reason}", "unavailable"
+        except DiffquantError as exc:
+            name = text
+            recipe_hash = "invalid-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+            problem, kind = str(exc), "invalid"
+        if name in seen:
+            continue
+        seen.add(name)
+        key = run_key(options.model, recipe_hash, settings)
+        existing = db.run_by_key(key)
+        action = "run"
+        if existing is not None and not options.force and (existing.ok or not options.retry_errors):
+            action = "skip"
+        planned.append(PlannedRun(len(planned), text, name, recipe_hash, key, problem, kind, existing, action,
+                                  compiled))
+    return planned
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A `kill` of the sweep unwinds like Ctrl-C: the worker is killed, nothing half-written stays."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_sweep(options: SweepOptions, on_event: SweepEventHandler | None = None) -> SweepReport:
+    """Plan, then run each planned recipe in isolation, recording every outcome as it ends."""
+    from diffquant.bench.env import capture_env
+
+    emit = on_event or (lambda kind, planned, data: None)
+    started = time.monotonic()
+    db_path = Path(options.db_path).expanduser().resolve()
+    image_root = Path(options.image_root or db_path.parent / "images").expanduser().resolve()
+    sid = sweep_id(options.model, options.settings)
+    with ResultsDB(db_path) as db, _sigterm_as_interrupt():
+        planned = plan_sweep(options, db)
+        report = SweepReport(sid, options.model, planned[0].name, db_path, planned, {})
+        emit("plan", planned[0], {"planned": planned})
+        parent_env: dict[str, Any] | None = None
+        for item in planned:
+            if item.action == "skip":
+                assert item.existing is not None
+                report.rows[item.index] = item.existing
+                emit("skip", item, {"row": item.existing})
+                continue
+            emit("start", item, {})
+            if item.problem:
+                parent_env = parent_env or capture_env()
+                row = _row(options, sid, item, "error", item.problem, {"run.outcome": item.outcome_kind},
+                           parent_env, now_iso(), now_iso())
+                report.rows[item.index] = _record(db, row, [], item, image_root)
+            else:
+                report.rows[item.index] = _execute(options, db, sid, item, image_root, emit)
+            emit("finish", item, {"row": report.rows[item.index]})
+        report.wall_s = time.monotonic() - started
+    return report
+
+
+def _execute(options: SweepOptions, db: ResultsDB, sid: str, item: PlannedRun, image_root: Path,
+             emit: SweepEventHandler) -> RunRow:
+    from diffquant.bench.env import capture_env
+
+    attempt_dir = image_root / slug(options.model) / f"{slug(item.name)}-{item.run_key[:8]}-{uuid.uuid4().hex[:6]}"
+    workdir = Path(tempfile.mkdtemp(prefix="diffquant-run-"))
+    fault, _, phase = (options.faults.get(item.text) or options.faults.get(item.name) or "").partition("@")
+    spec = RunSpec.build(options.model, item.name, options.settings, result_path=workdir / "result.json",
+                         image_dir=attempt_dir, save_images=options.save_images,
+                         quant_cache_dir=str(options.quant_cache_dir) if options.quant_cache_dir else None,
+                         sample_interval_s=options.sample_interval_s, fault=fault or None,
+                         fault_phase=phase or "start")
+    started_at = now_iso()
+    recorded = False
+    try:
+        outcome = run_worker(spec, workdir, timeout_s=options.timeout_s,
+                             on_event=lambda event: emit("worker", item, event), argv=options.worker_argv)
+        outcome.metrics["run.outcome"] = _outcome_kind(outcome)
+        images = [ImageRow(0, 0, im["prompt"], int(im["prompt_index"]), int(im["seed"]), str(im["path"]),
+                           im.get("latents_path")) for im in outcome.images] if outcome.status == "ok" else []
+        row = _row(options, sid, item, outcome.status, outcome.error, outcome.metrics,
+                   outcome.env or capture_env(), started_at, now_iso())
+        row = _record(db, row, images, item, image_root)
+        recorded = outcome.status == "ok"
+        return row
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if not recorded:  # a failed or interrupted run keeps no files
+            shutil.rmtree(attempt_dir, ignore_errors=True)
+
+
+def _outcome_kind(outcome: WorkerOutcome) -> str:
+    if outcome.status == "ok":
+        return "ok"
+    if outcome.timed_out:
+        return "timeout"
+    if outcome.returncode is not None and outcome.returncode < 0:
+        return "crashed"
+    return "failed"
+
+
+def _row(options: SweepOptions, sid: str, item: PlannedRun, status: str, error: str | None,
+         metrics: dict[str, Any], env: dict[str, Any], started_at: str, finished_at: str) -> RunRow:
+    settings = {**options.settings.to_dict(), "timeout_s": options.timeout_s,
+                "quant_cache": options.quant_cache_dir is not None, "compiled": item.compiled}
+    return RunRow(id=0, sweep_id=sid, model=options.model, recipe=item.name, recipe_hash=item.recipe_hash,
+                  settings=settings, status=status, error=error, metrics=metrics, env=env,
+                  started_at=started_at, finished_at=finished_at, run_key=item.run_key)
+
+
+def _record(db: ResultsDB, row: RunRow, images: list[ImageRow], item: PlannedRun, image_root: Path) -> RunRow:
+    """Write the row (replacing an older one with the same key), then drop the old run's files."""
+    old_images = db.images(item.existing.id) if item.existing is not None else []
+    stored = db.run(db.record_run(row, images))
+    assert stored is not None
+    new_paths = {im.path for im in images}
+    for folder in {Path(im.path).parent for im in old_images if im.path not in new_paths}:
+        if image_root in folder.parents:  # only ever delete inside our own image folder
+            shutil.rmtree(folder, ignore_errors=True)
+    return stored
+
+
+def list_orphans(image_root: Path, db: ResultsDB) -> list[Path]:
+    """Image folders no run refers to (left by runs killed before they were recorded)."""
+    used = {str(Path(im.path).parent) for run in db.runs() for im in db.images(run.id)}
+    if not image_root.is_dir():
+        return []
+    return [d for model_dir in image_root.iterdir() if model_dir.is_dir()
+            for d in model_dir.iterdir() if d.is_dir() and str(d) not in used]
+
+
+def environment_summary(env: Mapping[str, Any]) -> str:
+    """One line naming the machine: CPU (cores) · RAM · GPU."""
+    ram = env.get("ram_bytes")
+    parts = [f"{env.get('cpu_model', '?')} ({env.get('cpu_affinity') or env.get('cpu_count')} cores)"]
+    if ram:
+        parts.append(f"{ram / 1024 ** 3:.0f} GiB RAM")
+    parts.append(f"GPU {env['gpu']}" if env.get("gpu") else "no GPU")
+    pk = env.get("packages") or {}
+    parts.append(f"torch {pk.get('torch')}, diffusers {pk.get('diffusers')}")
+    return " · ".join(parts)
+

@@ -1,0 +1,295 @@
+"""One benchmark run in its own interpreter: ``python -m diffquant.bench.worker SPEC.json``.
+
+The worker loads the pipeline with the recipe, makes every (prompt, seed) image, measures, and
+writes a result JSON (atomically) to ``spec.result_path``. It reports progress as JSON lines on
+the file descriptor named by ``$DIFFQUANT_EVENT_FD`` (if set). The parent trusts none of this for
+the run's fate: it reads the exit status itself, and a worker that dies leaves no result.
+
+Calls, in order: the *first call* (prompt 0, seed 0: warm-up, and compilation if the recipe
+compiles), ``warmup`` untimed repeats of it, then the *steady calls*: every other (prompt, seed)
+pair, plus repeats of pair 0 until there are at least ``repeats`` of them. Every pair's image is
+saved once (PNG + final latents).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from diffquant.bench.spec import RunSpec
+from diffquant.errors import DiffquantError
+
+MIB = 1024 * 1024
+
+
+class Events:
+    """Progress events to the parent, one JSON object per line; silent if no channel was given."""
+
+    def __init__(self) -> None:
+        fd = os.environ.get("DIFFQUANT_EVENT_FD")
+        self.fd = int(fd) if fd and fd.isdigit() else None
+        if self.fd is not None:
+            try:
+                os.set_inheritable(self.fd, False)  # grandchildren must not hold the parent's pipe open
+            except OSError:
+                self.fd = None
+
+    def send(self, event: str, **data: Any) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, (json.dumps({"event": event, **data}) + "\n").encode())
+        except OSError:  # the parent has gone: nobody is listening, carry on to our own end
+            self.fd = None
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL if the parent dies, so an orphaned worker never runs on."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:
+            os._exit(70)
+    except Exception:  # noqa: BLE001 - best effort off Linux
+        pass
+
+
+def _fault(spec: RunSpec, phase: str) -> None:
+    """Test-only fault injection: die or misbehave in the ways real runs do."""
+    if not spec.fault or spec.fault_phase != phase:
+        return
+    sys.stderr.write(f"diffquant worker: injecting fault {spec.fault!r} at {phase}\n")
+    sys.stderr.flush()
+    if spec.fault == "abort":
+        os.abort()
+    if spec.fault == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if spec.fault == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+    if spec.fault == "hang":
+        while True:
+            time.sleep(3600)
+    if spec.fault == "exit":
+        os._exit(3)
+    if spec.fault == "raise":
+        raise RuntimeError("injected fault")
+    raise ValueError(f"unknown fault {spec.fault!r}")
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_image(output: Any, folder: Path, stem: str, meta: dict[str, str], with_latents: bool = True
+               ) -> tuple[Path, Path | None]:
+    """PNG with metadata, then the latents as safetensors; each written to a temp name and renamed."""
+    from PIL.PngImagePlugin import PngInfo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    png = folder / f"{stem}.png"
+    info = PngInfo()
+    for key, value in meta.items():
+        info.add_text(key, value)
+    tmp = folder / f".{stem}.png.tmp"
+    output.image.save(tmp, format="PNG", pnginfo=info)
+    os.replace(tmp, png)
+    if not with_latents or output.latents is None:
+        return png, None
+    from safetensors.torch import save_file
+
+    latents = folder / f"{stem}.latents.safetensors"
+    tmp = folder / f".{stem}.latents.tmp"
+    save_file({"latents": output.latents.contiguous()}, str(tmp), metadata=meta)
+    os.replace(tmp, latents)
+    return png, latents
+
+
+def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], events: Events) -> None:
+    """Load, generate and measure; fills ``metrics`` and ``result`` as it goes (so a failure
+    part-way still reports what was measured before it)."""
+    started = time.perf_counter()
+    events.send("phase", phase="import")
+    import torch
+
+    from diffquant.bench.env import capture_env
+    from diffquant.bench.measure import (Nvml, Sampler, StepClock, cuda_counters, latency_stats, proc_status,
+                                         reset_cuda_peaks, reset_peak_rss)
+    from diffquant.inspect import component_stats, disk_bytes
+    from diffquant.pipeline import generate, load_info, load_pipeline
+
+    metrics["worker.import_s"] = time.perf_counter() - started
+    on_cuda = spec.device.startswith("cuda")
+    if on_cuda and not torch.cuda.is_available():
+        raise DiffquantError("This run asks for device 'cuda' but torch sees no CUDA device here.",
+                             hint="run with --device cpu, or on a machine with a GPU")
+    nvml = Nvml() if on_cuda else None
+    result["env"] = env = capture_env(gpu=True)
+    env["device"] = spec.device
+    if nvml is not None and nvml.error:
+        env["nvml"] = f"unavailable ({nvml.error})"
+    sync = torch.cuda.synchronize if on_cuda else None
+
+    before = proc_status()
+    metrics["proc.rss_mib.before_load"] = before.get("rss")
+    metrics["proc.rss_anon_mib.before_load"] = before.get("rss_anon")
+
+    with Sampler(interval_s=spec.sample_interval_s, gpu_used=nvml.used_mib if nvml else None) as sampler:
+        # -- load ---------------------------------------------------------------------------
+        events.send("phase", phase="load")
+        sampler.phase("load")
+        metrics["load.vmhwm_reset"] = int(reset_peak_rss())
+        if on_cuda:
+            reset_cuda_peaks()
+        _fault(spec, "load")
+        t0 = time.perf_counter()
+        quant_cache = Path(spec.quant_cache_dir) if spec.quant_cache_dir else None
+        pipe = load_pipeline(spec.model, spec.recipe, device=spec.device, quant_cache_dir=quant_cache)
+        if sync:
+            sync()
+        metrics["load.wall_s"] = time.perf_counter() - t0
+        gc.collect()
+        status, peaks = proc_status(), sampler.peak("load")
+        metrics.update({"load.rss_mib": status.get("rss"), "load.rss_anon_mib": status.get("rss_anon"),
+                        "load.rss_file_mib": status.get("rss_file"), "load.vmhwm_mib": status.get("vmhwm"),
+                        "load.peak_rss_mib": max(peaks.rss_mib, _hwm(status, metrics["load.vmhwm_reset"])),
+                        "load.peak_rss_anon_mib": peaks.rss_anon_mib})
+        if on_cuda:
+            metrics.update(cuda_counters("load", nvml=nvml))
+            metrics["load.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
+        info = load_info(pipe)
+        recipe = info.recipe
+        result["recipe"], result["recipe_hash"] = recipe.name, recipe.hash
+        metrics["load.quant_cache_used"] = int(bool(info.quant_cache_used))
+        metrics["load.notes"] = "; ".join(info.notes) if info.notes else None
+        _component_metrics(component_stats(pipe), metrics)
+        metrics["disk.model_bytes"] = disk_bytes(info.model_dir)
+        if hasattr(pipe, "set_progress_bar_config"):
+            pipe.set_progress_bar_config(disable=True)
+
+        # -- generate -----------------------------------------------------------------------
+        events.send("phase", phase="generate")
+        sampler.phase("generate")
+        metrics["gen.vmhwm_reset"] = int(reset_peak_rss())
+        if on_cuda:
+            reset_cuda_peaks()
+        _fault(spec, "generate")
+        pairs = [(pi, prompt, seed) for pi, prompt in enumerate(spec.prompts) for seed in spec.seeds]
+        if not pairs:
+            raise DiffquantError("A run needs at least one prompt and one seed.", hint="give --prompts and --seeds")
+        plan = [("first", pairs[0], True)] + [("warmup", pairs[0], False)] * max(spec.warmup, 0)
+        plan += [("steady", pair, True) for pair in pairs[1:]]
+        plan += [("steady", pairs[0], False)] * max(spec.repeats - (len(pairs) - 1), 0)
+        clock = StepClock(sync=sync, on_step=lambda step: events.send("step", step=step + 1, steps=spec.steps))
+        first_s, steady, steps, first_latents, repeat_diff = None, [], [], None, []
+        gen_started = time.perf_counter()
+        for index, (kind, pair, save) in enumerate(plan):
+            pi, prompt, seed = pair
+            events.send("call", index=index + 1, total=len(plan), kind=kind)
+            clock.start_call()
+            output = generate(pipe, prompt, seed=seed, steps=spec.steps, height=spec.height, width=spec.width,
+                              guidance_scale=spec.guidance_scale, step_callback=clock)
+            if sync:
+                sync()
+            elapsed = time.perf_counter() - clock.call_start
+            if kind == "first":
+                first_s, first_latents = elapsed, output.latents
+            elif kind == "steady":
+                steady.append(elapsed)
+                steps.extend(clock.step_intervals())
+                if pair == pairs[0] and first_latents is not None and output.latents is not None:
+                    repeat_diff.append(float((output.latents - first_latents).abs().max()))
+            if save and spec.save_images:
+                meta = {"prompt": prompt, "seed": str(seed), "recipe": recipe.name, "recipe_hash": recipe.hash,
+                        "model": spec.model, "steps": str(spec.steps), "size": f"{spec.width}x{spec.height}",
+                        "guidance_scale": str(spec.guidance_scale), "device": spec.device}
+                png, latents = save_image(output, Path(spec.image_dir), f"p{pi:03d}-s{seed}", meta)
+                result["images"].append({"prompt": prompt, "prompt_index": pi, "seed": seed, "path": str(png),
+                                         "latents_path": str(latents) if latents else None})
+            del output
+        metrics["gen.wall_s"] = time.perf_counter() - gen_started
+        status, peaks = proc_status(), sampler.peak("generate")
+        metrics["first_call.latency_s"] = first_s
+        metrics.update(latency_stats("call.latency_s", steady))
+        metrics.update(latency_stats("step.latency_s", steps))
+        metrics["compile.time_s"] = (first_s - metrics["call.latency_s.p50"]
+                                     if recipe.compile.enabled and steady and first_s is not None else None)
+        metrics["call.repeat_max_abs_diff"] = max(repeat_diff) if repeat_diff else None
+        gen_hwm = _hwm(status, metrics["gen.vmhwm_reset"])
+        metrics.update({"gen.peak_rss_mib": max(peaks.rss_mib, gen_hwm),
+                        "gen.peak_rss_anon_mib": peaks.rss_anon_mib,
+                        "gen.vmhwm_mib": gen_hwm if metrics["gen.vmhwm_reset"] else None,
+                        "gen.rss_mib": status.get("rss"), "gen.rss_anon_mib": status.get("rss_anon")})
+        if on_cuda:
+            metrics.update(cuda_counters("gen", nvml=nvml))
+            metrics["gen.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
+        metrics["proc.vmhwm_mib"] = status.get("vmhwm")
+    metrics["sampler.interval_s"] = spec.sample_interval_s
+    metrics["sampler.samples"] = sum(p.samples for p in sampler.peaks.values())
+
+
+def _hwm(status: dict[str, float], was_reset: int) -> float:
+    """VmHWM as this phase's peak, only if it was reset at the phase's start (else 0: unknown)."""
+    return status.get("vmhwm", 0.0) if was_reset else 0.0
+
+
+def _component_metrics(stats: dict[str, Any], metrics: dict[str, Any]) -> None:
+    total_params = total_bytes = 0
+    for name, st in sorted(stats.items()):
+        metrics[f"weights.{name}.params"] = st.params
+        metrics[f"weights.{name}.bytes"] = st.weight_bytes
+        metrics[f"weights.{name}.bits_per_weight"] = st.bits_per_weight
+        metrics[f"weights.{name}.quantized_tensors"] = st.quantized_tensors
+        total_params += st.params
+        total_bytes += st.weight_bytes
+    metrics["weights.total_params"] = total_params
+    metrics["weights.total_bytes"] = total_bytes
+    metrics["weights.bits_per_weight"] = 8.0 * total_bytes / total_params if total_params else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m diffquant.bench.worker SPEC.json", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    _die_with_parent()
+    spec = RunSpec.from_json(Path(argv[0]).read_text(encoding="utf-8"))
+    events = Events()
+    metrics: dict[str, Any] = {}
+    result: dict[str, Any] = {"status": "error", "error": None, "error_kind": None, "metrics": metrics,
+                              "env": None, "images": [], "recipe": spec.recipe, "recipe_hash": None}
+    code = 1
+    try:
+        _fault(spec, "start")
+        measure_run(spec, metrics, result, events)
+        result["status"], code = "ok", 0
+    except DiffquantError as exc:  # the user's input or environment: the message is for people
+        result["error"], result["error_kind"] = str(exc), "user"
+        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a bug or a backend failure: keep the traceback
+        result["error"], result["error_kind"] = f"{type(exc).__name__}: {exc}", "exception"
+        result["traceback"] = traceback.format_exc()
+        traceback.print_exc()
+    metrics["worker.wall_s"] = time.perf_counter() - started
+    events.send("phase", phase="done")
+    _write_json_atomic(Path(spec.result_path), result)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

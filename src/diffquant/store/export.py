@@ -1,0 +1,105 @@
+"""Exports of stored runs: CSV (one flat row per run, every metric a column), JSON (runs with
+settings, metrics, environment and images, nested) and Markdown (the seed's table per sweep).
+
+Files are written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from diffquant.store.db import ResultsDB, RunRow
+from diffquant.store.summary import counters_legend, summary_rows, table
+
+FORMATS = ("csv", "json", "md")
+_FIXED = ("id", "sweep_id", "model", "recipe", "recipe_hash", "status", "error", "started_at", "finished_at")
+
+
+def flat_row(run: RunRow) -> dict[str, Any]:
+    """A run as one flat dict: fixed columns, ``settings.*``, then ``metrics`` under their names."""
+    row: dict[str, Any] = {key: getattr(run, key) for key in _FIXED}
+    for key, value in sorted(run.settings.items()):
+        row[f"settings.{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    row.update(sorted(run.metrics.items()))
+    return row
+
+
+def to_csv(runs: Sequence[RunRow]) -> str:
+    rows = [flat_row(r) for r in runs]
+    columns: list[str] = list(_FIXED)
+    seen = set(columns)
+    for row in rows:
+        for key in row:
+            if key not in seen:
+                seen.add(key)
+                columns.append(key)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_json(db: ResultsDB, runs: Sequence[RunRow]) -> str:
+    payload = []
+    for run in runs:
+        item = {key: getattr(run, key) for key in (*_FIXED, "run_key", "settings", "metrics", "env")}
+        item["images"] = [{"prompt": im.prompt, "prompt_index": im.prompt_index, "seed": im.seed,
+                           "path": im.path, "latents_path": im.latents_path} for im in db.images(run.id)]
+        payload.append(item)
+    return json.dumps({"schema_version": db.schema_version, "runs": payload}, indent=2, sort_keys=False)
+
+
+def to_markdown(runs: Sequence[RunRow], reference: str = "bf16") -> str:
+    """The seed's table, one section per sweep (same model, device and settings)."""
+    out: list[str] = []
+    sweeps: dict[str, list[RunRow]] = {}
+    for run in runs:
+        sweeps.setdefault(run.sweep_id, []).append(run)
+    for sweep_id, members in sweeps.items():
+        first = members[0]
+        s = first.settings
+        out.append(f"### {first.model} · {s.get('device', '?')} · {s.get('steps')} steps · "
+                   f"{s.get('width')}x{s.get('height')} · sweep {sweep_id}")
+        out.append("")
+        headers, cells = table(summary_rows(members, reference))
+        out.append("| " + " | ".join(headers) + " |")
+        out.append("|" + "|".join("---" for _ in headers) + "|")
+        for line in cells:
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |")
+        out.append("")
+        out.append(f"Ratios: against `{reference}` in the same sweep. Counters: "
+                   + "; ".join(counters_legend([str(m.settings.get("device", "cpu")) for m in members])) + ".")
+        out.append("")
+    return "\n".join(out) if out else "_No runs._\n"
+
+
+def render(db: ResultsDB, runs: Sequence[RunRow], fmt: str, reference: str = "bf16") -> str:
+    if fmt == "csv":
+        return to_csv(runs)
+    if fmt == "json":
+        return to_json(db, runs)
+    if fmt == "md":
+        return to_markdown(runs, reference)
+    raise ValueError(f"unknown export format {fmt!r}; choose from {FORMATS}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
