@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from diffquant import zoo  # noqa: E402
+from diffquant import zoo
 
 PROMPT = "a red cat on a hill, oil painting"
 
