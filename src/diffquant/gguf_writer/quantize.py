@@ -1,0 +1,146 @@
+"""Quant-type dispatch: turn float rows into GGUF tensor bytes, chunk by chunk.
+
+K-quants come from ``kquants`` (diffquant's own, bit-identical to ggml's reference); the older
+block types come from the ``gguf`` package, whose quantizers already write ggml's bytes;
+F32/F16/BF16 are plain casts. Tensors are processed in chunks of whole blocks so that the
+float32 working set stays small (and in cache) whatever the tensor's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from diffquant.errors import unknown_choice
+from diffquant.gguf_writer import kquants
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+# Highest precision first; the order --help and errors list them in.
+SUPPORTED_TYPES: tuple[str, ...] = (
+    "F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0",
+    "Q3_K", "Q2_K",
+)
+K_TYPES = frozenset(kquants.QUANTIZERS)
+FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
+
+# (values per block, bytes per block), as ggml-common.h / gguf.GGML_QUANT_SIZES.
+BLOCK: dict[str, tuple[int, int]] = {
+    "F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
+    "Q8_0": (32, 34), "Q5_1": (32, 24), "Q5_0": (32, 22), "Q4_1": (32, 20), "Q4_0": (32, 18),
+    **{name: (kquants.QK_K, size) for name, size in kquants.TYPE_SIZES.items()},
+}
+
+# About 64k values per chunk: big enough that numpy's per-call overhead is small, small enough
+# to stay in cache (measured: 256 super-blocks is the sweet spot for the K-quant searches).
+CHUNK_VALUES = 1 << 16
+
+
+def normalize_type(name: str) -> str:
+    """'q4_k' -> 'Q4_K'; anything unknown is a user error listing the valid types."""
+    key = name.strip().upper()
+    if key not in BLOCK:
+        raise unknown_choice("GGUF quant type", name, SUPPORTED_TYPES,
+                             hint="pick one of the listed types, e.g. --type Q4_K")
+    return key
+
+
+def bits_per_weight(qtype: str) -> float:
+    values, nbytes = BLOCK[qtype]
+    return 8.0 * nbytes / values
+
+
+def can_quantize(qtype: str, row_size: int) -> bool:
+    """GGUF blocks never straddle rows: a row must hold a whole number of blocks."""
+    return row_size % BLOCK[qtype][0] == 0
+
+
+def nbytes(qtype: str, shape: tuple[int, ...]) -> int:
+    values, size = BLOCK[qtype]
+    n = int(np.prod(shape, dtype=np.int64))
+    return n // values * size
+
+
+def _gguf_quantizer(qtype: str) -> Callable[[np.ndarray], np.ndarray]:
+    import gguf
+
+    gtype = gguf.GGMLQuantizationType[qtype]
+    return lambda blocks: gguf.quants.quantize(blocks, gtype)
+
+
+def _block_quantizer(qtype: str) -> Callable[[np.ndarray], np.ndarray]:
+    """A function (n_blocks, block_values) float32 -> (n_blocks, block_bytes) uint8."""
+    if qtype in K_TYPES:
+        return kquants.QUANTIZERS[qtype]
+    return _gguf_quantizer(qtype)
+
+
+def quantize_tensor(t: torch.Tensor, qtype: str) -> np.ndarray:
+    """Quantize a torch tensor along its last dimension; returns the GGUF bytes as a uint8
+    array of shape ``(*t.shape[:-1], bytes_per_row)`` (F32/F16 keep their float dtype).
+
+    Only one chunk is converted to float32 at a time, so a bf16 tensor never needs a full
+    float32 copy. Non-finite values are refused (a NaN scale would poison a whole block).
+    """
+    import torch
+
+    shape = tuple(t.shape)
+    if not shape:
+        raise ValueError("0-d tensors must be reshaped to (1,) first")
+    if qtype == "BF16":
+        # Round-to-nearest-even, like ggml; for a bf16 source this is an exact copy.
+        bits = t.detach().to(torch.bfloat16).contiguous().view(torch.int16).numpy()
+        return bits.view(np.uint8).reshape(*shape[:-1], shape[-1] * 2)
+    if qtype in ("F32", "F16"):
+        out = t.detach().to(torch.float32 if qtype == "F32" else torch.float16).contiguous().numpy()
+        if qtype == "F16" and not np.isfinite(out).all() and torch.isfinite(t).all():
+            raise ValueError("values overflow float16 (|x| > 65504); keep this tensor as BF16 or F32")
+        return out
+    values, size = BLOCK[qtype]
+    if shape[-1] % values:
+        raise ValueError(f"row size {shape[-1]} is not a multiple of {qtype}'s "
+                         f"block size {values}")
+    flat = t.detach().reshape(-1)
+    n_blocks = flat.numel() // values
+    out = np.empty((n_blocks, size), dtype=np.uint8)
+    step = max(1, CHUNK_VALUES // values)
+    quantize_blocks = _block_quantizer(qtype)
+    # ggml's float arithmetic overflows to inf/0 for extreme inputs and compares the result;
+    # numpy would warn about every such case. The outcome is the same as in C.
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        for start in range(0, n_blocks, step):
+            stop = min(n_blocks, start + step)
+            chunk = flat[start * values:stop * values].to(torch.float32).numpy().reshape(-1, values)
+            if not np.isfinite(chunk).all():
+                raise ValueError("tensor holds NaN or infinite values")
+            out[start:stop] = quantize_blocks(chunk)
+    return out.reshape(*shape[:-1], shape[-1] // values * size)
+
+
+def quantize_array(x: np.ndarray, qtype: str) -> np.ndarray:
+    """numpy convenience wrapper around ``quantize_tensor`` (float32 input)."""
+    import torch
+
+    return quantize_tensor(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), qtype)
+
+
+def dequantize_array(data: np.ndarray, qtype: str) -> np.ndarray:
+    """GGUF bytes (as written by ``quantize_tensor``) -> float32 of the logical shape.
+    K-quants use diffquant's own dequantizers; the rest use the ``gguf`` package."""
+    if qtype in ("F32", "F16"):
+        return data.astype(np.float32)
+    if qtype == "BF16":
+        bits = np.ascontiguousarray(data).view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32)
+    values, size = BLOCK[qtype]
+    blocks = np.ascontiguousarray(data).reshape(-1, size)
+    if qtype in K_TYPES:
+        flat = kquants.DEQUANTIZERS[qtype](blocks)
+    else:
+        import gguf
+
+        flat = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType[qtype])
+    return flat.reshape(*data.shape[:-1], data.shape[-1] // size * values)
