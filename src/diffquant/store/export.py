@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from diffquant.store.db import ResultsDB, RunRow
-from diffquant.store.summary import counters_legend, summary_rows, table
+from diffquant.store.summary import counters_legend, first_line, summary_rows, table
 
 FORMATS = ("csv", "json", "md")
 _FIXED = ("id", "sweep_id", "model", "recipe", "recipe_hash", "status", "error", "started_at", "finished_at")
@@ -75,9 +75,14 @@ def to_markdown(runs: Sequence[RunRow], reference: str = "bf16") -> str:
         for line in cells:
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |")
         out.append("")
-        out.append(f"Ratios: against `{reference}` in the same sweep. Counters: "
+        out.append(f"(n×): ratio to `{reference}` in the same sweep. Counters: "
                    + "; ".join(counters_legend([str(m.settings.get("device", "cpu")) for m in members])) + ".")
         out.append("")
+        errors = [m for m in members if not m.ok]
+        for m in errors:
+            out.append(f"- `{m.recipe}`: {first_line(m.error or '', 400)}")
+        if errors:
+            out.append("")
     return "\n".join(out) if out else "_No runs._\n"
 
 

@@ -14,7 +14,7 @@ Compile time              ``compile.time_s``              ``compile.time_s``
 Weights                   ``weights.total_bytes``         ``weights.total_bytes``
 ========================  ==============================  ==================================
 
-Ratios compare runs of the same sweep (same model, device and settings) with the reference
+Ratios (in brackets after a value) compare runs of the same sweep (same model, device and settings) with the reference
 recipe's run of that sweep. No torch import here.
 """
 
@@ -133,13 +133,17 @@ def format_cell(column_kind: str, value: Any) -> str:
 
 
 def table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Headers and formatted cells of the summary (recipe, status, columns, ratios)."""
-    headers = ["Recipe", "Status"] + [c.title for c in COLUMNS] + [
-        f"{next(c.title for c in COLUMNS if c.key == k)} ×ref" for k in RATIO_KEYS]
+    """Headers and formatted cells of the summary: recipe, status, then each column's value with
+    its ratio to the reference in brackets, e.g. ``12.58 GiB (0.40×)``."""
+    headers = ["Recipe", "Status"] + [c.title for c in COLUMNS]
     cells = []
     for row in rows:
-        status = row["status"] if row["status"] == "ok" else f"error: {row['error'] or ''}"
-        line = [row["recipe"], status] + [format_cell(c.kind, row[c.key]) for c in COLUMNS]
-        line += [fmt_ratio(row[f"{k}.ratio"]) for k in RATIO_KEYS]
+        line = [row["recipe"], row["status"]]
+        for column in COLUMNS:
+            text = format_cell(column.kind, row[column.key])
+            ratio = row.get(f"{column.key}.ratio")
+            if ratio is not None and row[column.key] is not None:
+                text += f" ({fmt_ratio(ratio)})"
+            line.append(text)
         cells.append(line)
     return headers, cells

@@ -1,0 +1,259 @@
+"""``diffquant bench``: run a sweep of recipes over one model, each in its own worker process,
+with a live progress display, then print the seed's table and write the report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "zoo:shapes"
+DEFAULT_DB = Path("diffquant-results") / "results.db"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "bench", help="benchmark recipes on a model, each in a fresh process, into a results database",
+        description="Run each recipe in its own worker process (a crash, an out-of-memory kill or a timeout "
+                    "becomes an error row and the sweep goes on), measure memory per phase, latencies, "
+                    "weight bytes and the environment, save every image (PNG + latents), and record it "
+                    "all in a SQLite database. Finished runs are skipped when the sweep is run again.")
+    parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
+                        help=f"Hub id, local pipeline folder or zoo:NAME (default: {DEFAULT_MODEL})")
+    parser.add_argument("--recipes", default=None,
+                        help="comma-separated recipes (default: the seed article's list; "
+                             "`diffquant recipes` shows the syntax). Commas inside (...) are kept.")
+    parser.add_argument("--reference", default="bf16",
+                        help="baseline recipe: run first, uncompiled; ratios and quality are against it "
+                             "(default: bf16)")
+    parser.add_argument("--prompts", type=Path, default=None,
+                        help="text file, one prompt per line (blank lines and lines starting with # skipped)")
+    parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    parser.add_argument("--size", default=None, help="WIDTHxHEIGHT, e.g. 1024x1024 (default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="at least this many steady (timed) calls after the first call (default: 2)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="extra untimed calls after the first one, e.g. for CUDA graphs (default: 0)")
+    parser.add_argument("--timeout", type=float, default=3600.0,
+                        help="seconds before a run's worker is killed and recorded as timed out (default: 3600)")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="folder for images and latents (default: 'images' beside the database)")
+    parser.add_argument("--quant-cache", type=Path, default=None,
+                        help="folder for quantized weights reused across runs (default: $DIFFQUANT_CACHE/quant)")
+    parser.add_argument("--no-quant-cache", action="store_true", help="quantize from scratch in every run")
+    parser.add_argument("--force", action="store_true", help="re-run recipes already in the database")
+    parser.add_argument("--retry-errors", action="store_true", help="re-run recipes whose stored run failed")
+    parser.add_argument("--no-report", action="store_true", help="skip quality scoring, report.html and grid.png")
+    parser.add_argument("--format", choices=("table", "md", "csv", "json"), default="table",
+                        help="how to print the final results (default: table)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def split_recipes(text: str) -> list[str]:
+    """Split on commas outside parentheses: 'a,b+compile(fullgraph,mode=x)' -> 2 recipes."""
+    items, depth, current = [], 0, []
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            items.append("".join(current).strip())
+            current = []
+        else:
+            current.append(ch)
+    items.append("".join(current).strip())
+    return [i for i in items if i]
+
+
+def parse_size(text: str | None) -> tuple[int | None, int | None]:
+    from diffquant.errors import DiffquantError
+
+    if not text:
+        return None, None
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) <= 0:
+        raise DiffquantError(f"Cannot read image size {text!r}.", hint="write WIDTHxHEIGHT, e.g. 1024x1024")
+    return values[0], values[1]  # width, height
+
+
+def parse_seeds(text: str) -> list[int]:
+    from diffquant.errors import DiffquantError
+
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise DiffquantError(f"Cannot read seeds {text!r}.", hint="write e.g. --seeds 0,1,2") from exc
+
+
+def read_prompts(path: Path) -> list[str]:
+    from diffquant.errors import DiffquantError
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DiffquantError(f"Cannot read prompts file {str(path)!r}: {exc.strerror}.") from exc
+    prompts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not prompts:
+        raise DiffquantError(f"No prompts in {str(path)!r}.", hint="one prompt per line")
+    return prompts
+
+
+def default_quant_cache() -> Path:
+    from diffquant.zoo import cache_root
+
+    return cache_root().parent / "quant"
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffquant.bench import SweepOptions, resolve_settings, run_sweep
+    from diffquant.errors import DiffquantError
+    from diffquant.recipes import SEED_RECIPES
+
+    width, height = parse_size(args.size)
+    prompts = list(args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
+    recipes = split_recipes(args.recipes) if args.recipes else list(SEED_RECIPES)
+    if args.timeout <= 0:
+        raise DiffquantError(f"--timeout must be positive, got {args.timeout:g}.")
+    settings = resolve_settings(args.model, prompts=prompts or None, seeds=parse_seeds(args.seeds),
+                                steps=args.steps, height=height, width=width, guidance_scale=args.guidance,
+                                device=args.device, repeats=args.repeats, warmup=args.warmup)
+    options = SweepOptions(
+        model=args.model, recipes=recipes, settings=settings, db_path=args.db, image_root=args.images,
+        reference=args.reference, timeout_s=args.timeout, force=args.force, retry_errors=args.retry_errors,
+        quant_cache_dir=None if args.no_quant_cache else (args.quant_cache or default_quant_cache()))
+    from diffquant.commands.results import print_results
+
+    with SweepDisplay() as display:
+        report = run_sweep(options, on_event=display.on_event)
+    rows = report.ordered_rows()
+    print_results(report.db_path, rows, args.format, report.reference, wall_s=report.wall_s)
+    if not args.no_report:
+        write_reports(report.db_path, report.reference)
+    return 0
+
+
+def write_reports(db_path: Path, reference: str) -> None:
+    """Quality scores, report.html and grid.png beside the database (modules of the quality and
+    report packages; skipped with a note where they are not installed)."""
+    import importlib
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    try:
+        quality = importlib.import_module("diffquant.quality")
+        report = importlib.import_module("diffquant.report")
+    except ImportError as exc:
+        console.print(f"[yellow]report skipped:[/] {exc}")
+        return
+    missing = [n for mod, n in ((quality, "score_database"), (report, "write_report"), (report, "write_grid"))
+               if not hasattr(mod, n)]
+    if missing:
+        console.print(f"[yellow]report skipped:[/] not available yet: {', '.join(missing)}")
+        return
+    html, grid = db_path.parent / "report.html", db_path.parent / "grid.png"
+    try:
+        quality.score_database(db_path, reference=reference)
+        report.write_report(db_path, html, reference=reference)
+        report.write_grid(db_path, grid, reference=reference)
+    except ModuleNotFoundError as exc:  # a part of quality/report not installed or not built yet
+        if not (exc.name or "").startswith("diffquant."):
+            raise
+        console.print(f"[yellow]report skipped:[/] {exc}")
+        return
+    console.print(f"Report: {html}\nGrid:   {grid}")
+
+
+class SweepDisplay:
+    """Live progress on stderr (rich): the sweep as a whole, and the current run's phase, call and
+    step. One line per finished run stays on screen."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn)
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), console=self.console)
+        self.sweep_task: Any = None
+        self.run_task: Any = None
+        self.calls = 1
+        self.steps = 1
+        self.name = ""
+
+    def __enter__(self) -> SweepDisplay:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_event(self, kind: str, item: Any, data: dict[str, Any]) -> None:
+        progress = self.progress
+        if kind == "plan":
+            planned = data["planned"]
+            todo = sum(p.action == "run" for p in planned)
+            self.console.print(f"[bold]Sweep[/] {len(planned)} recipes ({todo} to run, "
+                               f"{len(planned) - todo} already in the database), reference {planned[0].name!r}")
+            self.sweep_task = progress.add_task("sweep", total=len(planned))
+        elif kind == "skip":
+            self.console.print(f"  [dim]= {item.name}: already in the database ({data['row'].status}); "
+                               "--force re-runs[/]")
+            progress.advance(self.sweep_task)
+        elif kind == "start":
+            self.name = item.name
+            self.run_task = progress.add_task(f"{item.name}: starting", total=None)
+        elif kind == "worker":
+            self._worker_event(data)
+        elif kind == "finish":
+            if self.run_task is not None:
+                progress.remove_task(self.run_task)
+                self.run_task = None
+            progress.advance(self.sweep_task)
+            self.console.print("  " + finish_line(data["row"]))
+
+    def _worker_event(self, event: dict[str, Any]) -> None:
+        if self.run_task is None:
+            return
+        what = event.get("event")
+        if what == "phase":
+            self.progress.update(self.run_task, description=f"{self.name}: {event.get('phase')}")
+        elif what == "call":
+            self.calls = int(event.get("total") or 1)
+            index = int(event.get("index") or 1)
+            self.progress.update(self.run_task, description=f"{self.name}: call {index}/{self.calls} "
+                                 f"({event.get('kind')})", total=self.calls * self.steps,
+                                 completed=(index - 1) * self.steps)
+            self._call = index
+        elif what == "step":
+            self.steps = int(event.get("steps") or 1)
+            index = getattr(self, "_call", 1)
+            self.progress.update(self.run_task, total=self.calls * self.steps,
+                                 completed=(index - 1) * self.steps + int(event.get("step") or 0))
+
+
+def finish_line(row: Any) -> str:
+    from rich.markup import escape
+
+    from diffquant.store.summary import first_line, fmt_mib, fmt_s
+
+    if not row.ok:
+        return f"[red]x {escape(row.recipe)}[/]: {escape(first_line(row.error or ''))}"
+    m = row.metrics
+    on_cuda = str(row.settings.get("device", "cpu")).startswith("cuda")
+    peak = m.get("gen.cuda_max_reserved_mib") if on_cuda else m.get("gen.peak_rss_mib")
+    weights = m.get("weights.total_bytes")
+    return (f"[green]ok {escape(row.recipe)}[/]: load {fmt_s(m.get('load.wall_s'))} · "
+            f"call p50 {fmt_s(m.get('call.latency_s.p50'))} · peak {fmt_mib(peak)} · "
+            f"weights {fmt_mib(weights / 1048576 if weights else None)}")
