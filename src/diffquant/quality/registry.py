@@ -47,6 +47,7 @@ class MetricInfo:
     needs_reference: bool  # compares each image with the reference run's matching image
     unit: str  # shown beside every value ("dB", "" for unitless)
     description: str
+    perfect: float | None = None  # the value for an image identical to the reference (PSNR: inf)
 
     def load(self, options: MetricOptions) -> MetricFn:
         """Import the factory and build the metric; may raise :class:`MetricUnavailable`."""
@@ -109,21 +110,23 @@ METRICS = MetricRegistry()
 
 
 def register_metric(name: str, factory: str, *, higher_is_better: bool, needs_reference: bool,
-                    unit: str = "", description: str = "") -> MetricInfo:
+                    unit: str = "", description: str = "", perfect: float | None = None) -> MetricInfo:
     """Add a metric to the global registry (see the module docstring for the factory contract)."""
     return METRICS.register(MetricInfo(name=name, factory=factory, higher_is_better=higher_is_better,
-                                       needs_reference=needs_reference, unit=unit, description=description))
+                                       needs_reference=needs_reference, unit=unit, description=description,
+                                       perfect=perfect))
 
 
 _M = "diffquant.quality.metrics"
 _L = "diffquant.quality.learned"
 register_metric("psnr", f"{_M}:make_psnr", higher_is_better=True, needs_reference=True, unit="dB",
+                perfect=float("inf"),
                 description="peak signal-to-noise ratio vs the reference image (inf when identical)")
-register_metric("ssim", f"{_M}:make_ssim", higher_is_better=True, needs_reference=True,
+register_metric("ssim", f"{_M}:make_ssim", higher_is_better=True, needs_reference=True, perfect=1.0,
                 description="structural similarity vs the reference image (1 when identical)")
-register_metric("ms-ssim", f"{_M}:make_ms_ssim", higher_is_better=True, needs_reference=True,
+register_metric("ms-ssim", f"{_M}:make_ms_ssim", higher_is_better=True, needs_reference=True, perfect=1.0,
                 description="multi-scale SSIM vs the reference; scales reduced for small images (noted)")
-register_metric("lpips", f"{_L}:make_lpips", higher_is_better=False, needs_reference=True,
+register_metric("lpips", f"{_L}:make_lpips", higher_is_better=False, needs_reference=True, perfect=0.0,
                 description="learned perceptual distance vs the reference (needs torchvision + "
                             "backbone weights in the torch hub cache)")
 register_metric("clip-score", f"{_L}:make_clip_score", higher_is_better=True, needs_reference=False,
@@ -133,5 +136,5 @@ register_metric("shapes-adherence", f"{_L}:make_shapes_adherence", higher_is_bet
                 needs_reference=False,
                 description="prompt adherence of the built-in zoo:shapes model (its own scorer)")
 register_metric("latent-rel-error", f"{_M}:make_latent_rel_error", higher_is_better=False,
-                needs_reference=True,
+                needs_reference=True, perfect=0.0,
                 description="relative error of the final latents, |q - ref| / |ref|")
