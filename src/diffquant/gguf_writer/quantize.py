@@ -78,6 +78,36 @@ def _block_quantizer(qtype: str) -> Callable[[np.ndarray], np.ndarray]:
     return _gguf_quantizer(qtype)
 
 
+def _numpy_source(t: torch.Tensor) -> tuple[np.ndarray, bool]:
+    """A zero-copy numpy view of ``t`` (bf16 as its uint16 bit patterns) and whether it is bf16.
+
+    Conversions to float32 then happen in numpy, chunk by chunk: torch's multi-threaded ``.to``
+    costs more in thread hand-offs than it saves on chunks this small (and far more on a busy
+    machine)."""
+    import torch
+
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16), True
+    if t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.to(torch.float32)
+    return t.numpy(), False
+
+
+def _as_float32(a: np.ndarray, is_bf16: bool) -> np.ndarray:
+    if is_bf16:
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return a.astype(np.float32, copy=False)
+
+
+def _bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns, round to nearest even, NaN kept quiet (as ggml)."""
+    n = x.view(np.uint32)
+    nan = (n & 0x7FFFFFFF) > 0x7F800000
+    rounded = ((n.astype(np.uint64) + (0x7FFF + ((n >> 16) & 1))) >> 16).astype(np.uint16)
+    return np.where(nan, ((n >> 16) | 64).astype(np.uint16), rounded)
+
+
 def quantize_tensor(t: torch.Tensor, qtype: str) -> np.ndarray:
     """Quantize a torch tensor along its last dimension; returns the GGUF bytes as a uint8
     array of shape ``(*t.shape[:-1], bytes_per_row)`` (F32/F16 keep their float dtype).
@@ -85,26 +115,27 @@ def quantize_tensor(t: torch.Tensor, qtype: str) -> np.ndarray:
     Only one chunk is converted to float32 at a time, so a bf16 tensor never needs a full
     float32 copy. Non-finite values are refused (a NaN scale would poison a whole block).
     """
-    import torch
-
     shape = tuple(t.shape)
     if not shape:
         raise ValueError("0-d tensors must be reshaped to (1,) first")
+    src, is_bf16 = _numpy_source(t)
     if qtype == "BF16":
-        # Round-to-nearest-even, like ggml; for a bf16 source this is an exact copy.
-        bits = t.detach().to(torch.bfloat16).contiguous().view(torch.int16).numpy()
+        bits = src if is_bf16 else _bf16_bits(_as_float32(src, False))  # bf16 -> BF16: exact copy
         return bits.view(np.uint8).reshape(*shape[:-1], shape[-1] * 2)
     if qtype in ("F32", "F16"):
-        out = t.detach().to(torch.float32 if qtype == "F32" else torch.float16).contiguous().numpy()
-        if qtype == "F16" and not np.isfinite(out).all() and torch.isfinite(t).all():
+        x = _as_float32(src, is_bf16)
+        if qtype == "F32":
+            return x
+        with np.errstate(over="ignore"):
+            out = x.astype(np.float16)
+        if not np.isfinite(out).all() and np.isfinite(x).all():
             raise ValueError("values overflow float16 (|x| > 65504); keep this tensor as BF16 or F32")
         return out
     values, size = BLOCK[qtype]
     if shape[-1] % values:
-        raise ValueError(f"row size {shape[-1]} is not a multiple of {qtype}'s "
-                         f"block size {values}")
-    flat = t.detach().reshape(-1)
-    n_blocks = flat.numel() // values
+        raise ValueError(f"row size {shape[-1]} is not a multiple of {qtype}'s block size {values}")
+    flat = src.reshape(-1)
+    n_blocks = flat.size // values
     out = np.empty((n_blocks, size), dtype=np.uint8)
     step = max(1, CHUNK_VALUES // values)
     quantize_blocks = _block_quantizer(qtype)
@@ -113,7 +144,7 @@ def quantize_tensor(t: torch.Tensor, qtype: str) -> np.ndarray:
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         for start in range(0, n_blocks, step):
             stop = min(n_blocks, start + step)
-            chunk = flat[start * values:stop * values].to(torch.float32).numpy().reshape(-1, values)
+            chunk = _as_float32(flat[start * values:stop * values], is_bf16).reshape(-1, values)
             if not np.isfinite(chunk).all():
                 raise ValueError("tensor holds NaN or infinite values")
             out[start:stop] = quantize_blocks(chunk)
