@@ -134,8 +134,9 @@ def _alive(pid: int) -> bool:
 def test_interrupted_sweep_leaves_no_partial_row_and_resumes(tmp_path: Path, how: signal.Signals) -> None:
     db_path = tmp_path / "r.db"
     faults = {"bf16": "raise", "torchao-int8wo": "hang"}
+    env = dict(os.environ, TMPDIR=str(tmp_path))  # a SIGKILLed sweep cannot remove its work folder
     proc = subprocess.Popen([sys.executable, "-c", _SWEEP_SCRIPT, str(db_path), json.dumps(faults)],
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 60
     worker = None
     while time.monotonic() < deadline:  # the test may poll; the code under test may not
