@@ -14,7 +14,7 @@ from diffquant.quality import METRICS, MetricOptions, MetricUnavailable
 from diffquant.quality.batch import Batch
 from diffquant.quality.bootstrap import bootstrap_mean, paired_difference
 from diffquant.quality.metrics import ms_ssim_plan
-from diffquant.quality.registry import MetricRegistry, MetricInfo
+from diffquant.quality.registry import MetricInfo, MetricRegistry
 
 
 def _gray(size: int = 128, level: int = 128) -> Image.Image:
@@ -42,7 +42,7 @@ def _batch(images: list[Image.Image], refs: list[Image.Image], model: str = "zoo
                  preloaded_references=refs)
 
 
-def _metric(name: str):  # noqa: ANN202
+def _metric(name: str):
     return METRICS.get(name).load(MetricOptions())
 
 

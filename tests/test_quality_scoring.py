@@ -73,7 +73,7 @@ def test_no_reference_metrics_get_a_paired_delta(tmp_path: Path, monkeypatch: py
     reference included, with the paired difference to the reference."""
     from diffquant.quality import registry
 
-    def make_brightness(options):  # noqa: ANN001, ANN202
+    def make_brightness(options):
         import numpy as np
 
         return lambda batch: [float(np.asarray(im).mean()) for im in batch.images]

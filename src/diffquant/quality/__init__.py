@@ -24,7 +24,7 @@ __all__ = ["METRICS", "MetricInfo", "MetricOptions", "MetricUnavailable", "regis
 
 def score_db(db_path: Path, reference: str = "bf16", metrics: list[str] | None = None, *,
              options: MetricOptions | None = None,
-             bootstrap: "BootstrapSettings | None" = None) -> list["MetricResult"]:
+             bootstrap: BootstrapSettings | None = None) -> list[MetricResult]:
     """Score every successful run of the database and store the results; return them too."""
     from diffquant.quality.scoring import BootstrapSettings, score_runs
     from diffquant.quality.store import load_runs, open_existing, write_results

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 
-def load_rgb(path: Path) -> "Image.Image":
+def load_rgb(path: Path) -> Image.Image:
     from PIL import Image
 
     with Image.open(path) as img:
@@ -36,21 +36,21 @@ class Batch:
     latent_paths: list[Path | None] = field(default_factory=list)
     reference_latent_paths: list[Path | None] | None = None
     notes: list[str] = field(default_factory=list)
-    preloaded: list["Image.Image"] | None = None  # tests and in-memory callers
-    preloaded_references: list["Image.Image"] | None = None
-    loader: Callable[[Path], "Image.Image"] = load_rgb  # a caching loader shares images across runs
+    preloaded: list[Image.Image] | None = None  # tests and in-memory callers
+    preloaded_references: list[Image.Image] | None = None
+    loader: Callable[[Path], Image.Image] = load_rgb  # a caching loader shares images across runs
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     @cached_property
-    def images(self) -> list["Image.Image"]:
+    def images(self) -> list[Image.Image]:
         if self.preloaded is not None:
             return self.preloaded
         return [self.loader(p) for p in self.image_paths]
 
     @cached_property
-    def references(self) -> list["Image.Image"]:
+    def references(self) -> list[Image.Image]:
         if self.preloaded_references is not None:
             return self.preloaded_references
         if self.reference_paths is None:

@@ -66,7 +66,7 @@ def paired_difference(values: Sequence[float], reference: Sequence[float], **kwa
     return bootstrap_mean(diffs, **kwargs)  # type: ignore[arg-type]
 
 
-def _inf_mean(data: "object") -> float:
+def _inf_mean(data: object) -> float:
     import numpy as np
 
     arr = np.asarray(data)
@@ -75,7 +75,7 @@ def _inf_mean(data: "object") -> float:
     return float(np.inf if np.isposinf(arr).any() else -np.inf)
 
 
-def _row_inf_means(samples: "object") -> "object":
+def _row_inf_means(samples: object) -> object:
     import numpy as np
 
     arr = np.asarray(samples)

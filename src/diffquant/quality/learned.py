@@ -38,7 +38,7 @@ def lpips_unavailable_reason(net: str, hub_dir: Path | None = None) -> str | Non
                 "(pip install 'diffquant[lpips]')")
     try:
         import torchvision  # noqa: F401
-    except Exception as exc:  # a mismatched build fails at import with many error types
+    except Exception as exc:  # noqa: BLE001 - a mismatched build fails at import with many error types
         return f"torchvision does not import beside this torch ({_first_line(exc)})"
     import torch
     import torchmetrics.functional.image as tmi

@@ -18,7 +18,7 @@ MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, to
 SSIM_KERNEL = 11
 
 
-def to_tensor(image: "Image.Image", dtype: Any = None) -> "torch.Tensor":
+def to_tensor(image: Image.Image, dtype: Any = None) -> torch.Tensor:
     """A PIL image as a (1, 3, H, W) tensor in [0, 1] (float64 unless ``dtype`` says otherwise)."""
     import numpy as np
     import torch
@@ -28,7 +28,7 @@ def to_tensor(image: "Image.Image", dtype: Any = None) -> "torch.Tensor":
     return tensor.to(dtype or torch.float64)
 
 
-def _pairs(batch: Batch) -> list[tuple["torch.Tensor", "torch.Tensor"]]:
+def _pairs(batch: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
     out = []
     for i, (img, ref) in enumerate(zip(batch.images, batch.references, strict=True)):
         if img.size != ref.size:
@@ -105,7 +105,7 @@ def make_ms_ssim(options: MetricOptions) -> MetricFn:
     return ms_ssim
 
 
-def load_latents(path: Path) -> "torch.Tensor":
+def load_latents(path: Path) -> torch.Tensor:
     """The final latents saved beside an image: the file's only tensor, or its ``latents`` key."""
     from safetensors.torch import load_file
 
@@ -117,7 +117,7 @@ def load_latents(path: Path) -> "torch.Tensor":
     raise MetricUnavailable(f"{path} holds {len(tensors)} tensors and none is named 'latents'")
 
 
-def relative_error(q: "torch.Tensor", ref: "torch.Tensor") -> float:
+def relative_error(q: torch.Tensor, ref: torch.Tensor) -> float:
     """‖q − ref‖ / ‖ref‖ in float64 (nan when the reference is all zeros)."""
     q64, r64 = q.double().flatten(), ref.double().flatten()
     if q64.shape != r64.shape:

@@ -15,8 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from diffquant.quality.batch import Batch, load_rgb
-from diffquant.quality.bootstrap import (DEFAULT_LEVEL, DEFAULT_RESAMPLES, DEFAULT_SEED, Estimate,
-                                         bootstrap_mean, paired_difference)
+from diffquant.quality.bootstrap import (
+    DEFAULT_LEVEL,
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    Estimate,
+    bootstrap_mean,
+    paired_difference,
+)
 from diffquant.quality.data import RunInfo, find_reference, match_images
 from diffquant.quality.registry import METRICS, MetricFn, MetricInfo, MetricOptions, MetricUnavailable
 

@@ -8,6 +8,7 @@ deletes it. ``inf`` (PSNR of identical images) is stored as SQLite's Inf; NaN as
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ def _path(value: str | None, base: Path) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
-def load_runs(db: "ResultsDB") -> list[RunInfo]:
+def load_runs(db: ResultsDB) -> list[RunInfo]:
     """Every run of the database with its images, as plain :class:`RunInfo`."""
     base = Path(db.path).parent
     runs = []
@@ -129,7 +130,7 @@ def load_runs(db: "ResultsDB") -> list[RunInfo]:
     return runs
 
 
-def open_existing(db_path: Path) -> "ResultsDB":
+def open_existing(db_path: Path) -> ResultsDB:
     """Open a results database that must already exist (never create an empty one by mistake)."""
     from diffquant.store import ResultsDB
 
@@ -141,11 +142,11 @@ def open_existing(db_path: Path) -> "ResultsDB":
 
 
 def _num(value: float | None) -> float | None:
-    return None if value is None or value != value else float(value)  # NaN -> NULL
+    return None if value is None or math.isnan(value) else float(value)  # NaN -> NULL
 
 
-def write_results(conn: sqlite3.Connection, results: list["MetricResult"], reference: str,
-                  boot: "BootstrapSettings") -> None:
+def write_results(conn: sqlite3.Connection, results: list[MetricResult], reference: str,
+                  boot: BootstrapSettings) -> None:
     """Replace the stored scores of every (run, metric) in ``results``, in one transaction."""
     from diffquant.quality.registry import METRICS
 

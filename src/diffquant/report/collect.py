@@ -18,8 +18,15 @@ from typing import Any
 from diffquant.quality.data import ImageInfo, RunInfo, canonical_recipe, settings_label
 from diffquant.quality.registry import METRICS, MetricInfo
 from diffquant.quality.store import QualityRow, load_runs, open_existing, read_image_quality, read_quality
-from diffquant.report.format import (counter_label, counter_unit, fmt_memory, fmt_ratio, fmt_seconds,
-                                     format_estimate, memory_unit)
+from diffquant.report.format import (
+    counter_label,
+    counter_unit,
+    fmt_memory,
+    fmt_ratio,
+    fmt_seconds,
+    format_estimate,
+    memory_unit,
+)
 
 # The seed's columns (keys of diffquant.store.summary.COLUMNS) in the order the report shows them.
 TABLE_KEYS = ("after_load_mib", "peak_mib", "inference_s", "compile_s", "weights_mib")

@@ -40,7 +40,7 @@ def cell_size(width: int, height: int) -> tuple[int, int, int]:
     return width, height, 1
 
 
-def _font(size: int) -> "ImageFont.ImageFont | ImageFont.FreeTypeFont":
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     from PIL import ImageFont
 
     try:
@@ -49,7 +49,7 @@ def _font(size: int) -> "ImageFont.ImageFont | ImageFont.FreeTypeFont":
         return ImageFont.load_default()
 
 
-def _wrap(draw: "ImageDraw.ImageDraw", text: str, font: object, width: int, max_lines: int) -> list[str]:
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: object, width: int, max_lines: int) -> list[str]:
     lines: list[str] = []
     current = ""
     for word in text.split():
@@ -75,7 +75,7 @@ def _wrap(draw: "ImageDraw.ImageDraw", text: str, font: object, width: int, max_
     return lines
 
 
-def column_lines(sweep: "SweepView", run: "RunView") -> list[tuple[str, tuple[int, int, int]]]:
+def column_lines(sweep: SweepView, run: RunView) -> list[tuple[str, tuple[int, int, int]]]:
     """The header under a column: key figures with their units."""
     lines = []
     peak, latency = run.cells.get("peak_mib"), run.cells.get("inference_s")
@@ -94,7 +94,7 @@ def column_lines(sweep: "SweepView", run: "RunView") -> list[tuple[str, tuple[in
     return lines
 
 
-def render_sweep(sweep: "SweepView", *, max_rows: int = MAX_ROWS, title: bool = True) -> "Image.Image":
+def render_sweep(sweep: SweepView, *, max_rows: int = MAX_ROWS, title: bool = True) -> Image.Image:
     """The grid of one sweep as a PIL image."""
     from PIL import Image, ImageDraw
 
@@ -168,7 +168,7 @@ def render_sweep(sweep: "SweepView", *, max_rows: int = MAX_ROWS, title: bool = 
     return canvas
 
 
-def render_grid(sweeps: list["SweepView"], *, max_rows: int = MAX_ROWS) -> "Image.Image":
+def render_grid(sweeps: list[SweepView], *, max_rows: int = MAX_ROWS) -> Image.Image:
     """Every sweep's grid stacked vertically (each titled with its model, device and settings)."""
     from PIL import Image
 
@@ -185,7 +185,7 @@ def render_grid(sweeps: list["SweepView"], *, max_rows: int = MAX_ROWS) -> "Imag
     return canvas
 
 
-def save_png_atomic(image: "Image.Image", out: Path) -> Path:
+def save_png_atomic(image: Image.Image, out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffquant.report.collect import ReportData, RunView, SweepView, collect
-from diffquant.report.format import (ascii_inf, counter_label, counter_unit, fmt_number, format_estimate,
-                                     metric_title)
+from diffquant.report.format import (
+    ascii_inf,
+    counter_label,
+    counter_unit,
+    fmt_number,
+    format_estimate,
+    metric_title,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -37,7 +43,7 @@ class Assets:
 
         return f"{quote(self.prefix)}/{quote(name)}"
 
-    def image(self, image: "Image.Image", name: str) -> str:
+    def image(self, image: Image.Image, name: str) -> str:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", optimize=True)
         return self.data(buffer.getvalue(), name)

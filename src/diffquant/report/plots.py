@@ -67,7 +67,7 @@ def _svg(fig: Any, salt: str) -> str:
     text = buffer.getvalue()
     text = re.sub(r"^<\?xml[^>]*>\s*", "", text)
     text = re.sub(r"<!DOCTYPE[^>]*>\s*", "", text)
-    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.DOTALL)
     return text.replace("<svg ", f'<svg role="img" aria-label="{salt}" ', 1)
 
 
@@ -77,7 +77,7 @@ def _annotate(ax: Any, points: list[Point]) -> None:
                     color=REF_COLOUR if p.is_reference else "#202028")
 
 
-def _memory(sweep: "SweepView") -> tuple[str, str, float] | None:
+def _memory(sweep: SweepView) -> tuple[str, str, float] | None:
     col = sweep.column("peak_mib")
     if col is None:
         return None
@@ -85,7 +85,7 @@ def _memory(sweep: "SweepView") -> tuple[str, str, float] | None:
     return f"{col.title} ({col.label}, {col.unit})", col.unit, scale
 
 
-def memory_latency_svg(sweep: "SweepView") -> str | None:
+def memory_latency_svg(sweep: SweepView) -> str | None:
     """Peak memory (x) against inference time (y), one labelled point per recipe."""
     mem = _memory(sweep)
     lat = sweep.column("inference_s")
@@ -109,7 +109,7 @@ def memory_latency_svg(sweep: "SweepView") -> str | None:
     return _svg(fig, f"memory-latency-{sweep.anchor}")
 
 
-def quality_memory_svg(sweep: "SweepView", metric: "MetricInfo") -> str | None:
+def quality_memory_svg(sweep: SweepView, metric: MetricInfo) -> str | None:
     """Quality (y, mean with 95% CI) against peak memory (x); the Pareto front drawn as a step line."""
     mem = _memory(sweep)
     if mem is None:
