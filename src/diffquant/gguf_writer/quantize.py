@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diffquant.errors import unknown_choice
+from diffquant.errors import DiffquantError
 from diffquant.gguf_writer import kquants
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +43,8 @@ def normalize_type(name: str) -> str:
     """'q4_k' -> 'Q4_K'; anything unknown is a user error listing the valid types."""
     key = name.strip().upper()
     if key not in BLOCK:
-        raise unknown_choice("GGUF quant type", name, SUPPORTED_TYPES,
+        # Suggestions compare the upper-cased spelling: 'q4k' -> 'Q4_K'.
+        raise DiffquantError(f"Unknown GGUF quant type {name!r}.", choices=SUPPORTED_TYPES, given=key,
                              hint="pick one of the listed types, e.g. --type Q4_K")
     return key
 
