@@ -5,7 +5,14 @@ Heavy imports (torch, diffusers) happen only inside the worker and in functions 
 """
 
 from diffquant.bench.spec import BenchSettings, RunSpec, run_key, sweep_id
-from diffquant.bench.sweep import SEED_PROMPTS, PlannedRun, SweepOptions, SweepReport, resolve_settings, run_sweep
+from diffquant.bench.sweep import (
+           SEED_PROMPTS,
+           PlannedRun,
+           SweepOptions,
+           SweepReport,
+           resolve_settings,
+           run_sweep,
+)
 
 __all__ = ["SEED_PROMPTS", "BenchSettings", "PlannedRun", "RunSpec", "SweepOptions", "SweepReport",
            "resolve_settings", "run_key", "run_sweep", "sweep_id"]

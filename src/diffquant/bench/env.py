@@ -57,7 +57,8 @@ def git_commit() -> dict[str, Any]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
-                               cwd=here.parent, capture_output=True, text=True, timeout=10).stdout.strip()
+                               cwd=here.parent, capture_output=True, text=True, timeout=10,
+                               check=False).stdout.strip()
         return {"git_commit": commit or None, "git_dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}

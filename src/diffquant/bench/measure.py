@@ -20,12 +20,16 @@ memory from NVML (``pynvml``) when importable and from ``torch.cuda.mem_get_info
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Self
 
 MIB = 1024 * 1024
 _STATUS_KEYS = {"VmRSS": "rss", "RssAnon": "rss_anon", "RssFile": "rss_file", "VmHWM": "vmhwm"}
@@ -82,10 +86,8 @@ class Nvml:
         bus = getattr(props, "pci_bus_id", None)
         if bus is not None:  # match by PCI address: right even under CUDA_VISIBLE_DEVICES
             domain, device = getattr(props, "pci_domain_id", 0), getattr(props, "pci_device_id", 0)
-            try:
+            with contextlib.suppress(Exception):  # fall back to the index
                 return pynvml.nvmlDeviceGetHandleByPciBusId(f"{domain:08x}:{bus:02x}:{device:02x}.0")
-            except Exception:  # noqa: BLE001 - fall back to the index
-                pass
         return pynvml.nvmlDeviceGetHandleByIndex(device_index)
 
     def used_mib(self) -> float | None:
@@ -144,7 +146,7 @@ class Sampler:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
 
-    def __enter__(self) -> Sampler:
+    def __enter__(self) -> Self:
         self._sample()
         self._thread = threading.Thread(target=self._loop, name="diffquant-sampler", daemon=True)
         self._thread.start()

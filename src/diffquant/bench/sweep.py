@@ -33,12 +33,12 @@ from diffquant.store import ImageRow, ResultsDB, RunRow
 
 # The seed article's three prompts: the default when neither the user nor the model names any.
 SEED_PROMPTS: tuple[str, ...] = (
-    "Baroque style, a lavish palace interior with ornate gilded ceilings, intricate tapestries, and dramatic "
-    "lighting over a grand staircase.",
-    "Futurist style, a dynamic spaceport with sleek silver starships docked at angular platforms, surrounded by "
-    "distant planets and glowing energy lines.",
-    "Noir style, a shadowy alleyway with flickering street lamps and a solitary trench-coated figure, framed by "
-    "rain-soaked cobblestones and darkened storefronts.",
+    ("Baroque style, a lavish palace interior with ornate gilded ceilings, intricate tapestries, and dramatic "
+     "lighting over a grand staircase."),
+    ("Futurist style, a dynamic spaceport with sleek silver starships docked at angular platforms, surrounded by "
+     "distant planets and glowing energy lines."),
+    ("Noir style, a shadowy alleyway with flickering street lamps and a solitary trench-coated figure, framed by "
+     "rain-soaked cobblestones and darkened storefronts."),
 )
 
 SweepEventHandler = Callable[[str, "PlannedRun", dict[str, Any]], None]

@@ -52,15 +52,14 @@ class Events:
 
 def _die_with_parent() -> None:
     """Linux: get SIGKILL if the parent dies, so an orphaned worker never runs on."""
-    try:
-        import ctypes
+    import contextlib
+    import ctypes
 
+    with contextlib.suppress(Exception):  # best effort off Linux
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:
-            os._exit(70)
-    except Exception:  # noqa: BLE001 - best effort off Linux
-        pass
+    if os.getppid() == 1:  # the parent is already gone
+        os._exit(70)
 
 
 def _fault(spec: RunSpec, phase: str) -> None:
@@ -125,8 +124,16 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
     import torch
 
     from diffquant.bench.env import capture_env
-    from diffquant.bench.measure import (Nvml, Sampler, StepClock, cuda_counters, latency_stats, proc_status,
-                                         reset_cuda_peaks, reset_peak_rss)
+    from diffquant.bench.measure import (
+        Nvml,
+        Sampler,
+        StepClock,
+        cuda_counters,
+        latency_stats,
+        proc_status,
+        reset_cuda_peaks,
+        reset_peak_rss,
+    )
     from diffquant.inspect import component_stats, disk_bytes
     from diffquant.pipeline import generate, load_info, load_pipeline
 
@@ -135,7 +142,8 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
     if on_cuda and not torch.cuda.is_available():
         raise DiffquantError("This run asks for device 'cuda' but torch sees no CUDA device here.",
                              hint="run with --device cpu, or on a machine with a GPU")
-    nvml = Nvml() if on_cuda else None
+    device_index = (torch.device(spec.device).index if on_cuda else None)
+    nvml = Nvml(torch.cuda.current_device() if device_index is None else device_index) if on_cuda else None
     result["env"] = env = capture_env(gpu=True)
     env["device"] = spec.device
     if nvml is not None and nvml.error:

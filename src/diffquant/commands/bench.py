@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Self
 
 DEFAULT_MODEL = "zoo:shapes"
 DEFAULT_DB = Path("diffquant-results") / "results.db"
@@ -180,8 +183,14 @@ class SweepDisplay:
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                                   TimeElapsedColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.console = Console(stderr=True)
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
@@ -192,7 +201,7 @@ class SweepDisplay:
         self.steps = 1
         self.name = ""
 
-    def __enter__(self) -> SweepDisplay:
+    def __enter__(self) -> Self:
         self.progress.start()
         return self
 

@@ -14,10 +14,13 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffquant.errors import DiffquantError
 from diffquant.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Self
 
 MetricValue = float | int | str | None
 
@@ -120,7 +123,7 @@ class ResultsDB:
     def close(self) -> None:
         self.connection.close()
 
-    def __enter__(self) -> ResultsDB:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
