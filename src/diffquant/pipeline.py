@@ -81,6 +81,7 @@ def load_pipeline(model: str, recipe: "str | Recipe" = "bf16", *, device: str | 
     from diffquant.backends.base import ComponentContext
     from diffquant.components import denoiser_name, read_components, resolve_model, resolve_targets
     from diffquant.memory import apply_compile, place_and_offload
+    from diffquant.serialize import is_quantized_export
 
     from diffquant.quiet import quiet_libraries
 
@@ -96,6 +97,8 @@ def load_pipeline(model: str, recipe: "str | Recipe" = "bf16", *, device: str | 
                                  hint="run `diffquant recipes` to see what runs on this machine")
     model_dir = resolve_model(model)
     components = read_components(model_dir)
+    if is_quantized_export(model_dir):
+        return _load_export(model, model_dir, recipe, device, started)
     targets = resolve_targets(recipe, components)
     dtype = getattr(torch, recipe.dtype)
     denoiser = denoiser_name(components)
@@ -129,6 +132,37 @@ def load_pipeline(model: str, recipe: "str | Recipe" = "bf16", *, device: str | 
         quantized={n: f"{s.backend}-{s.qtype}" for n, s in targets.items()},
         quant_cache_used=bool(cache_hits) and all(cache_hits),
         load_seconds=time.perf_counter() - started, notes=notes)
+    return pipe
+
+
+def _load_export(model: str, model_dir: Path, recipe: Recipe, device: str, started: float) -> Any:
+    """Load a folder written by ``diffquant quantize``; the recipe may add memory/compile options only."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from diffquant.components import denoiser_name, read_components
+    from diffquant.memory import apply_compile, place_and_offload
+    from diffquant.serialize import MARKER, load_saved_components
+
+    meta = json.loads((model_dir / MARKER).read_text())
+    if recipe.quant:
+        raise DiffquantError(f"{str(model_dir)!r} is already quantized with {meta['recipe_name']!r}; "
+                             f"the recipe {recipe.name!r} would quantize it again.",
+                             hint="load it with recipe 'bf16' (plus memory/compile options), or quantize "
+                                  "the original model")
+    stored = Recipe.from_dict(meta["recipe"])
+    dtype = getattr(torch, stored.dtype)
+    loaded = load_saved_components(model_dir, dtype, device)
+    pipe = DiffusionPipeline.from_pretrained(str(model_dir), torch_dtype=dtype, **loaded)
+    pipe.set_progress_bar_config(disable=True)
+    combined = Recipe(quant=stored.quant, memory=recipe.memory, compile=recipe.compile, dtype=stored.dtype)
+    notes = place_and_offload(pipe, combined, device)
+    notes += apply_compile(pipe, combined, denoiser_name(read_components(model_dir)))
+    pipe._diffquant_load_info = LoadInfo(
+        model_ref=model, model_dir=model_dir, recipe=combined, device=device,
+        quantized={n: f for n, f in meta["components"].items() if f != "native"},
+        quant_cache_used=True, load_seconds=time.perf_counter() - started,
+        notes=notes + [f"loaded a diffquant export of {meta['source_model']} ({meta['recipe_name']})"])
     return pipe
 
 

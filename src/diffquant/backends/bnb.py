@@ -54,10 +54,14 @@ def swap_linear_layers(module: Any, spec: QuantSpec, compute_dtype: Any, device:
     import torch
 
     swapped = 0
+    # Like transformers' own bnb integration: layers a model keeps in fp32 stay unquantized
+    # (T5's "wo" casts its input to its weight's dtype, which would be uint8).
+    keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+    skip_patterns = tuple(spec.skip_modules) + keep
     for parent_name, parent in list(module.named_modules()):
         for child_name, child in list(parent.named_children()):
             full = f"{parent_name}.{child_name}" if parent_name else child_name
-            if type(child) is not torch.nn.Linear or _skipped(full, spec.skip_modules):
+            if type(child) is not torch.nn.Linear or _skipped(full, skip_patterns):
                 continue
             weight = child.weight.data
             bias = child.bias.data.to(compute_dtype) if child.bias is not None else None
@@ -81,3 +85,35 @@ def swap_linear_layers(module: Any, spec: QuantSpec, compute_dtype: Any, device:
 
 def _skipped(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatch(name, p) or p in name.split(".") for p in patterns)
+
+
+def load_prequantized(module: Any, state: dict[str, Any], spec: QuantSpec, compute_dtype: Any, device: str) -> None:
+    """Swap in empty bitsandbytes layers, then fill them from a saved (already packed) state dict."""
+    import bitsandbytes as bnb
+    import torch
+
+    swap_linear_layers(module, spec, compute_dtype, "cpu")  # structure only; overwritten below
+    plain = {}
+    for name, layer in module.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(layer, bnb.nn.Linear4bit):
+            stats = {k[len(prefix) + len("weight."):]: v for k, v in state.items()
+                     if k.startswith(prefix + "weight.")}
+            layer.weight = bnb.nn.Params4bit.from_prequantized(state[prefix + "weight"], stats,
+                                                               requires_grad=False, device=torch.device(device))
+        elif isinstance(layer, bnb.nn.Linear8bitLt):
+            data = state[prefix + "weight"]
+            layer.weight = bnb.nn.Int8Params(data, requires_grad=False, has_fp16_weights=False,
+                                             CB=data, SCB=state[prefix + "SCB"])
+            layer.state.CB = layer.state.SCB = None  # drop the placeholder's cached matrices
+        else:
+            continue
+        if layer.bias is not None:
+            layer.bias = torch.nn.Parameter(state[prefix + "bias"].to(compute_dtype), requires_grad=False)
+    quantized_prefixes = tuple(f"{n}." for n, m in module.named_modules()
+                               if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)))
+    for key, value in state.items():
+        if not key.startswith(quantized_prefixes):
+            plain[key] = value
+    module.load_state_dict(plain, strict=False)
+    module.to(device)

@@ -24,10 +24,13 @@ def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any | None:
 
 
 def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
+    return apply_casting(load_plain(ctx), spec, ctx)
+
+
+def apply_casting(module: Any, spec: QuantSpec, ctx: ComponentContext) -> Any:
     import torch
     from diffusers.hooks import apply_layerwise_casting
 
-    module = load_plain(ctx)
     storage = torch.float8_e4m3fn if spec.qtype == "e4m3" else torch.float8_e5m2
     # "auto" skips norms, embeddings and positional layers, as enable_layerwise_casting does.
     skip: str | tuple[str, ...] = tuple(spec.skip_modules) if spec.skip_modules else "auto"
