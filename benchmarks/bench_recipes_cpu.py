@@ -53,14 +53,19 @@ def mib(run: RunRow, key: str) -> str:
     return fmt_mib(value if isinstance(value, (int, float)) else None)
 
 
+def _load(m: dict) -> str:
+    values = [v for v in (m.get("host.loadavg_1m.before_load"), m.get("host.loadavg_1m.end")) if v is not None]
+    return "/".join(f"{v:.1f}" for v in values) or "-"
+
+
 def print_report(rows: list[RunRow], sweep_wall_s: float) -> None:
     ref = next((r for r in rows if r.recipe == "bf16" and r.ok), None)
     print("\n| recipe | status | weights | ×bf16 | after-load RSS | after-load anon | ×bf16 | peak RSS (gen) "
-          "| ×bf16 | peak anon (gen) | load peak RSS | call p50 | ×bf16 | step p50 | first call | load |")
-    print("|" + "---|" * 16)
+          "| ×bf16 | peak anon (gen) | load peak RSS | call p50 | ×bf16 | step p50 | first call | load | host load |")
+    print("|" + "---|" * 17)
     for r in rows:
         if not r.ok:
-            print(f"| {r.recipe} | error: {first_line(r.error or '', 110).replace('|', '/')} |" + " |" * 14)
+            print(f"| {r.recipe} | error: {first_line(r.error or '', 110).replace('|', '/')} |" + " |" * 15)
             continue
         m = r.metrics
         print(f"| {r.recipe} | ok | {mib(r, 'weights.total_bytes')} | {ratio(r, ref, 'weights.total_bytes')} "
@@ -69,7 +74,7 @@ def print_report(rows: list[RunRow], sweep_wall_s: float) -> None:
               f"| {mib(r, 'gen.peak_rss_anon_mib')} | {mib(r, 'load.peak_rss_mib')} "
               f"| {fmt_s(m.get('call.latency_s.p50'))} | {ratio(r, ref, 'call.latency_s.p50')} "
               f"| {fmt_s(m.get('step.latency_s.p50'))} | {fmt_s(m.get('first_call.latency_s'))} "
-              f"| {fmt_s(m.get('load.wall_s'))} |")
+              f"| {fmt_s(m.get('load.wall_s'))} | {_load(m)} |")
     ran = [r for r in rows if "run.wall_s" in r.metrics]
     work = sum((r.metrics.get("load.wall_s") or 0) + (r.metrics.get("gen.wall_s") or 0) for r in ran)
     lifetimes = sum(r.metrics.get("run.wall_s") or 0 for r in ran)

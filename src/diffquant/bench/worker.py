@@ -151,6 +151,7 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
     sync = torch.cuda.synchronize if on_cuda else None
 
     before = proc_status()
+    metrics["host.loadavg_1m.before_load"] = _loadavg()
     metrics["proc.rss_mib.before_load"] = before.get("rss")
     metrics["proc.rss_anon_mib.before_load"] = before.get("rss_anon")
 
@@ -244,8 +245,17 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
             metrics.update(cuda_counters("gen", nvml=nvml))
             metrics["gen.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
         metrics["proc.vmhwm_mib"] = status.get("vmhwm")
+        metrics["host.loadavg_1m.end"] = _loadavg()
     metrics["sampler.interval_s"] = spec.sample_interval_s
     metrics["sampler.samples"] = sum(p.samples for p in sampler.peaks.values())
+
+
+def _loadavg() -> float | None:
+    """The host's 1-minute load average: how contended the CPU was (other processes included)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def _hwm(status: dict[str, float], was_reset: int) -> float:

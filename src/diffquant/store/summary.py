@@ -96,7 +96,13 @@ def counters_legend(devices: Sequence[str]) -> list[str]:
     for column in COLUMNS:
         names = [f"{column.counter(k)} ({k})" for k in kinds if column.counter(k)]
         lines.append(f"{column.title} = {', '.join(names)}")
+    if "cpu" in kinds:
+        lines.append(CPU_NOTE)
     return lines
+
+
+CPU_NOTE = ("on CPU, memory-mapped bf16 weights become resident only when first read, so an unquantized run's "
+            "after-loading RSS leaves most of its weights out: compare Peak memory and Weights")
 
 
 def first_line(text: str, limit: int = 160) -> str:
