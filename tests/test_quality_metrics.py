@@ -113,8 +113,10 @@ def test_lpips_names_missing_backbone_weights(tmp_path: Path, monkeypatch: pytes
 
 
 def test_clip_score_unavailable_offline_for_unknown_model(tmp_path: Path) -> None:
-    with pytest.raises(MetricUnavailable, match="cannot be loaded offline"):
+    with pytest.raises(MetricUnavailable, match="does not exist"):
         METRICS.get("clip-score").load(MetricOptions(clip_model=str(tmp_path / "no-such-clip")))
+    with pytest.raises(MetricUnavailable, match="not in the Hugging Face cache"):
+        METRICS.get("clip-score").load(MetricOptions(clip_model="diffquant-tests/no-such-clip-model"))
 
 
 def test_clip_score_with_a_local_model(tmp_path: Path) -> None:

@@ -80,26 +80,51 @@ def make_lpips(options: MetricOptions) -> MetricFn:
     return lpips
 
 
+def _clip_source(source: str) -> str:
+    """A local folder, or a Hub id already in the Hugging Face cache; else MetricUnavailable.
+
+    Checked before transformers' model classes are imported, so an absent model costs nothing.
+    """
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return str(local)
+    hint = ("pass a local CLIP folder with --clip-model (or DIFFQUANT_CLIP_MODEL), or put the model "
+            "in the Hugging Face cache on a machine that can download it")
+    if local.is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
+        raise MetricUnavailable(f"CLIP model folder {str(local)!r} does not exist; {hint}")
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "config.json")
+    except Exception as exc:  # an invalid id, or no huggingface_hub
+        raise MetricUnavailable(f"CLIP model {source!r} cannot be looked up offline ({_first_line(exc)}); "
+                                f"{hint}") from exc
+    if not isinstance(cached, str):
+        raise MetricUnavailable(f"CLIP model {source!r} is not in the Hugging Face cache "
+                                f"({constants.HF_HUB_CACHE}) and nothing is downloaded; {hint}")
+    return source
+
+
 def make_clip_score(options: MetricOptions) -> MetricFn:
     """CLIP score as torchmetrics defines it: 100 x max(cos(image, prompt), 0)."""
+    source = options.clip_model
+    ref = _clip_source(source)
     import torch
 
     try:
-        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel
+        try:  # transformers >= 5: the PIL processor, without the torchvision-backend warning
+            from transformers import CLIPImageProcessorPil as ImageProcessor
+        except ImportError:
+            from transformers import CLIPImageProcessor as ImageProcessor
     except ImportError as exc:
         raise MetricUnavailable(f"transformers' CLIP classes do not import ({_first_line(exc)})") from exc
-    source = options.clip_model
-    local = Path(source).expanduser()
-    ref = str(local) if local.exists() else source
     try:
         model = CLIPModel.from_pretrained(ref, local_files_only=True).to(options.device).eval()
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=True)
-        processor = CLIPImageProcessor.from_pretrained(ref, local_files_only=True)
+        processor = ImageProcessor.from_pretrained(ref, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
-        raise MetricUnavailable(
-            f"CLIP model {source!r} cannot be loaded offline ({_first_line(exc)}); pass a local folder "
-            "with --clip-model (or DIFFQUANT_CLIP_MODEL), or put the model in the Hugging Face cache"
-        ) from exc
+        raise MetricUnavailable(f"CLIP model {source!r} did not load offline ({_first_line(exc)})") from exc
     max_len = min(int(tokenizer.model_max_length), int(model.config.text_config.max_position_embeddings))
 
     def features(out: object) -> torch.Tensor:

@@ -130,7 +130,7 @@ class ReportData:
     db_path: Path
     reference: str
     sweeps: list[SweepView]
-    environments: list[dict[str, Any]]  # distinct run environments
+    environments: list[tuple[str, dict[str, Any]]]  # (run label, its recorded environment)
     metric_infos: list[MetricInfo]
     scored: bool  # whether the quality tables exist
 
@@ -141,11 +141,6 @@ class ReportData:
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60] or "x"
-
-
-def _env_key(env: dict[str, Any]) -> str:
-    keep = {k: v for k, v in env.items() if k not in ("git_dirty",)}
-    return repr(sorted(keep.items(), key=lambda kv: kv[0]))
 
 
 def _stored_reference(quality: dict[int, dict[str, QualityRow]]) -> str | None:
@@ -201,12 +196,7 @@ def collect(db_path: Path, reference: str | None = None) -> ReportData:
         _fill_columns(sweep, store_columns)
         _fill_metrics(sweep)
 
-    environments: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for run in runs.values():
-        if run.env and _env_key(run.env) not in seen:
-            seen.add(_env_key(run.env))
-            environments.append(run.env)
+    environments = [(f"{run.recipe} (#{run.id})", run.env) for run in runs.values() if run.env]
     used = {m for rows_ in quality.values() for m in rows_}
     infos = [m for m in METRICS if m.name in used]
     return ReportData(db_path=db_file, reference=ref_recipe, sweeps=list(sweeps.values()),

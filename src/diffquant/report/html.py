@@ -143,15 +143,37 @@ def _sort_value(row: Any) -> str:
     return "1e308" if math.isinf(row.mean) and row.mean > 0 else str(row.mean)
 
 
-def _environment(env: dict[str, Any]) -> dict[str, Any]:
-    packages = env.get("packages") or {}
-    plain = {k: v for k, v in env.items() if k != "packages" and not isinstance(v, (dict, list))}
-    if "ram_bytes" in plain and isinstance(plain["ram_bytes"], (int, float)):
-        plain["ram_bytes"] = f"{plain['ram_bytes'] / 2**30:.1f} GiB"
-    if "gpu_memory_bytes" in plain and isinstance(plain["gpu_memory_bytes"], (int, float)):
-        plain["gpu_memory_bytes"] = f"{plain['gpu_memory_bytes'] / 2**30:.1f} GiB"
-    lists = {k: ", ".join(map(str, v)) for k, v in env.items() if isinstance(v, list)}
-    return {"fields": {**plain, **lists}, "packages": {k: v for k, v in packages.items() if v}}
+def _env_value(key: str, value: Any) -> str:
+    if key.endswith("_bytes") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value / 2**30:.1f} GiB"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
+    return "—" if value is None else str(value)
+
+
+def _merge(labelled: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per key; a key whose value differs between runs lists each value with its runs."""
+    keys: list[str] = []
+    for _, values in labelled:
+        keys += [k for k in values if k not in keys]
+    rows = []
+    for key in keys:
+        groups: dict[str, list[str]] = {}
+        for label, values in labelled:
+            if key in values:
+                groups.setdefault(_env_value(key, values[key]), []).append(label)
+        rows.append({"key": key, "values": [{"value": v, "runs": runs} for v, runs in groups.items()],
+                     "differs": len(groups) > 1})
+    return rows
+
+
+def environment_tables(envs: list[tuple[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """The runs' environments merged: fields and package versions, differences called out."""
+    fields = [(label, {k: v for k, v in env.items() if k != "packages"}) for label, env in envs]
+    packages = [(label, {k: v for k, v in (env.get("packages") or {}).items() if v}) for label, env in envs]
+    return {"fields": _merge(fields), "packages": _merge(packages)}
 
 
 def render_html(data: ReportData, assets: Assets) -> str:
@@ -166,7 +188,7 @@ def render_html(data: ReportData, assets: Assets) -> str:
     template = env.get_template("report.html.j2")
     return template.render(
         data=data, sweeps=[_sweep_context(s, assets, i) for i, s in enumerate(data.sweeps)],
-        environments=[_environment(e) for e in data.environments],
+        environment=environment_tables(data.environments),
         css=(TEMPLATES / "report.css").read_text(encoding="utf-8"),
         js=(TEMPLATES / "report.js").read_text(encoding="utf-8"),
         version=__version__, generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -71,9 +71,28 @@ def _svg(fig: Any, salt: str) -> str:
     return text.replace("<svg ", f'<svg role="img" aria-label="{salt}" ', 1)
 
 
-def _annotate(ax: Any, points: list[Point]) -> None:
+def label_offsets(points: list[Point]) -> list[int]:
+    """Vertical offsets (in points) that keep labels of nearby points from printing on each other:
+    a label closer than ~12% of the x range and ~5% of the y range to one already placed moves down."""
+    finite = [p for p in points if math.isfinite(p.y)]
+    xs = [p.x for p in points] or [0.0]
+    ys = [p.y for p in finite] or [0.0]
+    sx, sy = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float, int]] = []
+    offsets = []
     for p in points:
-        ax.annotate(p.label, (p.x, p.y), xytext=(5, 4), textcoords="offset points", fontsize=8,
+        y = p.y if math.isfinite(p.y) else max(ys)
+        shift = 0
+        while any(abs(p.x - px) / sx < 0.12 and abs(y - py) / sy < 0.05 and shift == ps for px, py, ps in placed):
+            shift -= 11
+        placed.append((p.x, y, shift))
+        offsets.append(shift)
+    return offsets
+
+
+def _annotate(ax: Any, points: list[Point]) -> None:
+    for p, dy in zip(points, label_offsets(points)):
+        ax.annotate(p.label, (p.x, p.y), xytext=(5, 4 + dy), textcoords="offset points", fontsize=8,
                     color=REF_COLOUR if p.is_reference else "#202028")
 
 
@@ -141,8 +160,8 @@ def quality_memory_svg(sweep: SweepView, metric: MetricInfo) -> str | None:
     unit = f", {metric.unit}" if metric.unit else ""
     if any(math.isinf(p.y) for p in points):
         ax.axhline(ceiling, color="#b8bcc6", linestyle=":", linewidth=1)
-        ax.annotate("identical to the reference (∞)", (0.01, ceiling), xycoords=("axes fraction", "data"),
-                    xytext=(0, 3), textcoords="offset points", fontsize=7, color="#6b6f7a")
+        ax.annotate("identical to the reference (∞)", (0.99, ceiling), xycoords=("axes fraction", "data"),
+                    xytext=(0, -10), textcoords="offset points", fontsize=7, color="#6b6f7a", ha="right")
     front = pareto_front(points, metric.higher_is_better)
     if len(front) > 1:
         xs, ys = [p.x for p in front], [shown(p.y) for p in front]
