@@ -56,11 +56,11 @@ def main() -> None:
           f"{args.rows}x{args.cols} float32 ({mb:.1f} MB), best of {args.repeats}")
     print(f"{'type':6} {'bits/w':>6} {'diffquant MB/s':>15} {'gguf pkg MB/s':>14} {'ggml ref MB/s':>14} {'rel RMS err':>12}")
     for qtype in types:
-        seconds, data = best_of(lambda: quantize_array(x, qtype))
+        seconds, data = best_of(lambda q=qtype: quantize_array(x, q))
         err = float(np.sqrt(np.mean((dequantize_array(data, qtype) - x) ** 2)) / np.sqrt(np.mean(x**2)))
         gtype = gguf.GGMLQuantizationType[qtype]
         try:
-            gseconds, _ = best_of(lambda: gguf.quants.quantize(x, gtype))
+            gseconds, _ = best_of(lambda g=gtype: gguf.quants.quantize(x, g))
             gtext = f"{mb / gseconds:14.1f}"
         except NotImplementedError:
             gtext = f"{'(read-only)':>14}"

@@ -9,8 +9,12 @@ import pytest
 
 gguf = pytest.importorskip("gguf")
 
-from diffquant.gguf_writer import SUPPORTED_TYPES, dequantize_array, quantize_array  # noqa: E402
-from diffquant.gguf_writer import kquants  # noqa: E402
+from diffquant.gguf_writer import (
+    SUPPORTED_TYPES,
+    dequantize_array,
+    kquants,
+    quantize_array,
+)
 
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
@@ -127,3 +131,9 @@ def test_nonfinite_input_is_refused() -> None:
     x[0, 3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         quantize_array(x, "Q4_K")
+
+
+def test_threads_do_not_change_bytes() -> None:
+    x = np.random.default_rng(5).standard_normal((96, 2048)).astype(np.float32)
+    for qtype in ("Q4_K", "Q8_0"):
+        assert np.array_equal(quantize_array(x, qtype, threads=1), quantize_array(x, qtype, threads=3))

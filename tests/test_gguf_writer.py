@@ -11,16 +11,16 @@ import pytest
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
 
-from diffquant.errors import DiffquantError  # noqa: E402
-from diffquant.gguf_writer import SUPPORTED_TYPES, ExportResult, dequantize_array, export_gguf  # noqa: E402
-from diffquant.gguf_writer.layout import plan_layout  # noqa: E402
-from diffquant.gguf_writer.policy import TypePolicy, parse_keep  # noqa: E402
-from diffquant.gguf_writer.quantize import quantize_tensor  # noqa: E402
+from diffquant.errors import DiffquantError
+from diffquant.gguf_writer import SUPPORTED_TYPES, ExportResult, dequantize_array, export_gguf
+from diffquant.gguf_writer.layout import plan_layout
+from diffquant.gguf_writer.policy import TypePolicy, parse_keep
+from diffquant.gguf_writer.quantize import quantize_tensor
 
 # Width 256 (4 heads x 64) so that every block weight holds whole 256-value K-quant blocks.
-TINY_FLUX = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=64,
-                 num_attention_heads=4, joint_attention_dim=256, pooled_projection_dim=256,
-                 guidance_embeds=True, axes_dims_rope=(8, 28, 28))
+TINY_FLUX = {"patch_size": 1, "in_channels": 64, "num_layers": 1, "num_single_layers": 1,
+             "attention_head_dim": 64, "num_attention_heads": 4, "joint_attention_dim": 256,
+             "pooled_projection_dim": 256, "guidance_embeds": True, "axes_dims_rope": (8, 28, 28)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,11 +52,11 @@ def flux_inputs(joint_dim: int = 256, pooled_dim: int = 256) -> dict:
     img_ids = torch.zeros(64, 3)
     img_ids[:, 1] = torch.arange(64) // 8
     img_ids[:, 2] = torch.arange(64) % 8
-    return dict(hidden_states=torch.randn(1, 64, 64, generator=g).to(torch.bfloat16),
-                encoder_hidden_states=torch.randn(1, 8, joint_dim, generator=g).to(torch.bfloat16),
-                pooled_projections=torch.randn(1, pooled_dim, generator=g).to(torch.bfloat16),
-                timestep=torch.tensor([0.5]), img_ids=img_ids, txt_ids=torch.zeros(8, 3),
-                guidance=torch.tensor([3.5]))
+    return {"hidden_states": torch.randn(1, 64, 64, generator=g).to(torch.bfloat16),
+            "encoder_hidden_states": torch.randn(1, 8, joint_dim, generator=g).to(torch.bfloat16),
+            "pooled_projections": torch.randn(1, pooled_dim, generator=g).to(torch.bfloat16),
+            "timestep": torch.tensor([0.5]), "img_ids": img_ids, "txt_ids": torch.zeros(8, 3),
+            "guidance": torch.tensor([3.5])}
 
 
 def run_flux(model: torch.nn.Module, **kwargs: int) -> torch.Tensor:
@@ -319,9 +319,7 @@ def test_bfl_layout_loads_at_flux_width(tmp_path: Path) -> None:
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
-    config = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128,
-                  num_attention_heads=24, joint_attention_dim=256, pooled_projection_dim=256,
-                  guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    config = {**TINY_FLUX, "attention_head_dim": 128, "num_attention_heads": 24, "axes_dims_rope": (16, 56, 56)}
     with torch.device("meta"):
         model = FluxTransformer2DModel(**config)
     model = model.to_empty(device="cpu").to(torch.bfloat16)

@@ -46,6 +46,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "source's half precision. First match wins. E.g. 'norm,*.mod*=Q8_0'")
     g.add_argument("--no-default-keep", action="store_true",
                    help="also quantize the embedders and the final layer (kept by default)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="quantize this many chunks in parallel (default: $DIFFQUANT_GGUF_THREADS or all CPUs)")
     g.add_argument("--quiet", "-q", action="store_true", help="print only the summary, not every tensor")
     g.set_defaults(func=run)
     parser.set_defaults(func=lambda args: _missing_format(parser))
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = export_gguf(model_dir, out, qtype, component=args.component, layout=args.layout,
                          keep=args.keep, default_keep=not args.no_default_keep,
-                         source_name=args.model, progress=progress)
+                         source_name=args.model, progress=progress, threads=args.threads)
     if interactive:
         print("\r" + " " * 80 + "\r", end="", file=sys.stderr)
     if not args.quiet:

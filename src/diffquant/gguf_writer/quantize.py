@@ -8,7 +8,9 @@ float32 working set stays small (and in cache) whatever the tensor's size.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -113,12 +115,13 @@ def _bf16_bits(x: np.ndarray) -> np.ndarray:
     return np.where(nan, ((n >> 16) | 64).astype(np.uint16), rounded)
 
 
-def quantize_tensor(t: torch.Tensor, qtype: str) -> np.ndarray:
+def quantize_tensor(t: torch.Tensor, qtype: str, threads: int | None = None) -> np.ndarray:
     """Quantize a torch tensor along its last dimension; returns the GGUF bytes as a uint8
     array of shape ``(*t.shape[:-1], bytes_per_row)`` (F32/F16 keep their float dtype).
 
     Only one chunk is converted to float32 at a time, so a bf16 tensor never needs a full
     float32 copy. Non-finite values are refused (a NaN scale would poison a whole block).
+    ``threads`` chunks are quantized at once (default: ``resolve_threads``).
     """
     shape = tuple(t.shape)
     if not shape:
@@ -144,23 +147,44 @@ def quantize_tensor(t: torch.Tensor, qtype: str) -> np.ndarray:
     out = np.empty((n_blocks, size), dtype=np.uint8)
     step = max(1, CHUNK_VALUES // values)
     quantize_blocks = _block_quantizer(qtype)
-    # ggml's float arithmetic overflows to inf/0 for extreme inputs and compares the result;
-    # numpy would warn about every such case. The outcome is the same as in C.
-    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        for start in range(0, n_blocks, step):
-            stop = min(n_blocks, start + step)
+
+    def work(start: int) -> None:
+        stop = min(n_blocks, start + step)
+        # ggml's float arithmetic overflows to inf/0 for extreme inputs and compares the
+        # result; numpy would warn about each case (errstate is per thread, so set it here).
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
             chunk = _as_float32(flat[start * values:stop * values], is_bf16).reshape(-1, values)
             if not np.isfinite(chunk).all():
                 raise ValueError("tensor holds NaN or infinite values")
             out[start:stop] = quantize_blocks(chunk)
+
+    starts = range(0, n_blocks, step)
+    workers = min(resolve_threads(threads), len(starts))
+    if workers <= 1:
+        for start in starts:
+            work(start)
+    else:
+        # numpy releases the GIL inside each array operation, so chunks run in parallel.
+        with ThreadPoolExecutor(workers, thread_name_prefix="gguf-quant") as pool:
+            for _ in pool.map(work, starts):
+                pass
     return out.reshape(*shape[:-1], shape[-1] // values * size)
 
 
-def quantize_array(x: np.ndarray, qtype: str) -> np.ndarray:
+def resolve_threads(threads: int | None) -> int:
+    """``None``: $DIFFQUANT_GGUF_THREADS, else every CPU this process may use."""
+    if threads is None:
+        env = os.environ.get("DIFFQUANT_GGUF_THREADS")
+        threads = int(env) if env else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+    return max(1, int(threads))
+
+
+def quantize_array(x: np.ndarray, qtype: str, threads: int | None = None) -> np.ndarray:
     """numpy convenience wrapper around ``quantize_tensor`` (float32 input)."""
     import torch
 
-    return quantize_tensor(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), qtype)
+    return quantize_tensor(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), qtype, threads)
 
 
 def dequantize_array(data: np.ndarray, qtype: str) -> np.ndarray:

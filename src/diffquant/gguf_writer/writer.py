@@ -99,7 +99,7 @@ class SafetensorsSource:
         for path in files:
             handle = safe_open(str(path), framework="pt")
             self._handles.append(handle)
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict
                 self._slices[name] = handle.get_slice(name)
         if not self._slices:
             raise DiffquantError(f"No tensors found in {folder}.")
@@ -171,9 +171,9 @@ def _plan(source: SafetensorsSource, class_name: str, layout: str, policy: TypeP
     return planned, warnings
 
 
-def _tensor_data(source: SafetensorsSource, p: _Planned) -> np.ndarray:
+def _tensor_data(source: SafetensorsSource, p: _Planned, threads: int | None) -> np.ndarray:
     try:
-        pieces = [quantize_tensor(source.rows(part), p.qtype) for part in p.tensor.parts]
+        pieces = [quantize_tensor(source.rows(part), p.qtype, threads) for part in p.tensor.parts]
     except ValueError as exc:
         raise DiffquantError(f"Cannot write {p.tensor.name} as {p.qtype}: {exc}.") from None
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
@@ -181,13 +181,16 @@ def _tensor_data(source: SafetensorsSource, p: _Planned) -> np.ndarray:
 
 def export_gguf(model_dir: Path, out_path: Path, qtype: str, *, component: str = "transformer",
                 layout: str = "diffusers", keep: str | None = None, default_keep: bool = True,
-                source_name: str | None = None, progress: Progress | None = None) -> ExportResult:
+                source_name: str | None = None, progress: Progress | None = None,
+                threads: int | None = None) -> ExportResult:
     """Write ``component`` of the diffusers model in ``model_dir`` as a GGUF file.
 
     ``qtype`` is the target type of the big 2-D weights (case-insensitive, see
     ``SUPPORTED_TYPES``); ``keep`` adds override patterns (``"norm,*.mod*=Q8_0"``);
     ``default_keep=False`` quantizes the embedders and final layer too. ``layout`` is
     ``"diffusers"`` (load with ``from_single_file(path, config=...)``) or ``"bfl"`` (FLUX only).
+    ``threads``: chunks quantized in parallel (default: $DIFFQUANT_GGUF_THREADS or all CPUs);
+    the bytes do not depend on it.
     """
     import gguf
 
@@ -226,7 +229,7 @@ def export_gguf(model_dir: Path, out_path: Path, qtype: str, *, component: str =
         for i, p in enumerate(planned):
             if progress:
                 progress(i, len(planned), p.tensor.name, p.qtype)
-            writer.write_tensor_data(_tensor_data(source, p))
+            writer.write_tensor_data(_tensor_data(source, p, threads))
         assert writer.fout is not None
         for f in writer.fout:
             f.flush()
