@@ -8,12 +8,22 @@ import os
 import warnings
 
 
+# Loggers that print import-time noise on CPU machines (missing CUDA kernels, optional hub kernels).
+NOISY_LOGGERS = ("bitsandbytes", "bitsandbytes.cextension", "torchao", "torch.utils._pytree", "optimum.quanto",
+                 "torch._dynamo", "kernels", "diffusers.quantizers.torchao.torchao_quantizer")
+
+
+def quiet_import_noise() -> None:
+    """Silence import-time chatter; call before importing torch/diffusers (loggers can be set early)."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def quiet_libraries() -> None:
+    quiet_import_noise()
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"diffusers|transformers|torchao")
     warnings.filterwarnings("ignore", message=r".*torch_dtype.*deprecated.*")
-    for name in ("bitsandbytes", "torchao", "optimum.quanto", "torch._dynamo"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         import diffusers
 
