@@ -31,7 +31,8 @@ def base_image(prompt_index: int, seed: int) -> np.ndarray:
     return np.clip(colour + wave + rng.normal(0, 4, (SIZE, SIZE, 3)), 0, 255)
 
 
-def make_db(tmp_path: Path, *, with_failure: bool = True) -> Path:
+def make_db(tmp_path: Path, *, with_failure: bool = True, device: str = "cpu") -> Path:
+    """``device="cuda"`` records the CUDA counters (x 16, so memory reaches GiB) instead of RSS."""
     import torch
     from safetensors.torch import save_file
 
@@ -39,7 +40,7 @@ def make_db(tmp_path: Path, *, with_failure: bool = True) -> Path:
 
     db_path = tmp_path / "results.db"
     settings = {"prompts": list(PROMPTS), "seeds": list(SEEDS), "steps": 2, "height": SIZE, "width": SIZE,
-                "guidance_scale": None, "device": "cpu", "repeats": 2, "warmup": 0}
+                "guidance_scale": None, "device": device, "repeats": 2, "warmup": 0}
     env = {"hostname": "test-host", "platform": "Linux-x86_64", "python": "3.11.2", "cpu_model": "Test CPU",
            "cpu_count": 2, "packages": {"torch": "2.13.0", "diffusers": "0.36.0"}, "diffquant": "0.1.0"}
     with ResultsDB(db_path) as db:
@@ -62,6 +63,9 @@ def make_db(tmp_path: Path, *, with_failure: bool = True) -> Path:
             metrics = {"load.rss_mib": load_mib, "load.peak_rss_mib": load_mib * 1.2, "gen.peak_rss_mib": peak_mib,
                        "call.latency_s.p50": latency, "call.latency_s.p90": latency * 1.1,
                        "compile.time_s": compile_s, "weights.total_bytes": load_mib * 0.6 * MIB}
+            if device == "cuda":
+                metrics.update({"load.cuda_reserved_mib": load_mib * 16, "gen.cuda_max_reserved_mib": peak_mib * 16,
+                                "load.cuda_max_reserved_mib": load_mib * 20})
             db.record_run(RunRow(0, "sweep-1", "zoo:tiny-flux", recipe, f"hash{k}", settings, "ok", None, metrics,
                                  env, f"2025-01-01T00:0{k}:00Z", f"2025-01-01T00:0{k}:30Z", run_key=f"key{k}"),
                           images)

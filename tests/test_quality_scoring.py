@@ -12,6 +12,7 @@ from test_quality_fixtures import PROMPTS, SEEDS, make_db
 from diffquant.errors import DiffquantError
 from diffquant.quality import score_database, score_db
 from diffquant.quality.data import RunInfo, find_reference
+from diffquant.quality.scoring import BootstrapSettings
 from diffquant.quality.store import QUALITY_SCHEMA_VERSION, read_image_quality, read_quality
 
 FAST = ["psnr", "ssim", "ms-ssim", "lpips", "latent-rel-error"]
@@ -66,6 +67,18 @@ def test_rescoring_replaces_rows_and_keeps_schema_version(tmp_path: Path) -> Non
         assert all(set(v) == {"psnr", "ssim"} for v in per_image.values())
     finally:
         conn.close()
+
+
+def test_incremental_scoring_skips_current_scores(tmp_path: Path) -> None:
+    db_path = make_db(tmp_path)
+    first = score_db(db_path, metrics=["psnr", "lpips"])
+    assert len(first) == 8
+    again = score_db(db_path, metrics=["psnr", "lpips"], force=False)
+    # psnr is current everywhere; lpips is retried where it was unavailable
+    assert {r.metric for r in again} <= {"lpips"}
+    assert all(r.status != "ok" for r in again) or not again
+    assert len(score_db(db_path, metrics=["psnr"], force=False, bootstrap=BootstrapSettings(resamples=100))) == 4
+    assert len(score_db(db_path, metrics=["psnr"])) == 4  # force (the default) recomputes
 
 
 def test_no_reference_metrics_get_a_paired_delta(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

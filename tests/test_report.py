@@ -61,6 +61,15 @@ def test_report_is_self_contained_with_table_plots_and_images(scored_db: Path, t
     assert "cdn" not in html.lower()
 
 
+def test_cuda_sweep_names_cuda_counters(tmp_path: Path) -> None:
+    db = make_db(tmp_path, with_failure=False, device="cuda")
+    html = write_report(db, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "CUDA reserved, GiB" in html and "CUDA max reserved, GiB" in html
+    assert "gen.cuda_max_reserved_mib" in html and "21.875 GiB" in html  # 1400 MiB x 16
+    figures = html[html.index("-figures"):html.index("</table>", html.index("-figures"))]
+    assert "RSS" not in figures  # the seed's table uses the CUDA counters (RSS stays in the details)
+
+
 def test_report_inline_is_one_file(scored_db: Path, tmp_path: Path) -> None:
     out = write_report(scored_db, tmp_path / "one.html", inline=True)
     assert not (tmp_path / "one_files").exists()

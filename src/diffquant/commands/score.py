@@ -24,6 +24,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="LPIPS backbone (default: alex)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--only-new", action="store_true",
+                        help="keep scores that are still current (same reference run and bootstrap settings); "
+                             "by default everything is recomputed")
     parser.add_argument("--list-metrics", action="store_true", help="list the metrics and exit")
     parser.set_defaults(func=run)
     return parser
@@ -47,38 +50,40 @@ def run(args: argparse.Namespace) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     options = MetricOptions(lpips_net=args.lpips_net, **({"clip_model": args.clip_model} if args.clip_model else {}))
     results = score_db(args.db, args.reference, metrics, options=options,
-                       bootstrap=BootstrapSettings(resamples=args.resamples, seed=args.seed))
-    print_results(args.db, results)
+                       bootstrap=BootstrapSettings(resamples=args.resamples, seed=args.seed), force=not args.only_new)
+    print_results(args.db, [m.name for m in METRICS.resolve(metrics)])
+    print(f"{len(results)} score{'' if len(results) == 1 else 's'} computed; stored in {args.db} "
+          "(tables quality_run, quality_image).")
     return 0
 
 
-def print_results(db_path: Path, results: list[Any]) -> None:
-    from diffquant.quality import METRICS
-    from diffquant.quality.store import open_existing
+def print_results(db_path: Path, metrics: list[str]) -> None:
+    """The stored scores of ``metrics``, one line per run and metric; unavailable ones once each."""
+    from diffquant.quality.store import open_existing, read_quality
     from diffquant.report.format import format_estimate
 
-    if not results:
-        print("No successful run with images to score.")
-        return
     with open_existing(db_path) as db:
         recipes = {r.id: r.recipe for r in db.runs()}
-    width = max(len(recipes.get(r.run_id, "?")) for r in results)
-    unavailable: dict[str, str] = {}
-    for res in results:
-        recipe = recipes.get(res.run_id, str(res.run_id))
-        unit = METRICS.get(res.metric).unit
-        if res.status == "ok" and res.estimate is not None:
-            text = format_estimate(res.estimate.mean, res.estimate.ci_low, res.estimate.ci_high, unit)
-            if res.delta is not None:
-                text += "  Δref " + format_estimate(res.delta.mean, res.delta.ci_low, res.delta.ci_high, unit,
+        quality = read_quality(db.connection)
+    rows = [row for run_id in recipes for name, row in quality.get(run_id, {}).items() if name in metrics]
+    if not rows:
+        print("No successful run with images to score.")
+        return
+    width = max(len(recipes[r.run_id]) for r in rows)
+    unavailable: dict[str, list[str]] = {}
+    for row in rows:
+        recipe = recipes[row.run_id]
+        if row.status == "ok":
+            text = format_estimate(row.mean, row.ci_low, row.ci_high, row.unit)
+            if row.delta_mean is not None:
+                text += "  Δref " + format_estimate(row.delta_mean, row.delta_ci_low, row.delta_ci_high, row.unit,
                                                     signed=True)
-            print(f"{recipe:{width}}  {res.metric:17} {text}  (n={res.estimate.n})")
-        elif res.status == "reference":
-            continue
-        elif res.status == "unavailable":
-            unavailable.setdefault(res.metric, res.reason or "")
-        else:
-            print(f"{recipe:{width}}  {res.metric:17} error: {res.reason}")
-    for metric, reason in unavailable.items():
-        print(f"{metric}: unavailable - {reason}")
-    print(f"Scores stored in {db_path} (tables quality_run, quality_image).")
+            print(f"{recipe:{width}}  {row.metric:17} {text}  (n={row.n})")
+        elif row.status == "unavailable":
+            reasons = unavailable.setdefault(row.metric, [])
+            if row.reason and row.reason not in reasons:
+                reasons.append(row.reason)
+        elif row.status == "error":
+            print(f"{recipe:{width}}  {row.metric:17} error: {row.reason}")
+    for metric, reasons in unavailable.items():
+        print(f"{metric}: unavailable - {'; '.join(reasons)}")

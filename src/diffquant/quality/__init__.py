@@ -23,21 +23,34 @@ __all__ = ["METRICS", "MetricInfo", "MetricOptions", "MetricUnavailable", "regis
 
 
 def score_db(db_path: Path, reference: str = "bf16", metrics: list[str] | None = None, *,
-             options: MetricOptions | None = None,
-             bootstrap: BootstrapSettings | None = None) -> list[MetricResult]:
-    """Score every successful run of the database and store the results; return them too."""
+             options: MetricOptions | None = None, bootstrap: BootstrapSettings | None = None,
+             force: bool = True) -> list[MetricResult]:
+    """Score the successful runs of the database, store the results and return them.
+
+    With ``force=False`` a (run, metric) whose stored score is current - computed (or found to be
+    the reference) against the same reference run with the same bootstrap settings - is skipped;
+    unavailable and failed scores are always retried.
+    """
+    from diffquant.quality.data import canonical_recipe
     from diffquant.quality.scoring import BootstrapSettings, score_runs
-    from diffquant.quality.store import load_runs, open_existing, write_results
+    from diffquant.quality.store import current_scores, load_runs, open_existing, write_results
 
     infos = METRICS.resolve(metrics)  # unknown names fail before any work
     boot = bootstrap or BootstrapSettings()
+    reference = canonical_recipe(reference)
     with open_existing(Path(db_path)) as db:
         runs = load_runs(db)
-        results = score_runs(runs, reference, [i.name for i in infos], options, boot)
+        keep = None if force else current_scores(db.connection, reference, boot)
+        results = score_runs(runs, reference, [i.name for i in infos], options, boot, keep=keep)
         write_results(db.connection, results, reference, boot)
     return results
 
 
-def score_database(db_path: Path, reference: str = "bf16", metrics: list[str] | None = None) -> None:
-    """Score the database's runs against ``reference`` with ``metrics`` (all when None)."""
-    score_db(db_path, reference, metrics)
+def score_database(db_path: Path, reference: str = "bf16", metrics: list[str] | None = None, *,
+                   force: bool = False) -> None:
+    """Score the database's runs against ``reference`` with ``metrics`` (all when None).
+
+    Scores that are still current are kept (``force=True`` recomputes everything), so calling
+    this after every sweep costs only the new runs.
+    """
+    score_db(db_path, reference, metrics, force=force)

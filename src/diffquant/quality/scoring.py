@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,9 +109,13 @@ def _checked(values: list[float], n: int, name: str) -> list[float]:
 
 
 def score_runs(runs: list[RunInfo], reference: str = "bf16", metrics: list[str] | None = None,
-               options: MetricOptions | None = None,
-               bootstrap: BootstrapSettings | None = None) -> list[MetricResult]:
-    """Score every successful run with every metric (see the module docstring)."""
+               options: MetricOptions | None = None, bootstrap: BootstrapSettings | None = None,
+               keep: Callable[[Any, str, Any], bool] | None = None) -> list[MetricResult]:
+    """Score every successful run with every metric (see the module docstring).
+
+    ``keep(run_id, metric, reference_run_id)`` returning True skips that pair (its stored score
+    is still current); nothing is returned for it.
+    """
     infos = METRICS.resolve(metrics)
     session = _Session(infos, options or MetricOptions())
     boot = bootstrap or BootstrapSettings()
@@ -119,6 +124,8 @@ def score_runs(runs: list[RunInfo], reference: str = "bf16", metrics: list[str] 
     for run in ok_runs:
         ref, why = find_reference(run, ok_runs, reference)
         for info in infos:
+            if keep is not None and keep(run.id, info.name, ref.id if ref else None):
+                continue
             try:
                 results.append(_score_one(session, info, run, ref, why, boot))
             except MetricUnavailable as exc:

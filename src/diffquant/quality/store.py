@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,6 +174,25 @@ def write_results(conn: sqlite3.Connection, results: list[MetricResult], referen
                 "INSERT INTO quality_image (image_id, run_id, metric, reference_image_id, value) "
                 "VALUES (?, ?, ?, ?, ?)",
                 [(s.image_id, res.run_id, res.metric, s.reference_image_id, _num(s.value)) for s in res.images])
+
+
+def current_scores(conn: sqlite3.Connection, reference: str,
+                   boot: BootstrapSettings) -> Callable[[Any, str, Any], bool]:
+    """A ``keep(run_id, metric, reference_run_id)`` predicate: True where the stored score was made
+    against that same reference run and recipe, with the same bootstrap settings, and succeeded."""
+    stored: dict[tuple[Any, str], tuple[Any, ...]] = {}
+    if has_quality_tables(conn):
+        for row in conn.execute("SELECT run_id, metric, status, reference_recipe, reference_run_id, ci_level, "
+                                "resamples, bootstrap_seed FROM quality_run"):
+            stored[(row[0], row[1])] = tuple(row[2:])
+
+    def keep(run_id: Any, metric: str, reference_run_id: Any) -> bool:
+        got = stored.get((run_id, metric))
+        if got is None or got[0] not in ("ok", "reference"):
+            return False
+        return got[1:] == (reference, reference_run_id, boot.level, boot.resamples, boot.seed)
+
+    return keep
 
 
 def read_quality(conn: sqlite3.Connection) -> dict[int, dict[str, QualityRow]]:

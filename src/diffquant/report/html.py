@@ -78,6 +78,8 @@ def _value_text(name: str, value: Any) -> str:
         unit = counter_unit(name)
         if unit == "bytes":
             return f"{value / 2**20:,.2f} MiB ({int(value):,} bytes)"
+        if unit == "MiB" and value >= 1024:
+            return f"{value / 1024:,.3f} GiB ({value:,.1f} MiB)"
         if isinstance(value, int):
             return f"{value:,}{' ' + unit if unit else ''}"
         return fmt_number(float(value), unit)
