@@ -132,3 +132,15 @@ def test_formatting_names_counters_and_units() -> None:
     assert fmt_number(math.inf, "dB") == "∞ dB" and fmt_number(None) == "—"
     assert format_estimate(31.2345, 30.8, 31.7, "dB") == "31.23 dB [30.80, 31.70]"
     assert format_estimate(-1.2, -1.5, -0.9, signed=True) == "-1.200 [-1.500, -0.900]"
+
+
+def test_imports_stay_light() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, diffquant.report, diffquant.quality, diffquant.commands.report, diffquant.commands.grid, "
+            "diffquant.commands.score; "
+            "print(sorted(m for m in ('torch', 'torchmetrics', 'matplotlib', 'jinja2', 'PIL', 'transformers') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -68,7 +68,7 @@ class _Session:
         self.infos = infos
         self.options = options
         self._fns: dict[str, MetricFn | MetricUnavailable] = {}
-        self.loader = functools.lru_cache(maxsize=256)(load_rgb)
+        self.loader = functools.lru_cache(maxsize=64)(load_rgb)
         self._own: dict[tuple[Any, str], list[float] | MetricUnavailable] = {}
         self._own_notes: dict[tuple[Any, str], list[str]] = {}
 
