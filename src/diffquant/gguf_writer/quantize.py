@@ -106,13 +106,11 @@ def _as_float32(a: np.ndarray, is_bf16: bool) -> np.ndarray:
 
 
 def _bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bit patterns, round to nearest even, NaN kept quiet (as ggml)."""
-    n = x.view(np.uint32)
-    nan = (n & 0x7FFFFFFF) > 0x7F800000
-    # uint32 is enough: only NaN bit patterns can wrap, and those are replaced.
-    with np.errstate(over="ignore"):
-        rounded = ((n + (0x7FFF + ((n >> 16) & 1))) >> 16).astype(np.uint16)
-    return np.where(nan, ((n >> 16) | 64).astype(np.uint16), rounded)
+    """float32 -> bf16 bit patterns (round to nearest even, NaN kept quiet), via the gguf
+    package, which does it exactly as ggml."""
+    import gguf
+
+    return gguf.quants.BF16.quantize_blocks(x.reshape(-1, 1)).view(np.uint16).reshape(x.shape)
 
 
 def quantize_tensor(t: torch.Tensor, qtype: str, threads: int | None = None) -> np.ndarray:
@@ -128,7 +126,11 @@ def quantize_tensor(t: torch.Tensor, qtype: str, threads: int | None = None) -> 
         raise ValueError("0-d tensors must be reshaped to (1,) first")
     src, is_bf16 = _numpy_source(t)
     if qtype == "BF16":
-        bits = src if is_bf16 else _bf16_bits(_as_float32(src, False))  # bf16 -> BF16: exact copy
+        if is_bf16:  # bf16 -> BF16: an exact copy
+            return src.view(np.uint8).reshape(*shape[:-1], shape[-1] * 2)
+        flat, bits = src.reshape(-1), np.empty(src.size, dtype=np.uint16)
+        for start in range(0, flat.size, CHUNK_VALUES):  # chunks keep the uint64 temporaries in cache
+            bits[start:start + CHUNK_VALUES] = _bf16_bits(_as_float32(flat[start:start + CHUNK_VALUES], False))
         return bits.view(np.uint8).reshape(*shape[:-1], shape[-1] * 2)
     if qtype in ("F32", "F16"):
         x = _as_float32(src, is_bf16)
