@@ -1,0 +1,16 @@
+"""Train diffquant's built-in ``zoo:shapes`` model and its adherence scorer on CPU.
+
+    python scripts/train_shapes.py            # the shipped weights (~30 min on 2 CPU cores)
+    python scripts/train_shapes.py --smoke --out /tmp/shapes-smoke   # seconds
+
+See ``diffquant.zoo.shapes.train`` for the stages and their settings.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from diffquant.zoo.shapes.train import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""Train the ``shapes`` pipeline and its scorer on CPU (``python scripts/train_shapes.py``).
+
+Stages, each deterministic given ``--seed`` (CPU torch, fixed thread count):
+
+1. **VAE** (``AutoencoderKL``): MSE + L1 reconstruction with a small KL term on generator images;
+   then ``shift_factor``/``scaling_factor`` are set so the latents have zero mean and unit variance.
+2. **Transformer + CLIP** with rectified-flow matching (FLUX's objective): ``x_t = (1-s) x0 + s e``,
+   the transformer predicts ``e - x0`` at ``timestep = s`` (logit-normal ``s``); CLIP's pooled
+   output is trained along with it, T5 stays frozen at its random init. Weights are averaged (EMA).
+   The pipeline feeds T5 ``max_sequence_length=512`` tokens, mostly ``<pad>``; T5 is position-free
+   here, so all pad outputs are identical, and training replaces them by one token with an
+   additive attention bias of ``log(count)`` - the same attention, ~30x fewer tokens.
+3. **Scorer** CNN on generator images of all shape/colour pairs (noise and blur augmentation).
+
+Then the pipeline is written in bf16 with ``diffquant.json`` (default steps/size/guidance), the
+scorer next to it, and the adherence of the result is measured and logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diffquant.zoo.shapes import data
+from diffquant.zoo.shapes.model import WEIGHTS_DIR, default_meta, new_pipeline, save_pipeline
+
+T5_LENGTH = 512  # FluxPipeline's default max_sequence_length
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    threads: int = 1  # on a shared 2-core CPU, 2 threads ran 5-10x *slower* than 1 (see --threads)
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-5
+    steps: int = 3000
+    batch: int = 48
+    lr: float = 5e-4
+    warmup: int = 150
+    ema: float = 0.998
+    scorer_steps: int = 1200
+    scorer_batch: int = 64
+    scorer_lr: float = 2e-3
+    eval_seeds: tuple[int, ...] = (0, 1)
+    log_every: int = 50
+    transformer: dict[str, Any] = field(default_factory=dict)  # overrides of model.TRANSFORMER
+    vae: dict[str, Any] = field(default_factory=dict)  # overrides of model.VAE
+
+
+SMOKE = TrainConfig(vae_steps=3, vae_batch=4, steps=3, batch=4, warmup=1, scorer_steps=3, scorer_batch=8,
+                    eval_seeds=(0,), log_every=1,
+                    transformer={"num_layers": 1, "num_single_layers": 1},
+                    vae={"block_out_channels": [8, 8, 8, 8]})
+
+
+def _images(batch: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _lr_at(step: int, cfg_lr: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return cfg_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# --- 1. VAE ---------------------------------------------------------------------------------------
+
+def train_vae(vae: Any, cfg: TrainConfig, log: Callable[[str], None]) -> None:
+    import torch
+
+    torch.manual_seed(cfg.seed + 1)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0, fused=True)
+    batches = data.batches(cfg.seed + 1, cfg.vae_batch, split="train")
+    vae.train()
+    started = time.perf_counter()
+    for step in range(cfg.vae_steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.vae_lr, min(100, cfg.vae_steps // 10 + 1), cfg.vae_steps)
+        x = _images(next(batches)[1])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        rec = (recon - x).pow(2).mean() + 0.5 * (recon - x).abs().mean()
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        loss = rec + cfg.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
+            log(f"vae {step:5d} rec {rec.item():.4f} kl {kl.item():.2f} "
+                f"({time.perf_counter() - started:.0f}s)")
+    vae.eval()
+    _round_to_bf16(vae)
+    with torch.no_grad():
+        x = _images(next(data.batches(cfg.seed + 2, 256, split="train"))[1])
+        z = vae.encode(x).latent_dist.mode()
+        mean, std = z.mean().item(), z.std().item()
+        psnr = _psnr(vae.decode(z).sample, x)
+    vae.register_to_config(shift_factor=round(mean, 6), scaling_factor=round(1.0 / std, 6))
+    log(f"vae done: latent mean {mean:.4f} std {std:.4f}, reconstruction PSNR {psnr:.2f} dB")
+
+
+def _psnr(a: Any, b: Any) -> float:
+    mse = ((a.clamp(-1, 1) - b) / 2).pow(2).mean().item()
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _round_to_bf16(model: Any) -> None:
+    """Make float32 weights exactly bf16-representable (what ships), for frozen components."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+
+
+# --- 2. transformer + CLIP ---------------------------------------------------------------------
+
+class TextCache:
+    """T5 outputs of every training caption as the pipeline computes them at 512 tokens, kept
+    compactly: the real tokens, the one pad vector, and the number of real tokens.
+
+    T5 is position-free and unmasked in the pipeline, so the ~500 identical pads act like one pad
+    token whose attention logit is raised by log(count): T5 is run that way (a 4-D additive mask),
+    and checked against the real 512-token computation on the first captions.
+    """
+
+    def __init__(self, pipe: Any, captions: list[str], log: Callable[[str], None]) -> None:
+        import torch
+
+        self.index = {c: i for i, c in enumerate(captions)}
+        ids = pipe.tokenizer_2(captions).input_ids
+        self.lengths = torch.tensor([len(i) for i in ids])
+        width = pipe.text_encoder_2.config.d_model
+        self.real = torch.zeros(len(captions), int(self.lengths.max()), width)
+        self.pad = torch.zeros(len(captions), width)
+        started = time.perf_counter()
+        with torch.no_grad():
+            for start in range(0, len(captions), 256):
+                chunk = slice(start, start + 256)
+                lengths = self.lengths[chunk]
+                slots = int(lengths.max()) + 1
+                tokens = torch.zeros(len(lengths), slots, dtype=torch.long)  # <pad> = 0
+                for j, row in enumerate(ids[chunk]):
+                    tokens[j, : len(row)] = torch.tensor(row)
+                bias = pad_bias(lengths, slots)
+                emb = pipe.text_encoder_2(tokens, attention_mask=bias[:, None, None, :])[0]
+                if start == 0:
+                    full = pipe._get_t5_prompt_embeds(captions[:4], max_sequence_length=T5_LENGTH)
+                    for j in range(4):
+                        n = int(lengths[j]) + 1
+                        err = (emb[j, :n] - full[j, :n]).abs().max().item()
+                        pads = (full[j, n:] - full[j, n - 1]).abs().max().item()
+                        if err > 1e-3 or pads > 1e-4:
+                            raise RuntimeError(f"collapsed T5 differs from the pipeline's ({err}, {pads})")
+                for j in range(len(lengths)):
+                    n = int(lengths[j])
+                    self.real[start + j, :n] = emb[j, :n]
+                    self.pad[start + j] = emb[j, n]
+        log(f"T5 outputs of {len(captions)} captions cached ({time.perf_counter() - started:.0f}s)")
+
+    def batch(self, captions: list[str]) -> tuple[Any, Any]:
+        """(text tokens (B, L+1, d), attention bias (B, L+1)) standing in for 512 tokens."""
+        import torch
+
+        idx = torch.tensor([self.index[c] for c in captions])
+        lengths = self.lengths[idx]
+        slots = int(lengths.max()) + 1
+        is_pad = torch.arange(slots)[None, :] >= lengths[:, None]
+        real = self.real[idx, : slots - 1]
+        real = torch.cat([real, torch.zeros_like(real[:, :1])], dim=1)
+        tokens = torch.where(is_pad[..., None], self.pad[idx][:, None, :], real)
+        return tokens, pad_bias(lengths, slots)
+
+
+def pad_bias(lengths: Any, slots: int) -> Any:
+    """Additive attention bias (B, slots): 0 on real tokens, log(pads / pad slots) on pad slots,
+    so that ``slots - length`` copies of the pad stand in for ``T5_LENGTH - length`` of them."""
+    import torch
+
+    is_pad = torch.arange(slots)[None, :] >= lengths[:, None]
+    per_slot = torch.log((T5_LENGTH - lengths).float() / (slots - lengths).float())
+    return torch.where(is_pad, per_slot[:, None], torch.zeros(()))
+
+
+def _zero_init_modulation(transformer: Any) -> None:
+    """DiT-style init: AdaLN modulations and the output projection start at zero (identity blocks)."""
+    import torch
+
+    with torch.no_grad():
+        for name, module in transformer.named_modules():
+            if isinstance(module, torch.nn.Linear) and (
+                    name.endswith(("norm1.linear", "norm1_context.linear", "norm.linear"))
+                    or name in ("norm_out.linear", "proj_out")):
+                module.weight.zero_()
+                module.bias.zero_()
+
+
+def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None]) -> Any:
+    """Flow-matching training; returns the EMA transformer and CLIP (set into ``pipe``)."""
+    import copy
+
+    import torch
+    from diffusers import FluxPipeline
+
+    vae, transformer, clip = pipe.vae, pipe.transformer, pipe.text_encoder
+    _round_to_bf16(pipe.text_encoder_2)
+    cache = TextCache(pipe, data.all_captions("train"), log)
+    torch.manual_seed(cfg.seed + 3)
+    _zero_init_modulation(transformer)
+    params = list(transformer.parameters()) + list(clip.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01, fused=True)
+    ema_tr, ema_clip = copy.deepcopy(transformer).eval(), copy.deepcopy(clip).eval()
+    ema_params = list(ema_tr.parameters()) + list(ema_clip.parameters())
+    gen = torch.Generator().manual_seed(cfg.seed + 4)
+    batches = data.batches(cfg.seed + 5, cfg.batch, split="train")
+    latent_ch = vae.config.latent_channels
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    lat = 64 // factor
+    img_ids = FluxPipeline._prepare_latent_image_ids(1, lat // 2, lat // 2, "cpu", torch.float32)
+    transformer.train()
+    clip.train()
+    started, running = time.perf_counter(), 0.0
+    for step in range(cfg.steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
+        scenes, imgs = next(batches)
+        captions = [s.caption for s in scenes]
+        with torch.no_grad():
+            z = vae.encode(_images(imgs)).latent_dist.mode()
+            z = (z - vae.config.shift_factor) * vae.config.scaling_factor
+            x0 = FluxPipeline._pack_latents(z, len(scenes), latent_ch, lat, lat)
+        text, bias = cache.batch(captions)
+        mask = torch.cat([bias, torch.zeros(len(scenes), x0.shape[1])], dim=-1)[:, None, None, :]
+        clip_ids = pipe.tokenizer(captions, padding="longest", return_tensors="pt").input_ids
+        pooled = clip(clip_ids).pooler_output
+        sigma = torch.sigmoid(torch.randn(len(scenes), generator=gen))
+        noise = torch.randn(x0.shape, generator=gen)
+        s = sigma[:, None, None]
+        xt = (1 - s) * x0 + s * noise
+        pred = transformer(hidden_states=xt, encoder_hidden_states=text, pooled_projections=pooled,
+                           timestep=sigma, img_ids=img_ids, txt_ids=torch.zeros(text.shape[1], 3),
+                           joint_attention_kwargs={"attention_mask": mask}, return_dict=False)[0]
+        loss = (pred - (noise - x0)).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        running += loss.item()
+        if (step + 1) % cfg.log_every == 0 or step == cfg.steps - 1:
+            n = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
+            elapsed = time.perf_counter() - started
+            log(f"flow {step + 1:5d}/{cfg.steps} loss {running / n:.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"({elapsed:.0f}s, {elapsed / (step + 1):.2f}s/step)")
+            running = 0.0
+    pipe.transformer, pipe.text_encoder = ema_tr, ema_clip
+    return pipe
+
+
+# --- 3. scorer ---------------------------------------------------------------------------------
+
+def _augment(x: Any, gen: Any) -> Any:
+    """Random Gaussian noise and blur, so the scorer also reads slightly imperfect generations."""
+    import torch
+    import torch.nn.functional as F
+
+    b = x.shape[0]
+    blur = torch.rand(b, generator=gen) < 0.5
+    if blur.any():
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
+        x = torch.where(blur[:, None, None, None], F.conv2d(x, k, padding=1, groups=3), x)
+    sigma = torch.rand(b, 1, 1, 1, generator=gen) * 0.15
+    return x + sigma * torch.randn(x.shape, generator=gen)
+
+
+def train_scorer(cfg: TrainConfig, log: Callable[[str], None]) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    from diffquant.zoo.shapes.scorer import build_network
+
+    torch.manual_seed(cfg.seed + 6)
+    net = build_network()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.scorer_lr, weight_decay=1e-4, fused=True)
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    batches = data.batches(cfg.seed + 8, cfg.scorer_batch, split="all")
+    net.train()
+    started = time.perf_counter()
+    for step in range(cfg.scorer_steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.scorer_lr, min(50, cfg.scorer_steps // 10 + 1), cfg.scorer_steps)
+        scenes, imgs = next(batches)
+        logits = net(_augment(_images(imgs), gen))
+        loss = sum(F.cross_entropy(logits[a], torch.tensor([data.CHOICES[a].index(getattr(s, a))
+                                                             for s in scenes]))
+                   for a in data.ATTRIBUTES)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % cfg.log_every == 0 or step == cfg.scorer_steps - 1:
+            log(f"scorer {step:5d} loss {loss.item():.4f} ({time.perf_counter() - started:.0f}s)")
+    return net.eval()
+
+
+def scorer_accuracy(net: Any, n: int = 1000, seed: int = 99) -> dict[str, float]:
+    """Per-attribute accuracy of the scorer on fresh ground-truth generator images, and the mean."""
+    from diffquant.zoo.shapes.scorer import predict
+
+    scenes, imgs = next(data.batches(seed, n, split="all"))
+    preds = predict(list(imgs), net)
+    acc = {a: float(np.mean([p[a] == getattr(s, a) for p, s in zip(preds, scenes)])) for a in data.ATTRIBUTES}
+    acc["mean"] = float(np.mean(list(acc.values())))
+    return acc
+
+
+# --- driver ------------------------------------------------------------------------------------
+
+def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None] = print) -> dict[str, Any]:
+    import torch
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from diffquant.zoo.shapes.scorer import evaluate
+
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out = Path(out)
+    pipe_dir = out / "pipeline"
+    report: dict[str, Any] = {"config": asdict(cfg), "seconds": {}}
+    started = time.perf_counter()
+    pipe = new_pipeline(transformer=cfg.transformer, vae=cfg.vae)
+    if "vae" in stages:
+        t = time.perf_counter()
+        train_vae(pipe.vae, cfg, log)
+        report["seconds"]["vae"] = round(time.perf_counter() - t, 1)
+    else:
+        pipe.vae = AutoencoderKL.from_pretrained(pipe_dir / "vae").float().eval()
+        log(f"vae loaded from {pipe_dir / 'vae'}")
+    if "transformer" in stages:
+        t = time.perf_counter()
+        train_transformer(pipe, cfg, log)
+        report["seconds"]["transformer"] = round(time.perf_counter() - t, 1)
+    meta = {**default_meta(), "trained": "transformer" in stages,
+            "trained_by": "python scripts/train_shapes.py", "seed": cfg.seed}
+    save_pipeline(pipe, pipe_dir, meta)
+    log(f"pipeline written to {pipe_dir}")
+    scorer_file = out / "scorer.safetensors"
+    if "scorer" in stages:
+        t = time.perf_counter()
+        net = train_scorer(cfg, log)
+        report["seconds"]["scorer"] = round(time.perf_counter() - t, 1)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(scorer_file))
+    if scorer_file.is_file():
+        from diffquant.zoo.shapes.scorer import load_scorer
+
+        net = load_scorer.__wrapped__(scorer_file)
+        report["scorer_accuracy"] = scorer_accuracy(net, n=200 if cfg.steps < 10 else 1000)
+        log(f"scorer accuracy on generator images: {report['scorer_accuracy']}")
+        if "eval" in stages:
+            from diffusers import FluxPipeline
+
+            shipped = FluxPipeline.from_pretrained(pipe_dir)  # float32 compute, bf16 weights
+            shipped.set_progress_bar_config(disable=True)
+            t = time.perf_counter()
+            report["adherence"] = evaluate(shipped, seeds=cfg.eval_seeds, scorer=net)
+            report["seconds"]["eval"] = round(time.perf_counter() - t, 1)
+            log(f"adherence: {report['adherence']}")
+    report["seconds"]["total"] = round(time.perf_counter() - started, 1)
+    (out / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR,
+                        help="output folder (pipeline/ and scorer.safetensors); default: the package's")
+    parser.add_argument("--smoke", action="store_true", help="a few steps of a tiny model (seconds)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a busy 2-core machine 2 threads wait on each "
+                             "other and ran 5-10x slower)")
+    parser.add_argument("--steps", type=int, help="transformer steps (default: the config's)")
+    parser.add_argument("--vae-steps", type=int)
+    parser.add_argument("--scorer-steps", type=int)
+    parser.add_argument("--stages", default="vae,transformer,scorer,eval",
+                        help="comma-separated subset of vae,transformer,scorer,eval; a skipped vae "
+                             "stage loads OUT/pipeline/vae")
+    args = parser.parse_args(argv)
+    cfg = SMOKE if args.smoke else TrainConfig()
+    cfg = replace(cfg, seed=args.seed, threads=args.threads)
+    for name in ("steps", "vae_steps", "scorer_steps"):
+        if getattr(args, name) is not None:
+            cfg = replace(cfg, **{name: getattr(args, name)})
+    stages = {s.strip() for s in args.stages.split(",") if s.strip()}
+    unknown = stages - {"vae", "transformer", "scorer", "eval"}
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; valid: vae, transformer, scorer, eval")
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    log(f"training shapes model into {args.out} with {cfg}")
+    run(cfg, args.out, stages, log)
+    return 0

@@ -1,0 +1,138 @@
+"""zoo:shapes - the built-in trained FLUX pipeline and its prompt-adherence scorer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from diffquant import zoo
+from diffquant.zoo.shapes import DEFAULT_GUIDANCE, DEFAULT_SIZE, DEFAULT_STEPS, data
+from diffquant.zoo.shapes.scorer import (
+    EVAL_PROMPTS_HELDOUT,
+    EVAL_PROMPTS_SEEN,
+    generate,
+    load_scorer,
+    score_images,
+)
+
+PROMPT = "a red circle on a white background"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine two threads wait on each other."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _load(name: str) -> Any:
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(zoo.ensure_model(name))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def shapes() -> Any:
+    return _load("shapes")
+
+
+# --- the dataset, tokenizers and architecture ------------------------------------------------
+
+def test_captions_parse_back_and_hold_out_pairs() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scene = data.sample_scene(rng)
+        assert data.parse_prompt(scene.caption) == scene.stated
+        assert not scene.heldout
+    assert data.parse_prompt(PROMPT) == {"shape": "circle", "colour": "red", "background": "white"}
+    assert data.parse_prompt("a small red circle at the top left on a blue background") == {
+        "shape": "circle", "colour": "red", "background": "blue", "position": "top left", "size": "small"}
+    train, held = set(data.all_captions("train")), set(data.all_captions("heldout"))
+    assert PROMPT in train and not train & held
+    assert all(data.parse_prompt(p)["shape"] for p in EVAL_PROMPTS_HELDOUT)
+    assert set(EVAL_PROMPTS_SEEN) <= train and set(EVAL_PROMPTS_HELDOUT) <= held
+    assert EVAL_PROMPTS_SEEN[0] == PROMPT
+
+
+def test_render_is_deterministic() -> None:
+    a = [np.asarray(data.render(data.sample_scene(np.random.default_rng(3)))) for _ in range(2)]
+    assert a[0].shape == (64, 64, 3) and np.array_equal(a[0], a[1])
+
+
+def test_shipped_folder_layout_and_architecture(shapes: Any) -> None:
+    folder = zoo.ensure_model("shapes")
+    meta = json.loads((folder / "diffquant.json").read_text())
+    assert meta["steps"] == DEFAULT_STEPS and meta["size"] == [DEFAULT_SIZE, DEFAULT_SIZE]
+    assert meta["guidance_scale"] == DEFAULT_GUIDANCE
+    size = sum(f.stat().st_size for f in Path(folder).parent.rglob("*") if f.is_file())
+    assert size < 30e6
+    assert shapes.tokenizer.model_max_length == 77 and shapes.tokenizer_2.model_max_length == 512
+    ids = shapes.tokenizer(PROMPT).input_ids
+    assert ids[0] == 0 and ids[-1] == 1 and 2 not in ids  # bos, eos, no unknown word
+    assert shapes.tokenizer_2(PROMPT).input_ids[-1] == 1
+    assert shapes.text_encoder.config.eos_token_id == 1
+    tr = shapes.transformer
+    assert tr.config.in_channels == 4 * shapes.vae.config.latent_channels
+    assert tr.config.num_attention_heads * tr.config.attention_head_dim % 256 == 0
+    assert shapes.text_encoder_2.config.d_model % 256 == 0
+    for model in (tr, shapes.text_encoder_2):
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear):
+                assert mod.in_features % (64 if name == "x_embedder" else 256) == 0, name
+
+
+# --- the model -------------------------------------------------------------------------------
+
+def test_shipped_model_generates_deterministically(shapes: Any) -> None:
+    images = [shapes(PROMPT, height=64, width=64, num_inference_steps=DEFAULT_STEPS, output_type="np",
+                     generator=torch.Generator().manual_seed(7)).images[0] for _ in range(2)]
+    assert images[0].shape == (64, 64, 3)
+    assert np.array_equal(images[0], images[1])
+
+
+def test_scorer_reads_generator_images() -> None:
+    from diffquant.zoo.shapes.train import scorer_accuracy
+
+    acc = scorer_accuracy(load_scorer(), n=400, seed=123)
+    assert acc["mean"] >= 0.95, acc
+    assert min(acc.values()) >= 0.9, acc
+    scenes, imgs = next(data.batches(5, 16, split="all"))
+    assert score_images(list(imgs), [s.caption for s in scenes]) == pytest.approx([1.0] * 16, abs=0.21)
+
+
+def test_trained_model_adheres_and_beats_random(shapes: Any) -> None:
+    images, prompts = generate(shapes, EVAL_PROMPTS_SEEN)
+    seen = float(np.mean(score_images(images, prompts)))
+    assert seen >= 0.8, seen
+    subset = EVAL_PROMPTS_SEEN[:16]
+    random_images, random_prompts = generate(_load("shapes-random"), subset)
+    chance = float(np.mean(score_images(random_images, random_prompts)))
+    assert chance < 0.5 and seen > chance + 0.3, (seen, chance)
+
+
+# --- the training script ---------------------------------------------------------------------
+
+def test_training_smoke(tmp_path: Path) -> None:
+    from diffusers import FluxPipeline
+
+    from diffquant.zoo.shapes.train import main
+
+    assert main(["--smoke", "--out", str(tmp_path), "--stages", "vae,transformer,scorer"]) == 0
+    report = json.loads((tmp_path / "train_report.json").read_text())
+    assert set(report["seconds"]) >= {"vae", "transformer", "scorer"}
+    assert (tmp_path / "scorer.safetensors").is_file()
+    pipe = FluxPipeline.from_pretrained(tmp_path / "pipeline")
+    assert pipe.transformer.config.num_single_layers == 1
+    load_scorer(tmp_path / "scorer.safetensors")
