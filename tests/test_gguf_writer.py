@@ -228,6 +228,23 @@ def test_export_user_errors(tiny_flux: Path, tmp_path: Path) -> None:
         export_gguf(tmp_path / "nope", tmp_path / "x.gguf", "Q4_K")
 
 
+def test_export_reads_sharded_weights(tiny_flux: Path, tmp_path: Path) -> None:
+    from diffusers import FluxTransformer2DModel
+
+    model = FluxTransformer2DModel.from_pretrained(tiny_flux / "transformer", torch_dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="2MB")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    seen: list[str] = []
+    sharded = export_gguf(tmp_path / "sharded", tmp_path / "sharded.gguf", "Q8_0",
+                          progress=lambda i, n, name, t: seen.append(name))
+    single = export_gguf(tiny_flux, tmp_path / "single.gguf", "Q8_0")
+    assert list(sharded.tensor_types.items()) == list(single.tensor_types.items())
+    assert seen == list(single.tensor_types)
+    a, b = gguf.GGUFReader(tmp_path / "sharded.gguf"), gguf.GGUFReader(tmp_path / "single.gguf")
+    for ta, tb in zip(a.tensors, b.tensors):
+        assert ta.name == tb.name and np.array_equal(np.asarray(ta.data), np.asarray(tb.data))
+
+
 def test_export_streams_without_float32_copies(tmp_path: Path) -> None:
     """numpy's peak allocation stays well below one float32 copy of the largest tensor."""
     from safetensors.torch import save_file

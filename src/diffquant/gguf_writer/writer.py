@@ -124,7 +124,8 @@ class SafetensorsSource:
                              f"{[f.name for f in files]}.", hint="keep one weight file per folder")
 
     def names(self) -> list[str]:
-        return list(self._slices)
+        """Sorted, as in a single safetensors file, so the output does not depend on sharding."""
+        return sorted(self._slices)
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._slices[name].get_shape())
