@@ -39,6 +39,7 @@ ARCHITECTURES = {
     "CosmosTransformer3DModel": "cosmos",
 }
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
+GGML_MAX_NAME = 64  # ggml's tensor-name buffer, terminating NUL included
 
 Progress = Callable[[int, int, str, str], None]  # (index, total, tensor name, type)
 
@@ -169,6 +170,10 @@ def _plan(source: SafetensorsSource, class_name: str, layout: str, policy: TypeP
         planned.append(_Planned(t, choice.qtype, choice.reason, nbytes(choice.qtype, t.shape)))
     for pattern in policy.unused_patterns():
         warnings.append(f"--keep pattern {pattern!r} matched no tensor.")
+    long_names = [t.name for t in tensors if len(t.name.encode()) >= GGML_MAX_NAME]
+    if long_names:
+        warnings.append(f"{len(long_names)} tensor name(s) have {GGML_MAX_NAME}+ bytes (e.g. {long_names[0]!r}): "
+                        "diffusers and gguf-py read them, llama.cpp-based tools may not.")
     return planned, warnings
 
 
@@ -252,5 +257,7 @@ def export_gguf(model_dir: Path, out_path: Path, qtype: str, *, component: str =
 
 
 def _source_nbytes(source: SafetensorsSource, name: str) -> int:
-    size = {"F64": 8, "F32": 4, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}.get(source.dtype(name), 2)
+    sizes = {"F64": 8, "F32": 4, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+             "F8_E4M3": 1, "F8_E5M2": 1}
+    size = sizes.get(source.dtype(name), 2)
     return int(np.prod(source.shape(name), dtype=np.int64)) * size
