@@ -19,12 +19,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     formats = parser.add_subparsers(dest="format", metavar="FORMAT")
     g = formats.add_parser(
         "gguf", help="write a component (default: the transformer) as a GGUF file, K-quants included",
-        description="Write a diffusers model as GGUF. Big 2-D weights get --type; 1-D and tiny tensors "
-                    "stay F32; the embedders and final layer keep the source's half precision (see "
-                    "--no-default-keep); rows that are not a whole number of blocks fall back like "
-                    "llama-quantize. Load the result with "
-                    "FluxTransformer2DModel.from_single_file(path, quantization_config="
-                    "GGUFQuantizationConfig(...), config=<pipeline>, subfolder='transformer').",
+        description="Write a diffusers model as GGUF, K-quants included.\n\n"
+                    "Big 2-D weights get --type; 1-D and tiny tensors stay F32; the embedders and the\n"
+                    "final layer keep the source's half precision (see --no-default-keep); rows that\n"
+                    "are not a whole number of blocks fall back like llama-quantize. Load the file with\n"
+                    "  FluxTransformer2DModel.from_single_file(path, config=<pipeline>,\n"
+                    "      subfolder='transformer', quantization_config=GGUFQuantizationConfig(...))",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  diffquant export gguf black-forest-labs/FLUX.1-dev --type Q4_K -o flux1-dev-Q4_K.gguf\n"

@@ -14,4 +14,9 @@ from __future__ import annotations
 from diffquant.gguf_writer.quantize import SUPPORTED_TYPES, dequantize_array, quantize_array
 from diffquant.gguf_writer.writer import ExportResult, export_gguf
 
-__all__ = ["SUPPORTED_TYPES", "ExportResult", "dequantize_array", "export_gguf", "quantize_array"]
+# Bump when the bytes written for the same model and options change (policy, layout, quantizers),
+# so that caches keyed on it (the gguf recipe backend) rebuild their files.
+WRITER_VERSION = 1
+
+__all__ = ["SUPPORTED_TYPES", "WRITER_VERSION", "ExportResult", "dequantize_array", "export_gguf",
+           "quantize_array"]

@@ -201,6 +201,7 @@ def export_gguf(model_dir: Path, out_path: Path, qtype: str, *, component: str =
     import gguf
 
     from diffquant import __version__
+    from diffquant.gguf_writer import WRITER_VERSION
 
     started = time.perf_counter()
     qtype = normalize_type(qtype)
@@ -219,6 +220,7 @@ def export_gguf(model_dir: Path, out_path: Path, qtype: str, *, component: str =
     writer.add_name(name)
     writer.add_quantized_by(f"diffquant {__version__}")
     writer.add_string("diffquant.version", __version__)
+    writer.add_uint32("diffquant.writer_version", WRITER_VERSION)
     writer.add_string("diffquant.source_model", name)
     writer.add_string("diffquant.component", component if folder != Path(model_dir) else folder.name)
     writer.add_string("diffquant.diffusers_class", class_name)
