@@ -15,6 +15,13 @@ class ComponentStats:
     weight_bytes: int  # bytes of storage actually held, incl. scales and quantization state
     quantized_tensors: int  # parameters stored in a quantized / sub-bf16 format
     class_name: str
+    quantized_params: int = 0  # logical weights inside quantized tensors
+    quantized_bytes: int = 0  # their storage, incl. scales
+
+    @property
+    def quantized_bits_per_weight(self) -> float:
+        """Bits per weight of the quantized tensors alone: compare with the format's nominal bits."""
+        return 8.0 * self.quantized_bytes / self.quantized_params if self.quantized_params else 0.0
 
     @property
     def bits_per_weight(self) -> float:
@@ -45,9 +52,12 @@ def tensor_stats(t: Any) -> tuple[int, int, bool]:
     if kind == "GGUFParameter":
         import gguf
 
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(t.quant_type))]
+        qtype = gguf.GGMLQuantizationType(int(t.quant_type))
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
         nbytes = _plain_bytes(t.data)
-        return nbytes // type_size * block, nbytes, t.dtype == torch.uint8
+        unquantized = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
+                       gguf.GGMLQuantizationType.BF16)
+        return nbytes // type_size * block, nbytes, qtype not in unquantized
     if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
         names, _ = t.__tensor_flatten__()
         nbytes = sum(tensor_stats(getattr(t, n))[1] for n in names)
@@ -57,7 +67,7 @@ def tensor_stats(t: Any) -> tuple[int, int, bool]:
 
 
 def module_stats(module: Any) -> ComponentStats:
-    params = nbytes = quantized = 0
+    params = nbytes = quantized = q_params = q_bytes = 0
     seen: set[int] = set()
     tensors = list(module.named_parameters(remove_duplicate=True)) + list(module.named_buffers())
     for _, t in tensors:
@@ -66,9 +76,11 @@ def module_stats(module: Any) -> ComponentStats:
         seen.add(id(t))
         n, b, q = tensor_stats(t)
         params, nbytes, quantized = params + n, nbytes + b, quantized + int(q)
+        if q:
+            q_params, q_bytes = q_params + n, q_bytes + b
     inner = getattr(module, "_orig_mod", module)
     return ComponentStats(params=params, weight_bytes=nbytes, quantized_tensors=quantized,
-                          class_name=type(inner).__name__)
+                          class_name=type(inner).__name__, quantized_params=q_params, quantized_bytes=q_bytes)
 
 
 def component_stats(pipe: Any) -> dict[str, ComponentStats]:

@@ -22,6 +22,16 @@ _ACCELERATOR_OFFLOAD = (
 )
 
 
+# Measured with diffusers 0.42.1 (tests/test_backends.py keeps these honest): disk offload
+# round-trips weights through safetensors files, which these tensor types do not survive.
+_DISK_OFFLOAD_BROKEN = {
+    "torchao": "is refused by diffusers: safetensors cannot serialise torchao tensor subclasses.",
+    "quanto": "crashes (\"Attempted to access the data pointer on an invalid python storage\").",
+    "gguf": "produces NaN latents (the packed GGUF blocks are not restored).",
+    "bnb": "produces NaN latents for int8 (the row scales are not restored).",
+}
+
+
 def why_not_here(recipe: Recipe, device: str) -> str | None:
     """None if ``recipe`` can run on ``device`` ("cpu" or "cuda"); otherwise the reason."""
     for spec in recipe.quant:
@@ -29,6 +39,13 @@ def why_not_here(recipe: Recipe, device: str) -> str | None:
         if reason:
             return reason
     mem = recipe.memory
+    if mem.offload_to_disk:
+        for spec in recipe.quant:
+            broken = _DISK_OFFLOAD_BROKEN.get(spec.backend)
+            if broken and (spec.backend != "bnb" or spec.qtype == "int8"):
+                return (f"Group offload to disk with {spec.backend}-{spec.qtype} weights {broken} "
+                        "Nearest that runs: the same recipe with group offload in RAM (no disk), or "
+                        "bnb-nf4 / fp8-layerwise with disk offload.")
     if device == "cpu":
         if mem.offload in ("model", "sequential"):
             return _ACCELERATOR_OFFLOAD.format(mode=mem.offload.capitalize())

@@ -53,13 +53,12 @@ def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | Non
 
 def gguf_file_for(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | None) -> Path:
     """Write (once) and return a GGUF file of this component for this spec."""
-    from diffquant import __version__
-    from diffquant.gguf_writer import export_gguf
+    from diffquant.gguf_writer import WRITER_VERSION, export_gguf
 
     keep = spec.option("keep")
     key = json.dumps({"model": str(Path(ctx.model_dir).resolve()), "component": ctx.name,
                       "type": spec.qtype, "keep": keep, "layout": spec.option("layout", "diffusers"),
-                      "writer": __version__, "weights_mtime": _weights_mtime(Path(ctx.model_dir) / ctx.name)},
+                      "writer": WRITER_VERSION, "weights_mtime": _weights_mtime(Path(ctx.model_dir) / ctx.name)},
                      sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else _default_cache()
