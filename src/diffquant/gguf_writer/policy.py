@@ -117,7 +117,9 @@ class TypePolicy:
         if n_values <= SMALL_TENSOR_VALUES:
             return Choice("F32", "small")
         if len(shape) > 2:
-            return Choice(keep_type, f"{len(shape)}-D")
+            # diffusers treats every type but F32/F16 as quantized and only dequantizes inside its
+            # GGUF *linear* layer: a BF16 convolution kernel would reach conv2d as raw bytes.
+            return Choice("F16" if keep_type == "F16" else "F32", f"{len(shape)}-D")
         names = [name, *source_names]
         for rule in self.rules:
             if rule.matches(names):
