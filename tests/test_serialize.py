@@ -81,3 +81,30 @@ def test_failed_save_leaves_nothing(tmp_path, monkeypatch) -> None:
     with pytest.raises(OSError, match="injected"):
         save_quantized(pipe, tmp_path / "export")
     assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary twin
+
+
+def test_quantized_weights_cache(tmp_path) -> None:
+    from diffquant.pipeline import load_info
+
+    first = diffquant.load_pipeline(MODEL, "quanto-int8+vae-tiling", device="cpu", quant_cache_dir=tmp_path)
+    assert not load_info(first).quant_cache_used
+    (cached,) = (tmp_path / "pipelines").iterdir()
+    assert (cached / "vae").is_symlink()  # unquantized components point at the source model
+    second = diffquant.load_pipeline(MODEL, "quanto-int8+vae-tiling", device="cpu", quant_cache_dir=tmp_path)
+    info = load_info(second)
+    assert info.quant_cache_used and info.recipe.name == "quanto-int8+vae-tiling"
+    assert type(second.transformer.proj_out.weight).__name__ == "WeightQBytesTensor"
+    assert np.array_equal(_image(first), _image(second))
+    # A different recipe is a different cache entry.
+    third = diffquant.load_pipeline(MODEL, "quanto-int4", device="cpu", quant_cache_dir=tmp_path)
+    assert not load_info(third).quant_cache_used
+    assert len(list((tmp_path / "pipelines").iterdir())) == 2
+
+
+def test_gguf_cache_reports_hits(tmp_path) -> None:
+    from diffquant.pipeline import load_info
+
+    assert not load_info(diffquant.load_pipeline(MODEL, "gguf-q5_k", device="cpu",
+                                                 quant_cache_dir=tmp_path)).quant_cache_used
+    assert load_info(diffquant.load_pipeline(MODEL, "gguf-q5_k", device="cpu",
+                                             quant_cache_dir=tmp_path)).quant_cache_used

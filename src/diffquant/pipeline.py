@@ -73,17 +73,16 @@ def default_settings(model: str) -> GenerationSettings:
 
 def load_pipeline(model: str, recipe: "str | Recipe" = "bf16", *, device: str | None = None,
                   quant_cache_dir: Path | None = None) -> Any:
-    """Load ``model`` (Hub id, local folder or zoo:NAME) with ``recipe`` applied, ready to generate."""
-    import torch
-    from diffusers import DiffusionPipeline
+    """Load ``model`` (Hub id, local folder or zoo:NAME) with ``recipe`` applied, ready to generate.
 
-    from diffquant.backends import get_backend, notes_for, why_not_here
-    from diffquant.backends.base import ComponentContext
-    from diffquant.components import denoiser_name, read_components, resolve_model, resolve_targets
+    With ``quant_cache_dir``, quantized weights of serialisable backends are saved there on the first
+    load (keyed by model, recipe and library versions) and loaded from there afterwards.
+    """
+    from diffquant.backends import notes_for, why_not_here
+    from diffquant.components import denoiser_name, read_components, resolve_model
     from diffquant.memory import apply_compile, place_and_offload
-    from diffquant.serialize import is_quantized_export
-
     from diffquant.quiet import quiet_libraries
+    from diffquant.serialize import is_quantized_export, save_quantized
 
     quiet_libraries()
     started = time.perf_counter()
@@ -96,9 +95,39 @@ def load_pipeline(model: str, recipe: "str | Recipe" = "bf16", *, device: str | 
         raise BackendUnavailable(f"Recipe {recipe.name!r} cannot run on {device}: {reason}",
                                  hint="run `diffquant recipes` to see what runs on this machine")
     model_dir = resolve_model(model)
-    components = read_components(model_dir)
     if is_quantized_export(model_dir):
         return _load_export(model, model_dir, recipe, device, started)
+    cached = _quant_cache_folder(quant_cache_dir, model_dir, recipe, device)
+    if cached is not None and is_quantized_export(cached):
+        pipe = _load_export(model, cached, _without_quant(recipe), device, started)
+        info = load_info(pipe)
+        info.recipe, info.model_dir = recipe, model_dir
+        info.notes = notes_for(recipe, device) + [f"quantized weights loaded from the cache {cached}"]
+        return pipe
+    components = read_components(model_dir)
+    pipe, quantized, cache_hits = _load_quantized(model_dir, components, recipe, device, quant_cache_dir)
+    info = LoadInfo(model_ref=model, model_dir=model_dir, recipe=recipe, device=device, quantized=quantized,
+                    quant_cache_used=bool(cache_hits) and all(cache_hits), notes=notes_for(recipe, device))
+    pipe._diffquant_load_info = info
+    if cached is not None:
+        save_quantized(pipe, cached, link_unquantized=True)
+        info.notes.append(f"quantized weights saved to the cache {cached}")
+    info.notes += place_and_offload(pipe, recipe, device)
+    info.notes += apply_compile(pipe, recipe, denoiser_name(components))
+    info.load_seconds = time.perf_counter() - started
+    return pipe
+
+
+def _load_quantized(model_dir: Path, components: dict[str, Any], recipe: Recipe, device: str,
+                    quant_cache_dir: Path | None) -> tuple[Any, dict[str, str], list[bool]]:
+    """Load the pipeline on the CPU/GPU with every component quantized as the recipe says."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from diffquant.backends import get_backend
+    from diffquant.backends.base import ComponentContext
+    from diffquant.components import denoiser_name, resolve_targets
+
     targets = resolve_targets(recipe, components)
     dtype = getattr(torch, recipe.dtype)
     denoiser = denoiser_name(components)
@@ -114,10 +143,10 @@ def load_pipeline(model: str, recipe: "str | Recipe" = "bf16", *, device: str | 
         config = backend.load_config(spec, ctx)
         if config is not None:
             quant_mapping[name] = config
-        else:
-            if spec.backend == "gguf" and not spec.option("path"):
-                cache_hits.append(backend.gguf_file_for(spec, ctx, quant_cache_dir).is_file())
-            loaded[name] = backend.load_component(spec, ctx, quant_cache_dir)
+            continue
+        if spec.backend == "gguf" and not spec.option("path"):
+            cache_hits.append(backend.gguf_cache_path(spec, ctx, quant_cache_dir).is_file())
+        loaded[name] = backend.load_component(spec, ctx, quant_cache_dir)
     kwargs: dict[str, Any] = {"torch_dtype": dtype, **loaded}
     if quant_mapping:
         from diffusers.quantizers import PipelineQuantizationConfig
@@ -125,14 +154,32 @@ def load_pipeline(model: str, recipe: "str | Recipe" = "bf16", *, device: str | 
         kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping=quant_mapping)
     pipe = DiffusionPipeline.from_pretrained(str(model_dir), **kwargs)
     pipe.set_progress_bar_config(disable=True)
-    notes = notes_for(recipe, device) + place_and_offload(pipe, recipe, device)
-    notes += apply_compile(pipe, recipe, denoiser)
-    pipe._diffquant_load_info = LoadInfo(
-        model_ref=model, model_dir=model_dir, recipe=recipe, device=device,
-        quantized={n: f"{s.backend}-{s.qtype}" for n, s in targets.items()},
-        quant_cache_used=bool(cache_hits) and all(cache_hits),
-        load_seconds=time.perf_counter() - started, notes=notes)
-    return pipe
+    return pipe, {n: f"{s.backend}-{s.qtype}" for n, s in targets.items()}, cache_hits
+
+
+def _without_quant(recipe: Recipe) -> Recipe:
+    return Recipe(memory=recipe.memory, compile=recipe.compile, dtype=recipe.dtype)
+
+
+# Backends whose quantization is worth caching (quantize-on-load is slow for big models);
+# GGUF files are their own cache and layerwise casting is a cheap cast.
+_CACHED_BACKENDS = ("torchao", "quanto", "bnb")
+
+
+def _quant_cache_folder(root: Path | None, model_dir: Path, recipe: Recipe, device: str) -> Path | None:
+    """Where this model+recipe's quantized pipeline is cached, or None when not cacheable."""
+    if root is None or not any(s.backend in _CACHED_BACKENDS for s in recipe.quant):
+        return None
+    import hashlib
+
+    from diffquant.versions import library_versions
+
+    weights = sorted((str(p.relative_to(model_dir)), p.stat().st_size, int(p.stat().st_mtime))
+                     for p in model_dir.rglob("*.safetensors"))
+    key = json.dumps({"model": str(model_dir.resolve()), "weights": weights, "dtype": recipe.dtype,
+                      "quant": [q.to_dict() for q in recipe.quant], "versions": library_versions(),
+                      "device": "cuda" if device.startswith("cuda") else device}, sort_keys=True)
+    return Path(root) / "pipelines" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def _load_export(model: str, model_dir: Path, recipe: Recipe, device: str, started: float) -> Any:

@@ -28,8 +28,12 @@ COMPONENT_MARKER = "diffquant_component.json"
 WEIGHTS = "diffquant_weights.safetensors"
 
 
-def save_quantized(pipe: Any, out_dir: Path) -> Path:
-    """Write ``pipe`` (loaded by diffquant) to ``out_dir`` atomically; refuses to overwrite."""
+def save_quantized(pipe: Any, out_dir: Path, *, link_unquantized: bool = False) -> Path:
+    """Write ``pipe`` (loaded by diffquant) to ``out_dir`` atomically; refuses to overwrite.
+
+    ``link_unquantized`` symlinks unquantized components to the source model instead of copying
+    them (the quantized-weights cache does this; an export meant to be moved should not).
+    """
     from diffquant import __version__
     from diffquant.components import resolve_targets, read_components
     from diffquant.pipeline import default_settings, load_info
@@ -49,6 +53,11 @@ def save_quantized(pipe: Any, out_dir: Path) -> Path:
             if component is None:
                 continue
             spec = targets.get(name)
+            source = info.model_dir / name
+            if spec is None and link_unquantized and source.is_dir():
+                os.symlink(source.resolve(), tmp / name, target_is_directory=True)
+                formats[name] = "native"
+                continue
             formats[name] = _save_component(component, spec, info, name, tmp / name)
         settings = default_settings(info.model_ref)
         defaults = info.model_dir / "diffquant.json"
@@ -86,12 +95,7 @@ def _save_component(component: Any, spec: QuantSpec | None, info: Any, name: str
     component.save_config(folder) if hasattr(component, "save_config") else component.config.save_pretrained(folder)
     meta: dict[str, Any] = {"spec": spec.to_dict(), "class_name": type(component).__name__}
     if spec.backend == "gguf":
-        from diffquant.backends.gguf import gguf_file_for
-        from diffquant.backends.base import ComponentContext
-
-        source = Path(str(spec.option("path"))) if spec.option("path") else gguf_file_for(
-            spec, ComponentContext(name, "diffusers", type(component).__name__, str(info.model_dir),
-                                   None, info.device, True), None)
+        source = Path(getattr(component, "_diffquant_gguf_path"))
         shutil.copy2(source, folder / "model.gguf")
         meta["format"] = "gguf-file"
     else:

@@ -44,27 +44,36 @@ def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | Non
                  "(e.g. gguf-q4_k+quanto-int8@text_encoder_2)")
     path = Path(str(spec.option("path"))) if spec.option("path") else gguf_file_for(spec, ctx, cache_dir)
     cls = getattr(diffusers, ctx.class_name)
-    return cls.from_single_file(
+    model = cls.from_single_file(
         str(path),
         quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=ctx.dtype),
         config=ctx.model_dir, subfolder=ctx.name, torch_dtype=ctx.dtype,
     )
+    model._diffquant_gguf_path = str(path)  # so an export copies the very file that was loaded
+    return model
 
 
-def gguf_file_for(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | None) -> Path:
-    """Write (once) and return a GGUF file of this component for this spec."""
-    from diffquant.gguf_writer import WRITER_VERSION, export_gguf
+def gguf_cache_path(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | None) -> Path:
+    """Where the GGUF file for this component and spec is (or will be) cached."""
+    from diffquant.gguf_writer import WRITER_VERSION
 
-    keep = spec.option("keep")
     key = json.dumps({"model": str(Path(ctx.model_dir).resolve()), "component": ctx.name,
-                      "type": spec.qtype, "keep": keep, "layout": spec.option("layout", "diffusers"),
+                      "type": spec.qtype, "keep": spec.option("keep"), "layout": spec.option("layout", "diffusers"),
                       "writer": WRITER_VERSION, "weights_mtime": _weights_mtime(Path(ctx.model_dir) / ctx.name)},
                      sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else _default_cache()
-    out = root / "gguf" / f"{ctx.name}-{spec.qtype.upper()}-{digest}.gguf"
+    return root / "gguf" / f"{ctx.name}-{spec.qtype.upper()}-{digest}.gguf"
+
+
+def gguf_file_for(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | None) -> Path:
+    """Write (once) and return a GGUF file of this component for this spec."""
+    from diffquant.gguf_writer import export_gguf
+
+    out = gguf_cache_path(spec, ctx, cache_dir)
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
+        keep = spec.option("keep")
         export_gguf(Path(ctx.model_dir), out, spec.qtype.upper(), component=ctx.name,
                     layout=str(spec.option("layout", "diffusers")),
                     keep=str(keep).replace("|", ",") if keep else None)
