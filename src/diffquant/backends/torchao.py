@@ -28,7 +28,8 @@ def why_not_here(spec: QuantSpec, device: str) -> str | None:
     if device == "cuda" and spec.qtype == "fp8dq":
         import torch
 
-        if torch.cuda.get_device_capability() < (8, 9):
+        # Judging for CUDA on a machine without one (diffquant recipes --device cuda): can't check.
+        if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9):
             return _CPU_REFUSALS["fp8dq"]
     return None
 
