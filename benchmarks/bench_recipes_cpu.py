@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--db", type=Path, default=Path("out") / "bench_recipes_cpu" / "results.db")
     parser.add_argument("--force", action="store_true", help="re-run recipes already in the database")
+    parser.add_argument("--report-only", action="store_true",
+                        help="print the report of the runs already in --db (sweep wall time from their timestamps)")
     return parser.parse_args(argv)
 
 
@@ -60,21 +62,22 @@ def _load(m: dict) -> str:
 
 def print_report(rows: list[RunRow], sweep_wall_s: float) -> None:
     ref = next((r for r in rows if r.recipe == "bf16" and r.ok), None)
-    print("\n| recipe | status | weights | ×bf16 | after-load RSS | after-load anon | ×bf16 | peak RSS (gen) "
-          "| ×bf16 | peak anon (gen) | load peak RSS | call p50 | ×bf16 | step p50 | first call | load | host load |")
-    print("|" + "---|" * 17)
+    print("\n| recipe | weights (×bf16) | after-load RSS | of it: anon / mapped weight files "
+          "| peak RSS, generating (×bf16) | peak anon, generating | load peak RSS | call p50 (×bf16) | step p50 "
+          "| first call | compile | load | host load before/after |")
+    print("|" + "---|" * 13)
     for r in rows:
         if not r.ok:
-            print(f"| {r.recipe} | error: {first_line(r.error or '', 110).replace('|', '/')} |" + " |" * 15)
+            print(f"| {r.recipe} | error: {first_line(r.error or '', 110).replace('|', '/')} |" + " |" * 11)
             continue
         m = r.metrics
-        print(f"| {r.recipe} | ok | {mib(r, 'weights.total_bytes')} | {ratio(r, ref, 'weights.total_bytes')} "
-              f"| {mib(r, 'load.rss_mib')} | {mib(r, 'load.rss_anon_mib')} | {ratio(r, ref, 'load.rss_anon_mib')} "
-              f"| {mib(r, 'gen.peak_rss_mib')} | {ratio(r, ref, 'gen.peak_rss_mib')} "
+        print(f"| {r.recipe} | {mib(r, 'weights.total_bytes')} ({ratio(r, ref, 'weights.total_bytes')}) "
+              f"| {mib(r, 'load.rss_mib')} | {mib(r, 'load.rss_anon_mib')} / {mib(r, 'load.rss_weight_files_mib')} "
+              f"| {mib(r, 'gen.peak_rss_mib')} ({ratio(r, ref, 'gen.peak_rss_mib')}) "
               f"| {mib(r, 'gen.peak_rss_anon_mib')} | {mib(r, 'load.peak_rss_mib')} "
-              f"| {fmt_s(m.get('call.latency_s.p50'))} | {ratio(r, ref, 'call.latency_s.p50')} "
+              f"| {fmt_s(m.get('call.latency_s.p50'))} ({ratio(r, ref, 'call.latency_s.p50')}) "
               f"| {fmt_s(m.get('step.latency_s.p50'))} | {fmt_s(m.get('first_call.latency_s'))} "
-              f"| {fmt_s(m.get('load.wall_s'))} | {_load(m)} |")
+              f"| {fmt_s(m.get('compile.time_s'))} | {fmt_s(m.get('load.wall_s'))} | {_load(m)} |")
     ran = [r for r in rows if "run.wall_s" in r.metrics]
     work = sum((r.metrics.get("load.wall_s") or 0) + (r.metrics.get("gen.wall_s") or 0) for r in ran)
     lifetimes = sum(r.metrics.get("run.wall_s") or 0 for r in ran)
@@ -90,6 +93,20 @@ def print_report(rows: list[RunRow], sweep_wall_s: float) -> None:
           f"environment capture, DB writes, planning) {sweep_wall_s - work - (lifetimes - inside) - imports:.1f} s")
 
 
+def stored_rows(options: SweepOptions) -> tuple[list[RunRow], float]:
+    """The sweep's runs as stored, in plan order, and the span of their timestamps."""
+    import datetime as dt
+
+    from diffquant.bench.sweep import plan_sweep
+    from diffquant.store import ResultsDB
+
+    with ResultsDB(options.db_path) as db:
+        rows = [p.existing for p in plan_sweep(options, db) if p.existing is not None]
+    stamps = [dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for r in rows
+              for t in (r.started_at, r.finished_at)]
+    return rows, (max(stamps) - min(stamps)).total_seconds() if stamps else 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from diffquant.bench.sweep import SEED_PROMPTS
@@ -102,18 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     options = SweepOptions(model=args.model, recipes=split_recipes(args.recipes), settings=settings,
                            db_path=args.db, timeout_s=args.timeout, force=args.force,
                            quant_cache_dir=default_quant_cache())
-    started = time.monotonic()
-    with SweepDisplay() as display:
-        report = run_sweep(options, on_event=display.on_event)
-    wall = time.monotonic() - started
-    rows = report.ordered_rows()
+    if args.report_only:
+        rows, wall = stored_rows(options)
+    else:
+        started = time.monotonic()
+        with SweepDisplay() as display:
+            report = run_sweep(options, on_event=display.on_event)
+        wall = time.monotonic() - started if report.ran else report.wall_s
+        rows = report.ordered_rows()
     env = next((r.env for r in rows if r.ok), rows[0].env)
     from diffquant.bench.sweep import environment_summary
 
     print(f"\n{args.model} · cpu · {settings.steps} steps · {settings.width}x{settings.height} · "
           f"{len(settings.prompts)} prompt(s) × {len(settings.seeds)} seed(s) · {settings.repeats} steady calls")
     print(f"Machine: {environment_summary(env)}")
-    print_report(rows, wall if report.ran else report.wall_s)
+    print_report(rows, wall)
     return 0
 
 

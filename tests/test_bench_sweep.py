@@ -20,7 +20,8 @@ TINY = ["--prompt", "a red circle on a blue background", "--seeds", "0", "--step
 REQUIRED = (
     "worker.import_s", "worker.wall_s", "run.wall_s", "proc.rss_mib.before_load",
     "load.wall_s", "load.rss_mib", "load.rss_anon_mib", "load.rss_file_mib", "load.peak_rss_mib",
-    "load.peak_rss_anon_mib", "load.vmhwm_mib", "load.quant_cache_used",
+    "load.peak_rss_anon_mib", "load.vmhwm_mib", "load.quant_cache_used", "load.rss_weight_files_mib",
+    "gen.rss_weight_files_mib", "host.loadavg_1m.before_load", "host.loadavg_1m.end",
     "first_call.latency_s", "call.latency_s.p50", "call.latency_s.p90", "call.latency_s.n",
     "step.latency_s.p50", "step.latency_s.p90", "gen.wall_s", "gen.peak_rss_mib", "gen.peak_rss_anon_mib",
     "gen.vmhwm_mib", "proc.vmhwm_mib", "weights.total_bytes", "weights.total_params", "weights.bits_per_weight",
@@ -49,6 +50,7 @@ def test_three_recipes_measured(sweep_db: Path) -> None:
             assert m["gen.peak_rss_mib"] >= m["load.rss_mib"] > 0
             assert m["load.peak_rss_mib"] >= m["load.rss_mib"] >= m["load.rss_anon_mib"] > 0
             assert m["load.rss_mib"] == pytest.approx(m["load.rss_anon_mib"] + m["load.rss_file_mib"], abs=16)
+            assert m["load.rss_weight_files_mib"] <= m["load.rss_file_mib"] + 1
             assert m["call.latency_s.p90"] >= m["call.latency_s.p50"] > 0 and m["step.latency_s.p50"] > 0
             assert m["call.latency_s.n"] == 1 and m["first_call.latency_s"] > 0
             assert m["compile.time_s"] is None  # not compiled

@@ -52,6 +52,31 @@ def proc_status() -> dict[str, float]:
     return out
 
 
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def weight_file_rss_mib(suffixes: tuple[str, ...] = WEIGHT_FILE_SUFFIXES) -> float | None:
+    """Resident pages of memory-mapped weight files (from ``/proc/self/smaps``), in MiB.
+
+    Splits plain RSS into "weights still mapped from files" and the rest: a bf16 model's weights
+    live here, and so does the bf16 file a quantize-on-load recipe read, as long as any tensor
+    still references the mapping. None off Linux."""
+    total_kb = 0
+    counting = False
+    try:
+        with open("/proc/self/smaps", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                first = line.split(maxsplit=1)[0]
+                if "-" in first and not first.endswith(":"):  # a mapping header: addr-addr perms ... path
+                    parts = line.split()
+                    counting = len(parts) >= 6 and parts[-1].endswith(suffixes)
+                elif counting and first == "Rss:":
+                    total_kb += int(line.split()[1])
+    except OSError:
+        return None
+    return total_kb / 1024.0
+
+
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS; False where the kernel does not allow it."""
     try:

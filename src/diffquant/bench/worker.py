@@ -133,6 +133,7 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
         proc_status,
         reset_cuda_peaks,
         reset_peak_rss,
+        weight_file_rss_mib,
     )
     from diffquant.inspect import component_stats, disk_bytes
     from diffquant.pipeline import generate, load_info, load_pipeline
@@ -173,6 +174,7 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
         status, peaks = proc_status(), sampler.peak("load")
         metrics.update({"load.rss_mib": status.get("rss"), "load.rss_anon_mib": status.get("rss_anon"),
                         "load.rss_file_mib": status.get("rss_file"), "load.vmhwm_mib": status.get("vmhwm"),
+                        "load.rss_weight_files_mib": weight_file_rss_mib(),
                         "load.peak_rss_mib": max(peaks.rss_mib, _hwm(status, metrics["load.vmhwm_reset"])),
                         "load.peak_rss_anon_mib": peaks.rss_anon_mib})
         if on_cuda:
@@ -240,7 +242,8 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
         metrics.update({"gen.peak_rss_mib": max(peaks.rss_mib, gen_hwm),
                         "gen.peak_rss_anon_mib": peaks.rss_anon_mib,
                         "gen.vmhwm_mib": gen_hwm if metrics["gen.vmhwm_reset"] else None,
-                        "gen.rss_mib": status.get("rss"), "gen.rss_anon_mib": status.get("rss_anon")})
+                        "gen.rss_mib": status.get("rss"), "gen.rss_anon_mib": status.get("rss_anon"),
+                        "gen.rss_weight_files_mib": weight_file_rss_mib()})
         if on_cuda:
             metrics.update(cuda_counters("gen", nvml=nvml))
             metrics["gen.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
