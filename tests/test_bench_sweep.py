@@ -125,3 +125,14 @@ def test_matrix_cells_run_in_workers(capsys: pytest.CaptureFixture[str]) -> None
     assert cells["bf16"]["status"] == "ok" and cells["bf16"]["first_call_s"] > 0
     assert cells["bf16+offload-model"]["status"] == "n/a" and "accelerator" in cells["bf16+offload-model"]["reason"]
     assert {c["status"] for r, c in cells.items() if r.startswith("nonsense")} == {"invalid"}
+
+
+def test_bench_writes_scores_report_and_grid(sweep_db: Path) -> None:
+    from diffquant.commands.bench import write_reports
+
+    write_reports(sweep_db, "bf16")
+    assert (sweep_db.parent / "report.html").stat().st_size > 0
+    assert (sweep_db.parent / "grid.png").stat().st_size > 0
+    with ResultsDB(sweep_db) as db:
+        tables = {r[0] for r in db.connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert any(t.startswith("quality_") for t in tables)

@@ -149,6 +149,7 @@ def test_exports_parse(tmp_path: Path) -> None:
     out = tmp_path / "out" / "r.csv"
     write_atomic(out, "a,b\n")
     assert out.read_text() == "a,b\n" and not list(out.parent.glob(".r.csv.*"))
+    assert out.stat().st_mode & 0o044  # readable by others, not mkstemp's 0600
 
 
 def test_store_does_not_import_torch() -> None:
