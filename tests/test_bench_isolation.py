@@ -181,3 +181,30 @@ def test_worker_spec_round_trip(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown run-spec fields"):
         RunSpec.from_json(json.dumps({**json.loads(s.to_json()), "bogus": 1}))
     assert os.path.basename(s.result_path) == "result.json"
+
+
+_FAKE_WORKER = """
+import json, os, sys
+spec = json.load(open(sys.argv[1]))
+result = {"status": "ok", "error": None, "images": [], "env": {"fake": True},
+          "metrics": {"seen.inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR")}}
+open(spec["result_path"], "w").write(json.dumps(result))
+"""
+
+
+def test_compiled_runs_start_with_a_cold_compile_cache(tmp_path: Path) -> None:
+    fake = tmp_path / "fake_worker.py"
+    fake.write_text(_FAKE_WORKER)
+    options = SweepOptions(model=MODEL, recipes=["bf16+compile"], settings=SETTINGS, db_path=tmp_path / "r.db",
+                           worker_argv=[sys.executable, str(fake)])
+    run_sweep(options)
+    with ResultsDB(tmp_path / "r.db") as db:
+        runs = {r.recipe: r for r in db.runs()}
+    assert runs["bf16"].ok and "compile.cache" not in runs["bf16"].metrics
+    assert runs["bf16"].metrics["seen.inductor_cache"] == os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    compiled = runs["bf16+compile"].metrics
+    assert compiled["compile.cache"] == "cold" and "diffquant-run-" in compiled["seen.inductor_cache"]
+    warm = SweepOptions(**{**options.__dict__, "db_path": tmp_path / "w.db", "warm_compile_cache": True})
+    run_sweep(warm)
+    with ResultsDB(tmp_path / "w.db") as db:
+        assert db.runs(recipe="bf16+compile")[0].metrics["compile.cache"] == "shared"

@@ -86,9 +86,10 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_worker(spec: RunSpec, workdir: Path, *, timeout_s: float | None = None,
-               on_event: EventHandler | None = None, argv: Sequence[str] | None = None) -> WorkerOutcome:
+               on_event: EventHandler | None = None, argv: Sequence[str] | None = None,
+               extra_env: dict[str, str] | None = None) -> WorkerOutcome:
     """Run ``spec`` in a fresh interpreter and return how it ended. ``argv`` replaces the worker
-    command (tests); it gets the spec path appended."""
+    command (tests); it gets the spec path appended. ``extra_env`` is added to its environment."""
     workdir.mkdir(parents=True, exist_ok=True)
     spec_path = spec.write(workdir / "spec.json")
     result_path = Path(spec.result_path)
@@ -96,7 +97,7 @@ def run_worker(spec: RunSpec, workdir: Path, *, timeout_s: float | None = None,
     log_path = workdir / "worker.log"
     command = [*(argv or [sys.executable, "-m", "diffquant.bench.worker"]), str(spec_path)]
     read_fd, write_fd = os.pipe()
-    env = dict(os.environ, DIFFQUANT_EVENT_FD=str(write_fd), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, **(extra_env or {}), DIFFQUANT_EVENT_FD=str(write_fd), PYTHONUNBUFFERED="1")
     started = time.monotonic()
     try:
         with open(log_path, "wb") as log:

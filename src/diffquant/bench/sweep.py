@@ -58,6 +58,7 @@ class SweepOptions:
     quant_cache_dir: Path | None = None
     sample_interval_s: float = 0.02
     save_images: bool = True
+    warm_compile_cache: bool = False  # False: each compiled run gets fresh inductor/triton caches (cold compile)
     faults: Mapping[str, str] = field(default_factory=dict)  # test-only: recipe -> "fault[@phase]"
     worker_argv: Sequence[str] | None = None  # test-only: replaces `python -m diffquant.bench.worker`
 
@@ -244,12 +245,18 @@ def _execute(options: SweepOptions, db: ResultsDB, sid: str, item: PlannedRun, i
                          quant_cache_dir=str(options.quant_cache_dir) if options.quant_cache_dir else None,
                          sample_interval_s=options.sample_interval_s, fault=fault or None,
                          fault_phase=phase or "start")
+    extra_env = {}
+    if item.compiled and not options.warm_compile_cache:  # compile time as a first-time user sees it
+        extra_env = {"TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor"), "TRITON_CACHE_DIR": str(workdir / "triton")}
     started_at = now_iso()
     recorded = False
     try:
         outcome = run_worker(spec, workdir, timeout_s=options.timeout_s,
-                             on_event=lambda event: emit("worker", item, event), argv=options.worker_argv)
+                             on_event=lambda event: emit("worker", item, event), argv=options.worker_argv,
+                             extra_env=extra_env)
         outcome.metrics["run.outcome"] = _outcome_kind(outcome)
+        if item.compiled:
+            outcome.metrics["compile.cache"] = "cold" if extra_env else "shared"
         images = [ImageRow(0, 0, im["prompt"], int(im["prompt_index"]), int(im["seed"]), str(im["path"]),
                            im.get("latents_path")) for im in outcome.images] if outcome.status == "ok" else []
         row = _row(options, sid, item, outcome.status, outcome.error, outcome.metrics,

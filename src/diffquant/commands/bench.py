@@ -49,6 +49,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quant-cache", type=Path, default=None,
                         help="folder for quantized weights reused across runs (default: $DIFFQUANT_CACHE/quant)")
     parser.add_argument("--no-quant-cache", action="store_true", help="quantize from scratch in every run")
+    parser.add_argument("--warm-compile-cache", action="store_true",
+                        help="let compiled runs share torch inductor's on-disk cache (default: each compiled run "
+                             "starts cold, so compile time is what a first run costs)")
     parser.add_argument("--force", action="store_true", help="re-run recipes already in the database")
     parser.add_argument("--retry-errors", action="store_true", help="re-run recipes whose stored run failed")
     parser.add_argument("--no-report", action="store_true", help="skip quality scoring, report.html and grid.png")
@@ -133,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     options = SweepOptions(
         model=args.model, recipes=recipes, settings=settings, db_path=args.db, image_root=args.images,
         reference=args.reference, timeout_s=args.timeout, force=args.force, retry_errors=args.retry_errors,
+        warm_compile_cache=args.warm_compile_cache,
         quant_cache_dir=None if args.no_quant_cache else (args.quant_cache or default_quant_cache()))
     from diffquant.commands.results import print_results
 
