@@ -10,7 +10,13 @@ import pytest
 
 from diffquant.errors import DiffquantError
 from diffquant.recipes import (
-    DEFAULT_TARGET, SEED_RECIPES, Recipe, load_recipe, parse_recipe, recipe_from_toml, recipe_to_toml,
+    DEFAULT_TARGET,
+    SEED_RECIPES,
+    Recipe,
+    load_recipe,
+    parse_recipe,
+    recipe_from_toml,
+    recipe_to_toml,
 )
 from diffquant.recipes.catalog import quant_token_names
 

@@ -65,7 +65,7 @@ def test_export_refuses_requantization_and_overwrite(tmp_path) -> None:
 
 
 def test_failed_save_leaves_nothing(tmp_path, monkeypatch) -> None:
-    import diffquant.serialize as serialize
+    from diffquant import serialize
 
     pipe = diffquant.load_pipeline(MODEL, "quanto-int8", device="cpu")
     calls = {"n": 0}

@@ -18,14 +18,14 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["DiffquantError", "__version__", "load_pipeline", "parse_recipe"]
 
 
-def load_pipeline(model: str, recipe: "str | Recipe" = "bf16", **kwargs: Any) -> Any:
+def load_pipeline(model: str, recipe: str | Recipe = "bf16", **kwargs: Any) -> Any:
     """Load a diffusers pipeline (Hub id, local folder or ``zoo:NAME``) with a recipe applied."""
     from diffquant.pipeline import load_pipeline as _load
 
     return _load(model, recipe, **kwargs)
 
 
-def parse_recipe(text: str) -> "Recipe":
+def parse_recipe(text: str) -> Recipe:
     """Parse a recipe string such as ``bnb-nf4+offload-group-leaf`` (no torch import)."""
     from diffquant.recipes import parse_recipe as _parse
 

@@ -69,13 +69,15 @@ def tensor_stats(t: Any) -> tuple[int, int, bool]:
 def module_stats(module: Any) -> ComponentStats:
     params = nbytes = quantized = q_params = q_bytes = 0
     seen: set[int] = set()
-    tensors = list(module.named_parameters(remove_duplicate=True)) + list(module.named_buffers())
-    for _, t in tensors:
+    # Parameters are weights; buffers (quantizers' activation scales, position tables) only add bytes.
+    tensors = [(t, True) for _, t in module.named_parameters(remove_duplicate=True)]
+    tensors += [(t, False) for _, t in module.named_buffers()]
+    for t, is_param in tensors:
         if id(t) in seen:
             continue
         seen.add(id(t))
         n, b, q = tensor_stats(t)
-        params, nbytes, quantized = params + n, nbytes + b, quantized + int(q)
+        params, nbytes, quantized = params + (n if is_param else 0), nbytes + b, quantized + int(q)
         if q:
             q_params, q_bytes = q_params + n, q_bytes + b
     inner = getattr(module, "_orig_mod", module)

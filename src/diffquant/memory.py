@@ -51,5 +51,5 @@ def apply_compile(pipe: Any, recipe: Recipe, denoiser: str) -> list[str]:
             continue
         module.compile(mode=None if spec.mode == "default" else spec.mode, fullgraph=spec.fullgraph)
         compiled.append(target)
-    return [f"compiled {', '.join(compiled)} (mode={spec.mode}, fullgraph={spec.fullgraph}); "
-            "the first call pays the compile time"]
+    return [(f"compiled {', '.join(compiled)} (mode={spec.mode}, fullgraph={spec.fullgraph}); "
+            "the first call pays the compile time")]

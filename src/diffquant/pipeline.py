@@ -71,7 +71,7 @@ def default_settings(model: str) -> GenerationSettings:
     return GenerationSettings(*values) if values else GenerationSettings(None, None, None, None)
 
 
-def load_pipeline(model: str, recipe: "str | Recipe" = "bf16", *, device: str | None = None,
+def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | None = None,
                   quant_cache_dir: Path | None = None) -> Any:
     """Load ``model`` (Hub id, local folder or zoo:NAME) with ``recipe`` applied, ready to generate.
 

@@ -7,7 +7,6 @@ import logging
 import os
 import warnings
 
-
 # Loggers that print import-time noise on CPU machines (missing CUDA kernels, optional hub kernels).
 NOISY_LOGGERS = ("bitsandbytes", "bitsandbytes.cextension", "torchao", "torch.utils._pytree", "optimum.quanto",
                  "torch._dynamo", "kernels", "diffusers.quantizers.torchao.torchao_quantizer")

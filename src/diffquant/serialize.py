@@ -35,7 +35,7 @@ def save_quantized(pipe: Any, out_dir: Path, *, link_unquantized: bool = False) 
     them (the quantized-weights cache does this; an export meant to be moved should not).
     """
     from diffquant import __version__
-    from diffquant.components import resolve_targets, read_components
+    from diffquant.components import read_components, resolve_targets
     from diffquant.pipeline import default_settings, load_info
 
     out_dir = Path(out_dir)
@@ -95,7 +95,7 @@ def _save_component(component: Any, spec: QuantSpec | None, info: Any, name: str
     component.save_config(folder) if hasattr(component, "save_config") else component.config.save_pretrained(folder)
     meta: dict[str, Any] = {"spec": spec.to_dict(), "class_name": type(component).__name__}
     if spec.backend == "gguf":
-        source = Path(getattr(component, "_diffquant_gguf_path"))
+        source = Path(component._diffquant_gguf_path)
         shutil.copy2(source, folder / "model.gguf")
         meta["format"] = "gguf-file"
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import metadata
 
 TRACKED = ("torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "torchao", "optimum-quanto",
-           "gguf", "safetensors", "tokenizers", "torchmetrics", "numpy", "diffquant")
+           "gguf", "safetensors", "tokenizers", "torchmetrics", "numpy", "pynvml", "nvidia-ml-py", "diffquant")
 
 
 def library_versions() -> dict[str, str | None]:

@@ -105,7 +105,7 @@ class Recipe:
                 "memory": self.memory.to_dict(), "compile": self.compile.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
         from diffquant.recipes.validate import recipe_from_dict
 
         return recipe_from_dict(data)

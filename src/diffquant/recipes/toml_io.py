@@ -29,7 +29,7 @@ def recipe_from_toml(text: str) -> Recipe:
     return recipe_from_dict(data)
 
 
-def load_recipe(ref: "str | Path | Recipe") -> Recipe:
+def load_recipe(ref: str | Path | Recipe) -> Recipe:
     """A Recipe from a recipe string, a path to a .toml file, or a Recipe (returned as is)."""
     if isinstance(ref, Recipe):
         return ref

@@ -7,7 +7,13 @@ from typing import Any
 from diffquant.errors import DiffquantError, unknown_choice
 from diffquant.recipes import catalog as cat
 from diffquant.recipes.model import (
-    DEFAULT_TARGET, SCHEMA_VERSION, CompileSpec, MemorySpec, OptionValue, QuantSpec, Recipe,
+    DEFAULT_TARGET,
+    SCHEMA_VERSION,
+    CompileSpec,
+    MemorySpec,
+    OptionValue,
+    QuantSpec,
+    Recipe,
 )
 
 
@@ -78,13 +84,13 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     known = {"schema_version", "dtype", "quant", "memory", "compile"}
     unknown = set(data) - known
     if unknown:
-        raise unknown_choice("recipe field", sorted(unknown)[0], known)
+        raise unknown_choice("recipe field", min(unknown), known)
     quant = []
     for item in data.get("quant", []):
         item = dict(item)
         bad = set(item) - {"backend", "type", "target", "options", "skip_modules"}
         if bad:
-            raise unknown_choice("quant field", sorted(bad)[0], ["backend", "type", "target", "options",
+            raise unknown_choice("quant field", min(bad), ["backend", "type", "target", "options",
                                                                  "skip_modules"])
         if "backend" not in item or "type" not in item:
             raise DiffquantError("Each [[quant]] entry needs 'backend' and 'type'.",

@@ -4,8 +4,6 @@ metric), each image with its own score underneath. Pillow only."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -186,14 +184,6 @@ def render_grid(sweeps: list[SweepView], *, max_rows: int = MAX_ROWS) -> Image.I
 
 
 def save_png_atomic(image: Image.Image, out: Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", optimize=True)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    from diffquant.images import save_png
+
+    return save_png(image, out)
