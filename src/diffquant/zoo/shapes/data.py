@@ -6,11 +6,13 @@ One coloured shape on a flat background, 64x64 by default. A scene has five attr
 - colour (of the shape): red, green, blue, yellow, purple, orange
 - background: white, black, gray, blue, green (never the shape's own colour)
 - position: a 3x3 grid (top left ... bottom right, center)
-- size: small or large
+- size: small or large (captions), medium (only when the caption names no size)
 
 Captions always name the shape, its colour and the background, and name the size and the position
-only sometimes; an unnamed attribute is drawn at random, so "a red circle on a white background"
-may show a small or large red circle anywhere. Examples::
+only sometimes; an unnamed position is the center and an unnamed size is medium, so "a red circle
+on a white background" is a medium red circle in the middle (the caption fixes the picture up to a
+little jitter of position, size and colour, which keeps the model small and its training short).
+Examples::
 
     a red circle on a white background
     a small red circle at the top left on a blue background
@@ -34,10 +36,12 @@ COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 BACKGROUNDS = ("white", "black", "gray", "blue", "green")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right",
              "bottom left", "bottom", "bottom right")
-SIZES = ("small", "large")
+SIZES = ("small", "large")  # what captions can say
+SIZE_CLASSES = ("small", "medium", "large")  # what images show (medium: no size named)
 ATTRIBUTES = ("shape", "colour", "background", "position", "size")
 CHOICES: dict[str, tuple[str, ...]] = {
-    "shape": SHAPES, "colour": COLOURS, "background": BACKGROUNDS, "position": POSITIONS, "size": SIZES,
+    "shape": SHAPES, "colour": COLOURS, "background": BACKGROUNDS, "position": POSITIONS,
+    "size": SIZE_CLASSES,
 }
 
 RGB = {
@@ -58,7 +62,7 @@ _POSITION_PHRASE = {
 }
 _GRID = (0.25, 0.5, 0.75)
 # Half-extent of a shape in pixels at 64x64 (scaled with the image size), and the jitter ranges.
-_RADIUS = {"small": (6.0, 7.5), "large": (12.0, 14.0)}
+_RADIUS = {"small": (5.5, 7.0), "medium": (8.5, 10.0), "large": (12.0, 14.0)}
 _CENTRE_JITTER = 3.0
 _COLOUR_JITTER = 12
 _BACKGROUND_JITTER = 8
@@ -104,6 +108,10 @@ class Scene:
         return caption(self.shape, self.colour, self.background,
                        self.position if self.says_position else None,
                        self.size if self.says_size else None)
+
+    @property
+    def background_rgb(self) -> tuple[int, int, int]:
+        return _clip(RGB[self.background], self.bg_tint)
 
     @property
     def heldout(self) -> bool:
@@ -183,10 +191,10 @@ def sample_scene(rng: np.random.Generator, split: str = "train", jitter: bool = 
         background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
         if background != colour:
             break
-    position = POSITIONS[rng.integers(len(POSITIONS))]
-    size = SIZES[rng.integers(len(SIZES))]
     forms = list(_FORMS)
     says_size, says_position = forms[rng.choice(len(forms), p=list(_FORMS.values()))]
+    position = POSITIONS[rng.integers(len(POSITIONS))] if says_position else "center"
+    size = SIZES[rng.integers(len(SIZES))] if says_size else "medium"
     if not jitter:
         return Scene(shape, colour, background, position, size, says_size, says_position)
     lo, hi = _RADIUS[size]
@@ -198,15 +206,6 @@ def sample_scene(rng: np.random.Generator, split: str = "train", jitter: bool = 
         tint=tuple(int(v) for v in rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, 3)),  # type: ignore[arg-type]
         bg_tint=tuple(int(v) for v in rng.integers(-_BACKGROUND_JITTER, _BACKGROUND_JITTER + 1, 3)),  # type: ignore[arg-type]
     )
-
-
-def scene_for(attrs: dict[str, str], rng: np.random.Generator) -> Scene:
-    """A jittered scene showing ``attrs`` (a full attribute dict, e.g. from :func:`parse_prompt`
-    completed at random), with the caption naming every attribute."""
-    base = sample_scene(rng, split="all")
-    lo, hi = _RADIUS[attrs["size"]]
-    return Scene(attrs["shape"], attrs["colour"], attrs["background"], attrs["position"], attrs["size"],
-                 True, True, base.dx, base.dy, float(rng.uniform(lo, hi)), base.tint, base.bg_tint)
 
 
 def _clip(rgb: tuple[int, int, int], tint: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -234,7 +233,7 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     """Draw ``scene`` as an RGB image of ``size`` x ``size`` pixels (anti-aliased)."""
     s = size * _SUPERSAMPLE
     scale = s / 64.0
-    img = Image.new("RGB", (s, s), _clip(RGB[scene.background], scene.bg_tint))
+    img = Image.new("RGB", (s, s), scene.background_rgb)
     draw = ImageDraw.Draw(img)
     row, col = divmod(POSITIONS.index(scene.position), 3)
     cx = (_GRID[col] * 64 + scene.dx) * scale

@@ -12,8 +12,9 @@ A genuine ``FluxPipeline`` (zoo entries ``shapes`` and ``shapes-random``):
   feeds at its default ``max_sequence_length=512`` (see ``train.py``). Frozen after random init.
 - ``CLIPTextModel``: hidden 256, MLP 512, 4 heads, eos 1 (pools at the first end-of-text token).
   Trained with the transformer; its pooled output carries the word order.
-- ``AutoencoderKL``: 4 levels (scale factor 8), 16 latent channels: a 64x64 image is a 8x8x16
-  latent, i.e. 16 image tokens after FLUX's 2x2 packing.
+- ``AutoencoderKL``: 3 levels (scale factor 4), channels (16, 32, 64), 16 latent channels: a 64x64
+  image is a 16x16x16 latent, i.e. 8x8 = 64 image tokens after FLUX's 2x2 packing. (A 4-level VAE
+  would leave a 4x4 token grid, on which FLUX's RoPE barely tells the caption's positions apart.)
 - ``FlowMatchEulerDiscreteScheduler``, shift 1, no dynamic shifting.
 """
 
@@ -38,8 +39,8 @@ TRANSFORMER: dict[str, Any] = {
 }
 VAE: dict[str, Any] = {
     "in_channels": 3, "out_channels": 3, "latent_channels": 16,
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [8, 16, 32, 64], "layers_per_block": 1, "norm_num_groups": 4,
+    "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [16, 32, 64], "layers_per_block": 1, "norm_num_groups": 2,
     "act_fn": "silu", "sample_size": 64, "scaling_factor": 1.0, "shift_factor": 0.0,
     "use_quant_conv": False, "use_post_quant_conv": False, "mid_block_add_attention": True,
 }

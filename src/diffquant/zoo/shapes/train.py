@@ -40,14 +40,18 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1  # on a shared 2-core CPU, 2 threads ran 5-10x *slower* than 1 (see --threads)
     vae_steps: int = 1500
-    vae_batch: int = 32
+    vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-5
-    steps: int = 3000
-    batch: int = 48
-    lr: float = 5e-4
-    warmup: int = 150
-    ema: float = 0.998
+    vae_shape_weight: float = 8.0
+    vae_logvar_init: float = -8.0
+    steps: int = 2000
+    batch: int = 32
+    lr: float = 8e-4
+    warmup: int = 100
+    ema: float = 0.995
+    qk_norm_lr: float = 10.0  # learning-rate multiplier of the attention q/k RMSNorm gains
+    qk_norm_init: float = 1.0
     scorer_steps: int = 1200
     scorer_batch: int = 64
     scorer_lr: float = 2e-3
@@ -60,7 +64,7 @@ class TrainConfig:
 SMOKE = TrainConfig(vae_steps=3, vae_batch=4, steps=3, batch=4, warmup=1, scorer_steps=3, scorer_batch=8,
                     eval_seeds=(0,), log_every=1,
                     transformer={"num_layers": 1, "num_single_layers": 1},
-                    vae={"block_out_channels": [8, 8, 8, 8]})
+                    vae={"block_out_channels": [8, 8, 8], "norm_num_groups": 2})
 
 
 def _images(batch: np.ndarray) -> Any:
@@ -78,10 +82,23 @@ def _lr_at(step: int, cfg_lr: float, warmup: int, total: int) -> float:
 
 # --- 1. VAE ---------------------------------------------------------------------------------------
 
+def _shape_weight(scenes: list[data.Scene], x: Any, weight: float) -> Any:
+    """Per-pixel loss weight (B, 1, H, W): 1 + ``weight`` on and around the shape, so that the few
+    shape pixels are not drowned by the flat background."""
+    import torch
+    import torch.nn.functional as F
+
+    bg = torch.tensor([s.background_rgb for s in scenes]).float() / 127.5 - 1.0
+    on_shape = ((x - bg[:, :, None, None]).abs().amax(1, keepdim=True) > 0.05).float()
+    return 1.0 + weight * F.max_pool2d(on_shape, 5, stride=1, padding=2)
+
+
 def train_vae(vae: Any, cfg: TrainConfig, log: Callable[[str], None]) -> None:
     import torch
 
     torch.manual_seed(cfg.seed + 1)
+    with torch.no_grad():  # start the posterior's log-variance low: small sampling noise from step 0
+        vae.encoder.conv_out.bias[vae.config.latent_channels:] = cfg.vae_logvar_init
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0, fused=True)
     batches = data.batches(cfg.seed + 1, cfg.vae_batch, split="train")
     vae.train()
@@ -89,15 +106,18 @@ def train_vae(vae: Any, cfg: TrainConfig, log: Callable[[str], None]) -> None:
     for step in range(cfg.vae_steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.vae_lr, min(100, cfg.vae_steps // 10 + 1), cfg.vae_steps)
-        x = _images(next(batches)[1])
+        scenes, imgs = next(batches)
+        x = _images(imgs)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
-        rec = (recon - x).pow(2).mean() + 0.5 * (recon - x).abs().mean()
+        w = _shape_weight(scenes, x, cfg.vae_shape_weight)
+        err = recon - x
+        rec = ((err.pow(2) + 0.5 * err.abs()) * w).mean() / w.mean()
         kl = posterior.kl().mean() / posterior.mean[0].numel()
         loss = rec + cfg.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 10.0)
         opt.step()
         if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
             log(f"vae {step:5d} rec {rec.item():.4f} kl {kl.item():.2f} "
@@ -160,7 +180,7 @@ class TextCache:
                 emb = pipe.text_encoder_2(tokens, attention_mask=bias[:, None, None, :])[0]
                 if start == 0:
                     full = pipe._get_t5_prompt_embeds(captions[:4], max_sequence_length=T5_LENGTH)
-                    for j in range(4):
+                    for j in range(full.shape[0]):
                         n = int(lengths[j]) + 1
                         err = (emb[j, :n] - full[j, :n]).abs().max().item()
                         pads = (full[j, n:] - full[j, n - 1]).abs().max().item()
@@ -221,8 +241,16 @@ def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None]) -
     cache = TextCache(pipe, data.all_captions("train"), log)
     torch.manual_seed(cfg.seed + 3)
     _zero_init_modulation(transformer)
-    params = list(transformer.parameters()) + list(clip.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01, fused=True)
+    qk_norms = [p for n, p in transformer.named_parameters() if n.split(".")[-2].startswith(("norm_q", "norm_k",
+                                                                                          "norm_added_"))]
+    with torch.no_grad():
+        for p in qk_norms:
+            p.fill_(cfg.qk_norm_init)
+    others = [p for p in transformer.parameters() if all(p is not q for q in qk_norms)]
+    params = list(transformer.parameters()) + list(clip.parameters())  # same order as the EMA copy's
+    groups = [{"params": others + list(clip.parameters()), "lr_mult": 1.0, "weight_decay": 0.01},
+              {"params": qk_norms, "lr_mult": cfg.qk_norm_lr, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99), fused=True)
     ema_tr, ema_clip = copy.deepcopy(transformer).eval(), copy.deepcopy(clip).eval()
     ema_params = list(ema_tr.parameters()) + list(ema_clip.parameters())
     gen = torch.Generator().manual_seed(cfg.seed + 4)
@@ -236,7 +264,7 @@ def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None]) -
     started, running = time.perf_counter(), 0.0
     for step in range(cfg.steps):
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
+            g["lr"] = _lr_at(step, cfg.lr, cfg.warmup, cfg.steps) * g["lr_mult"]
         scenes, imgs = next(batches)
         captions = [s.caption for s in scenes]
         with torch.no_grad():
@@ -269,6 +297,7 @@ def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None]) -
             log(f"flow {step + 1:5d}/{cfg.steps} loss {running / n:.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"({elapsed:.0f}s, {elapsed / (step + 1):.2f}s/step)")
             running = 0.0
+    pipe.raw_models = {"transformer": transformer.eval(), "text_encoder": clip.eval()}
     pipe.transformer, pipe.text_encoder = ema_tr, ema_clip
     return pipe
 
@@ -332,7 +361,8 @@ def scorer_accuracy(net: Any, n: int = 1000, seed: int = 99) -> dict[str, float]
 
 # --- driver ------------------------------------------------------------------------------------
 
-def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None] = print,
+        keep_raw: bool = False) -> dict[str, Any]:
     import torch
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
@@ -361,6 +391,12 @@ def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None
             "trained_by": "python scripts/train_shapes.py", "seed": cfg.seed}
     save_pipeline(pipe, pipe_dir, meta)
     log(f"pipeline written to {pipe_dir}")
+    if keep_raw and getattr(pipe, "raw_models", None):  # the last weights, not their average
+        import copy
+
+        raw = copy.copy(pipe)
+        raw.transformer, raw.text_encoder = pipe.raw_models["transformer"], pipe.raw_models["text_encoder"]
+        save_pipeline(raw, out / "pipeline-raw", meta)
     scorer_file = out / "scorer.safetensors"
     if "scorer" in stages:
         t = time.perf_counter()
@@ -400,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="transformer steps (default: the config's)")
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--scorer-steps", type=int)
+    parser.add_argument("--keep-raw", action="store_true",
+                        help="also write OUT/pipeline-raw with the last (not averaged) weights")
     parser.add_argument("--stages", default="vae,transformer,scorer,eval",
                         help="comma-separated subset of vae,transformer,scorer,eval; a skipped vae "
                              "stage loads OUT/pipeline/vae")
@@ -418,5 +456,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     log(f"training shapes model into {args.out} with {cfg}")
-    run(cfg, args.out, stages, log)
+    run(cfg, args.out, stages, log, keep_raw=args.keep_raw)
     return 0
