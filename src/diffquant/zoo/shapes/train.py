@@ -52,6 +52,7 @@ class TrainConfig:
     ema: float = 0.995
     qk_norm_lr: float = 10.0  # learning-rate multiplier of the attention q/k RMSNorm gains
     qk_norm_init: float = 1.0
+    checkpoint_every: int = 250
     scorer_steps: int = 1200
     scorer_batch: int = 64
     scorer_lr: float = 2e-3
@@ -162,6 +163,11 @@ class TextCache:
         import torch
 
         self.index = {c: i for i, c in enumerate(captions)}
+        clip_ids = pipe.tokenizer(captions).input_ids  # tokenized once, not in the training loop
+        self.clip_lengths = torch.tensor([len(i) for i in clip_ids])
+        self.clip_ids = torch.full((len(captions), int(self.clip_lengths.max())), pipe.tokenizer.pad_token_id)
+        for i, row in enumerate(clip_ids):
+            self.clip_ids[i, : len(row)] = torch.tensor(row)
         ids = pipe.tokenizer_2(captions).input_ids
         self.lengths = torch.tensor([len(i) for i in ids])
         width = pipe.text_encoder_2.config.d_model
@@ -191,6 +197,13 @@ class TextCache:
                     self.real[start + j, :n] = emb[j, :n]
                     self.pad[start + j] = emb[j, n]
         log(f"T5 outputs of {len(captions)} captions cached ({time.perf_counter() - started:.0f}s)")
+
+    def clip_batch(self, captions: list[str]) -> Any:
+        """CLIP token ids (B, longest), as ``tokenizer(captions, padding="longest")`` gives them."""
+        import torch
+
+        idx = torch.tensor([self.index[c] for c in captions])
+        return self.clip_ids[idx, : int(self.clip_lengths[idx].max())]
 
     def batch(self, captions: list[str]) -> tuple[Any, Any]:
         """(text tokens (B, L+1, d), attention bias (B, L+1)) standing in for 512 tokens."""
@@ -229,8 +242,14 @@ def _zero_init_modulation(transformer: Any) -> None:
                 module.bias.zero_()
 
 
-def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None]) -> Any:
-    """Flow-matching training; returns the EMA transformer and CLIP (set into ``pipe``)."""
+def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None],
+                      checkpoint: Path | None = None) -> Any:
+    """Flow-matching training; returns the EMA transformer and CLIP (set into ``pipe``).
+
+    With ``checkpoint``, the full training state is saved there every ``checkpoint_every`` steps,
+    and a run that finds the file resumes from it (skipping the batches already seen), so a
+    crashed run continues where it stopped and ends with the same weights.
+    """
     import copy
 
     import torch
@@ -259,10 +278,22 @@ def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None]) -
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     lat = 64 // factor
     img_ids = FluxPipeline._prepare_latent_image_ids(1, lat // 2, lat // 2, "cpu", torch.float32)
+    first = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        for model, key in ((transformer, "transformer"), (clip, "clip"), (ema_tr, "ema_transformer"),
+                           (ema_clip, "ema_clip")):
+            model.load_state_dict(state[key])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        first = state["step"]
+        for _ in range(first):
+            next(batches)
+        log(f"resumed from {checkpoint} at step {first}")
     transformer.train()
     clip.train()
     started, running = time.perf_counter(), 0.0
-    for step in range(cfg.steps):
+    for step in range(first, cfg.steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.lr, cfg.warmup, cfg.steps) * g["lr_mult"]
         scenes, imgs = next(batches)
@@ -273,8 +304,7 @@ def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None]) -
             x0 = FluxPipeline._pack_latents(z, len(scenes), latent_ch, lat, lat)
         text, bias = cache.batch(captions)
         mask = torch.cat([bias, torch.zeros(len(scenes), x0.shape[1])], dim=-1)[:, None, None, :]
-        clip_ids = pipe.tokenizer(captions, padding="longest", return_tensors="pt").input_ids
-        pooled = clip(clip_ids).pooler_output
+        pooled = clip(cache.clip_batch(captions)).pooler_output
         sigma = torch.sigmoid(torch.randn(len(scenes), generator=gen))
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma[:, None, None]
@@ -295,8 +325,14 @@ def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None]) -
             n = cfg.log_every if (step + 1) % cfg.log_every == 0 else (step + 1) % cfg.log_every
             elapsed = time.perf_counter() - started
             log(f"flow {step + 1:5d}/{cfg.steps} loss {running / n:.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"({elapsed:.0f}s, {elapsed / (step + 1):.2f}s/step)")
+                f"({elapsed:.0f}s, {elapsed / (step + 1 - first):.2f}s/step)")
             running = 0.0
+        if checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            tmp = checkpoint.with_suffix(".tmp")
+            torch.save({"step": step + 1, "transformer": transformer.state_dict(), "clip": clip.state_dict(),
+                        "ema_transformer": ema_tr.state_dict(), "ema_clip": ema_clip.state_dict(),
+                        "optimizer": opt.state_dict(), "generator": gen.get_state()}, tmp)
+            tmp.replace(checkpoint)
     pipe.raw_models = {"transformer": transformer.eval(), "text_encoder": clip.eval()}
     pipe.transformer, pipe.text_encoder = ema_tr, ema_clip
     return pipe
@@ -362,7 +398,9 @@ def scorer_accuracy(net: Any, n: int = 1000, seed: int = 99) -> dict[str, float]
 # --- driver ------------------------------------------------------------------------------------
 
 def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None] = print,
-        keep_raw: bool = False) -> dict[str, Any]:
+        keep_raw: bool = False, resume: bool = True) -> dict[str, Any]:
+    """Train ``stages`` into ``out``. With ``resume``, the transformer stage checkpoints into
+    ``out/checkpoint.pt``; a run that finds one reuses ``out/pipeline/vae`` and continues."""
     import torch
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
@@ -376,17 +414,21 @@ def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None
     report: dict[str, Any] = {"config": asdict(cfg), "seconds": {}}
     started = time.perf_counter()
     pipe = new_pipeline(transformer=cfg.transformer, vae=cfg.vae)
-    if "vae" in stages:
+    checkpoint = out / "checkpoint.pt"
+    if "vae" in stages and not (resume and checkpoint.is_file()):
         t = time.perf_counter()
         train_vae(pipe.vae, cfg, log)
         report["seconds"]["vae"] = round(time.perf_counter() - t, 1)
+        pipe.vae.to(torch.bfloat16).save_pretrained(pipe_dir / "vae")  # weights are bf16-exact already
+        pipe.vae.float()
     else:
         pipe.vae = AutoencoderKL.from_pretrained(pipe_dir / "vae").float().eval()
         log(f"vae loaded from {pipe_dir / 'vae'}")
     if "transformer" in stages:
         t = time.perf_counter()
-        train_transformer(pipe, cfg, log)
+        train_transformer(pipe, cfg, log, checkpoint if resume else None)
         report["seconds"]["transformer"] = round(time.perf_counter() - t, 1)
+        checkpoint.unlink(missing_ok=True)
     meta = {**default_meta(), "trained": "transformer" in stages,
             "trained_by": "python scripts/train_shapes.py", "seed": cfg.seed}
     save_pipeline(pipe, pipe_dir, meta)
@@ -436,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="transformer steps (default: the config's)")
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--scorer-steps", type=int)
+    parser.add_argument("--no-resume", action="store_true",
+                        help="neither write nor resume from OUT/checkpoint.pt (default: checkpoint every "
+                             f"{TrainConfig.checkpoint_every} transformer steps; a rerun continues)")
     parser.add_argument("--keep-raw", action="store_true",
                         help="also write OUT/pipeline-raw with the last (not averaged) weights")
     parser.add_argument("--stages", default="vae,transformer,scorer,eval",
@@ -456,5 +501,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     log(f"training shapes model into {args.out} with {cfg}")
-    run(cfg, args.out, stages, log, keep_raw=args.keep_raw)
+    run(cfg, args.out, stages, log, keep_raw=args.keep_raw, resume=not args.no_resume)
     return 0
