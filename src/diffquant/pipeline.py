@@ -24,12 +24,18 @@ _ZOO_DEFAULTS = {
 }
 
 
+# Pipeline arguments a model folder's diffquant.json may fix (under "pipeline_kwargs"), because the
+# model was trained for them: e.g. true classifier-free guidance, a short T5 sequence.
+MODEL_PIPELINE_KWARGS = ("true_cfg_scale", "negative_prompt", "max_sequence_length")
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     steps: int | None
     height: int | None
     width: int | None
     guidance_scale: float | None
+    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,10 +71,19 @@ def default_settings(model: str) -> GenerationSettings:
     if meta.is_file():
         data = json.loads(meta.read_text())
         size = data.get("size") or [data.get("height"), data.get("width")]
-        return GenerationSettings(data.get("steps"), size[0], size[1], data.get("guidance_scale"))
+        return GenerationSettings(data.get("steps"), size[0], size[1], data.get("guidance_scale"),
+                                  _pipeline_kwargs(data.get("pipeline_kwargs") or {}, meta))
     name = model.removeprefix("zoo:") if model.startswith("zoo:") else None
     values = _ZOO_DEFAULTS.get(name or "") or _CLASS_DEFAULTS.get(pipeline_class_name(model_dir))
     return GenerationSettings(*values) if values else GenerationSettings(None, None, None, None)
+
+
+def _pipeline_kwargs(values: dict[str, Any], source: Path) -> dict[str, Any]:
+    unknown = sorted(set(values) - set(MODEL_PIPELINE_KWARGS))
+    if unknown:
+        raise DiffquantError(f"{source}: unknown pipeline_kwargs {unknown}.",
+                             hint=f"valid keys: {', '.join(MODEL_PIPELINE_KWARGS)}")
+    return dict(values)
 
 
 def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | None = None,
@@ -241,6 +256,7 @@ def generate(pipe: Any, prompt: str, *, seed: int, steps: int | None = None, hei
         "prompt": prompt, "generator": torch.Generator("cpu").manual_seed(seed),
         "callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"],
     }
+    kwargs.update(defaults.pipeline_kwargs)
     for key, value, default in (("num_inference_steps", steps, defaults.steps), ("height", height, defaults.height),
                                 ("width", width, defaults.width),
                                 ("guidance_scale", guidance_scale, defaults.guidance_scale)):

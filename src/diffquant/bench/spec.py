@@ -34,12 +34,15 @@ class BenchSettings:
     device: str = "cpu"
     repeats: int = 2  # minimum number of steady (timed) calls after the first call and warm-up
     warmup: int = 0  # extra untimed calls after the first one (e.g. for CUDA graphs)
+    # what the model's diffquant.json fixes (e.g. true_cfg_scale); applied by pipeline.generate
+    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs comparable (and, with the recipe, the same run)."""
         return {"prompts": list(self.prompts), "seeds": list(self.seeds), "steps": self.steps,
                 "height": self.height, "width": self.width, "guidance_scale": self.guidance_scale,
-                "device": self.device, "repeats": self.repeats, "warmup": self.warmup}
+                "device": self.device, "repeats": self.repeats, "warmup": self.warmup,
+                **self.pipeline_kwargs}
 
     def to_dict(self) -> dict[str, Any]:
         return self.identity()

@@ -136,7 +136,8 @@ def resolve_settings(model: str, *, prompts: Sequence[str] | None = None, seeds:
         height=height if height is not None else defaults.height,
         width=width if width is not None else defaults.width,
         guidance_scale=guidance_scale if guidance_scale is not None else defaults.guidance_scale,
-        device=device or default_device(), repeats=max(int(repeats), 0), warmup=max(int(warmup), 0))
+        device=device or default_device(), repeats=max(int(repeats), 0), warmup=max(int(warmup), 0),
+        pipeline_kwargs=dict(defaults.pipeline_kwargs))
 
 
 def _why_not_here(recipe: Any, device: str) -> str | None:

@@ -136,7 +136,7 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
         weight_file_rss_mib,
     )
     from diffquant.inspect import component_stats, disk_bytes
-    from diffquant.pipeline import generate, load_info, load_pipeline
+    from diffquant.pipeline import default_settings, generate, load_info, load_pipeline
 
     metrics["worker.import_s"] = time.perf_counter() - started
     on_cuda = spec.device.startswith("cuda")
@@ -203,6 +203,7 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
         plan = [("first", pairs[0], True)] + [("warmup", pairs[0], False)] * max(spec.warmup, 0)
         plan += [("steady", pair, True) for pair in pairs[1:]]
         plan += [("steady", pairs[0], False)] * max(spec.repeats - (len(pairs) - 1), 0)
+        model_kwargs = default_settings(spec.model).pipeline_kwargs  # generate() applies them
         clock = StepClock(sync=sync, on_step=lambda step: events.send("step", step=step + 1, steps=spec.steps))
         first_s, steady, steps, first_latents, repeat_diff = None, [], [], None, []
         gen_started = time.perf_counter()
@@ -225,7 +226,8 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
             if save and spec.save_images:
                 meta = {"prompt": prompt, "seed": str(seed), "recipe": recipe.name, "recipe_hash": recipe.hash,
                         "model": spec.model, "steps": str(spec.steps), "size": f"{spec.width}x{spec.height}",
-                        "guidance_scale": str(spec.guidance_scale), "device": spec.device}
+                        "guidance_scale": str(spec.guidance_scale), "device": spec.device,
+                        **{k: str(v) for k, v in model_kwargs.items()}}
                 png, latents = save_image(output, Path(spec.image_dir), f"p{pi:03d}-s{seed}", meta)
                 result["images"].append({"prompt": prompt, "prompt_index": pi, "seed": seed, "path": str(png),
                                          "latents_path": str(latents) if latents else None})

@@ -77,6 +77,8 @@ def settings_label(settings: dict[str, Any]) -> str:
         parts.append(f"{steps} steps")
     if settings.get("guidance_scale") is not None:
         parts.append(f"guidance {settings['guidance_scale']}")
+    if settings.get("true_cfg_scale") is not None:
+        parts.append(f"true CFG {settings['true_cfg_scale']}")
     return ", ".join(parts)
 
 

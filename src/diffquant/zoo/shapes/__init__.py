@@ -16,4 +16,11 @@ from __future__ import annotations
 
 DEFAULT_STEPS = 12
 DEFAULT_SIZE = 64
-DEFAULT_GUIDANCE = 1.0  # no effect: no guidance embedding, trained without CFG
+DEFAULT_GUIDANCE = 1.0  # no effect: no guidance embedding (FLUX.1-dev's distilled guidance)
+# What the model was trained for, passed to the pipeline by diffquant (from diffquant.json): a short
+# T5 sequence (the real caption tokens are not drowned by ~500 pads in attention) and true
+# classifier-free guidance against the empty prompt (training drops 10% of the captions).
+DEFAULT_T5_LENGTH = 32
+DEFAULT_TRUE_CFG = 3.5
+DEFAULT_PIPELINE_KWARGS = {"max_sequence_length": DEFAULT_T5_LENGTH, "negative_prompt": "",
+                           "true_cfg_scale": DEFAULT_TRUE_CFG}

@@ -125,13 +125,27 @@ def score_images(images: list[Any], prompts: list[str], scorer: Any = None) -> l
     return scores
 
 
+def model_pipeline_kwargs(pipe: Any) -> dict[str, Any]:
+    """The pipeline arguments the model folder's ``diffquant.json`` fixes (e.g. true CFG), for a
+    pipeline from ``diffquant.load_pipeline`` or a plain ``FluxPipeline.from_pretrained(folder)``."""
+    from diffquant.pipeline import default_settings
+
+    info = getattr(pipe, "_diffquant_load_info", None)
+    if info is not None:
+        return dict(default_settings(info.model_ref).pipeline_kwargs)
+    folder = Path(str(getattr(pipe.config, "_name_or_path", "") or "."))
+    return dict(default_settings(str(folder)).pipeline_kwargs) if (folder / "diffquant.json").is_file() else {}
+
+
 def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int] = (0,), steps: int | None = None,
-             batch_size: int = 16) -> tuple[list[Any], list[str]]:
-    """Images of every prompt for every seed (seeded CPU generators), in batches."""
+             batch_size: int = 16, **pipeline_kwargs: Any) -> tuple[list[Any], list[str]]:
+    """Images of every prompt for every seed (seeded CPU generators), in batches, with the model's
+    own pipeline arguments (:func:`model_pipeline_kwargs`) unless ``pipeline_kwargs`` override them."""
     import torch
 
     from diffquant.zoo.shapes import DEFAULT_SIZE, DEFAULT_STEPS
 
+    extra = {**model_pipeline_kwargs(pipe), **pipeline_kwargs}
     jobs = [(p, s) for s in seeds for p in prompts]
     images: list[Any] = []
     for start in range(0, len(jobs), batch_size):
@@ -139,7 +153,7 @@ def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int] = (0,), ste
         gens = [torch.Generator("cpu").manual_seed(s) for _, s in chunk]
         with torch.no_grad():
             out = pipe([p for p, _ in chunk], height=DEFAULT_SIZE, width=DEFAULT_SIZE, generator=gens,
-                       num_inference_steps=steps or DEFAULT_STEPS)
+                       num_inference_steps=steps or DEFAULT_STEPS, **extra)
         images += out.images
     return images, [p for p, _ in jobs]
 
