@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from diffquant.zoo.shapes.scorer import EVAL_PROMPTS_HELDOUT, EVAL_PROMPTS_SEEN, generate, score_images
+from diffquant.zoo.shapes.scorer import (
+    EVAL_PROMPTS_HELDOUT,
+    EVAL_PROMPTS_SEEN,
+    attribute_accuracy,
+    generate,
+    score_images,
+)
 
 GRID_PROMPTS = EVAL_PROMPTS_SEEN[:8]
 
@@ -56,6 +62,7 @@ def evaluate_variant(variant: str, seeds: Sequence[int] = (0, 1), steps: int | N
         scores = score_images(images, used)
         result[name] = round(float(np.mean(scores)), 4)
         result[f"{name}_all_correct"] = round(float(np.mean([s == 1.0 for s in scores])), 4)
+        result[f"{name}_by_attribute"] = attribute_accuracy(images, used)
     result["seconds_per_image_batched"] = round(gen_s / count, 3)
     grid, _ = generate(pipe, GRID_PROMPTS, seeds=(0,), steps=steps)
     return result, grid

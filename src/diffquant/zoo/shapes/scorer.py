@@ -125,6 +125,16 @@ def score_images(images: list[Any], prompts: list[str], scorer: Any = None) -> l
     return scores
 
 
+def attribute_accuracy(images: list[Any], prompts: list[str], scorer: Any = None) -> dict[str, float]:
+    """Per attribute, the fraction of the prompts naming it whose image shows it (where the
+    adherence is lost: shape, colour, background, position or size)."""
+    hits: dict[str, list[bool]] = {a: [] for a in ATTRIBUTES}
+    for seen, prompt in zip(predict(images, scorer), prompts):
+        for a, v in parse_prompt(prompt).items():
+            hits[a].append(seen[a] == v)
+    return {a: round(float(np.mean(h)), 4) for a, h in hits.items() if h}
+
+
 def model_pipeline_kwargs(pipe: Any) -> dict[str, Any]:
     """The pipeline arguments the model folder's ``diffquant.json`` fixes (e.g. true CFG), for a
     pipeline from ``diffquant.load_pipeline`` or a plain ``FluxPipeline.from_pretrained(folder)``."""

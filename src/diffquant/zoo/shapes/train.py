@@ -37,7 +37,6 @@ from diffquant.zoo.shapes import DEFAULT_T5_LENGTH, data
 from diffquant.zoo.shapes.model import WEIGHTS_DIR, default_meta, new_pipeline, save_pipeline
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
