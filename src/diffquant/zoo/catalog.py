@@ -45,4 +45,5 @@ register(ZooEntry(
     description="The shapes model's architecture with random weights (the chance baseline).",
     builder="diffquant.zoo.shapes.model:build_random",
     pipeline_class="FluxPipeline",
+    version=2,  # 2: 3-level VAE, diffquant.json with pipeline_kwargs (T5 length 32, true CFG)
 ))

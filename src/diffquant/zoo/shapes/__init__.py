@@ -21,6 +21,10 @@ DEFAULT_GUIDANCE = 1.0  # no effect: no guidance embedding (FLUX.1-dev's distill
 # T5 sequence (the real caption tokens are not drowned by ~500 pads in attention) and true
 # classifier-free guidance against the empty prompt (training drops 10% of the captions).
 DEFAULT_T5_LENGTH = 32
-DEFAULT_TRUE_CFG = 3.5
+DEFAULT_TRUE_CFG = 5.0
 DEFAULT_PIPELINE_KWARGS = {"max_sequence_length": DEFAULT_T5_LENGTH, "negative_prompt": "",
                            "true_cfg_scale": DEFAULT_TRUE_CFG}
+# What `diffquant bench` draws on this model by default (diffquant.json "prompts"): seen combinations.
+DEFAULT_PROMPTS = ("a red circle on a white background",
+                   "a small blue square at the top left on a gray background",
+                   "a large orange triangle at the bottom right on a black background")

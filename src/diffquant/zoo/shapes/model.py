@@ -116,15 +116,21 @@ def save_pipeline(pipe: Any, folder: Path, meta: dict[str, Any]) -> None:
 
 def default_meta() -> dict[str, Any]:
     """The generation defaults ``diffquant`` reads from ``diffquant.json``."""
-    from diffquant.zoo.shapes import DEFAULT_GUIDANCE, DEFAULT_PIPELINE_KWARGS, DEFAULT_SIZE, DEFAULT_STEPS
+    from diffquant.zoo.shapes import (
+        DEFAULT_GUIDANCE,
+        DEFAULT_PIPELINE_KWARGS,
+        DEFAULT_PROMPTS,
+        DEFAULT_SIZE,
+        DEFAULT_STEPS,
+    )
 
     return {
         "steps": DEFAULT_STEPS, "size": [DEFAULT_SIZE, DEFAULT_SIZE], "guidance_scale": DEFAULT_GUIDANCE,
-        "pipeline_kwargs": dict(DEFAULT_PIPELINE_KWARGS),
+        "pipeline_kwargs": dict(DEFAULT_PIPELINE_KWARGS), "prompts": list(DEFAULT_PROMPTS),
         "note": "guidance_scale has no effect (no guidance embedding); the model was trained for true "
                 "classifier-free guidance against the empty prompt at max_sequence_length 32, which "
                 "diffquant passes to the pipeline (pipeline_kwargs). A plain FluxPipeline call needs "
-                "them too: pipe(prompt, negative_prompt='', true_cfg_scale=3.5, max_sequence_length=32).",
+                "them too: pipe(prompt, negative_prompt='', true_cfg_scale=5.0, max_sequence_length=32).",
     }
 
 

@@ -57,7 +57,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     t5_length: int = DEFAULT_T5_LENGTH  # the max_sequence_length the pipeline is run with (diffquant.json)
     uncond_prob: float = 0.1  # fraction of captions replaced by "" (for classifier-free guidance)
-    flow_shape_weight: float = 0.0  # extra flow-loss weight of the image tokens the shape covers
+    flow_shape_weight: float = 4.0  # extra flow-loss weight of the image tokens the shape covers
     scorer_steps: int = 1200
     scorer_batch: int = 64
     scorer_lr: float = 2e-3
