@@ -132,6 +132,22 @@ def test_trained_model_adheres_and_beats_random(shapes: Any) -> None:
     assert chance < 0.5 and seen > chance + 0.3, (seen, chance)
 
 
+def test_generate_command_draws_the_prompt(tmp_path: Path) -> None:
+    """Issue 5's acceptance: `diffquant generate zoo:shapes --prompt "a red circle on a white
+    background"` writes that picture (read back by the scorer: every attribute, centre, medium)."""
+    from PIL import Image
+
+    from diffquant.cli import main
+    from diffquant.zoo.shapes.scorer import predict
+
+    out = tmp_path / "red-circle.png"
+    assert main(["generate", "zoo:shapes", "--prompt", PROMPT, "--seed", "0", "-o", str(out)]) == 0
+    image = Image.open(out)
+    assert image.size == (DEFAULT_SIZE, DEFAULT_SIZE)
+    assert predict([image]) == [{"shape": "circle", "colour": "red", "background": "white",
+                                 "position": "center", "size": "medium"}]
+
+
 # --- the training script ---------------------------------------------------------------------
 
 def test_training_smoke(tmp_path: Path) -> None:
