@@ -8,8 +8,9 @@ A genuine ``FluxPipeline`` (zoo entries ``shapes`` and ``shapes-random``):
   GGUF K-quants, Q8_0/Q4_x, bnb, torchao and quanto can all quantize it.
 - ``T5EncoderModel``: d_model 256, d_ff 512, 4 heads x 64, gated-gelu. Its relative attention bias
   is zero (a position-free encoder): every ``<pad>`` position then gets the same output, which lets
-  training stand in one token with an attention bias of log(count) for the ~500 pads the pipeline
-  feeds at its default ``max_sequence_length=512`` (see ``train.py``). Frozen after random init.
+  training stand in one token with an attention bias of log(count) for the pads up to
+  ``max_sequence_length`` (32 for this model, from ``diffquant.json``; see ``train.py``). Frozen
+  after random init.
 - ``CLIPTextModel``: hidden 256, MLP 512, 4 heads, eos 1 (pools at the first end-of-text token).
   Trained with the transformer; its pooled output carries the word order.
 - ``AutoencoderKL``: 3 levels (scale factor 4), channels (16, 32, 64), 16 latent channels: a 64x64
@@ -127,10 +128,10 @@ def default_meta() -> dict[str, Any]:
     return {
         "steps": DEFAULT_STEPS, "size": [DEFAULT_SIZE, DEFAULT_SIZE], "guidance_scale": DEFAULT_GUIDANCE,
         "pipeline_kwargs": dict(DEFAULT_PIPELINE_KWARGS), "prompts": list(DEFAULT_PROMPTS),
-        "note": "guidance_scale has no effect (no guidance embedding); the model was trained for true "
-                "classifier-free guidance against the empty prompt at max_sequence_length 32, which "
-                "diffquant passes to the pipeline (pipeline_kwargs). A plain FluxPipeline call needs "
-                "them too: pipe(prompt, negative_prompt='', true_cfg_scale=5.0, max_sequence_length=32).",
+        "note": "guidance_scale has no effect (no guidance embedding); the model was trained for the "
+                "pipeline_kwargs (true classifier-free guidance against the empty prompt, a short T5 "
+                "sequence), which diffquant passes on every call. A plain FluxPipeline call needs them "
+                "too: pipe(prompt, **pipeline_kwargs).",
     }
 
 

@@ -16,7 +16,8 @@ Stages, each deterministic given ``--seed`` (CPU torch, fixed thread count):
    classifier-free guidance against ``negative_prompt=""``.
 3. **Scorer** CNN on generator images of all shape/colour pairs (noise and blur augmentation).
 
-Then the pipeline is written in bf16 with ``diffquant.json`` (default steps/size/guidance), the
+Then the pipeline is written in bf16 with ``diffquant.json`` (default steps/size, bench prompts and
+the ``pipeline_kwargs`` it was trained for), the
 scorer next to it, and the adherence of the result is measured and logged.
 """
 
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from diffquant.zoo.shapes import DEFAULT_T5_LENGTH, data
+from diffquant.zoo.shapes import DEFAULT_PIPELINE_KWARGS, DEFAULT_T5_LENGTH, data
 from diffquant.zoo.shapes.model import WEIGHTS_DIR, default_meta, new_pipeline, save_pipeline
 
 
@@ -228,7 +229,7 @@ class TextCache:
 
 def pad_bias(lengths: Any, slots: int, t5_length: int = DEFAULT_T5_LENGTH) -> Any:
     """Additive attention bias (B, slots): 0 on real tokens, log(pads / pad slots) on pad slots,
-    so that ``slots - length`` copies of the pad stand in for ``DEFAULT_T5_LENGTH - length`` of them."""
+    so that ``slots - length`` copies of the pad stand in for ``t5_length - length`` of them."""
     import torch
 
     is_pad = torch.arange(slots)[None, :] >= lengths[:, None]
@@ -447,11 +448,11 @@ def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None
         train_transformer(pipe, cfg, log, checkpoint if resume else None)
         report["seconds"]["transformer"] = round(time.perf_counter() - t, 1)
         checkpoint.unlink(missing_ok=True)
-    meta = {**default_meta(), "trained": "transformer" in stages,
+    kwargs: dict[str, Any] = {"max_sequence_length": cfg.t5_length}
+    if cfg.uncond_prob > 0:  # trained on the empty prompt too: true CFG against it
+        kwargs = {**DEFAULT_PIPELINE_KWARGS, **kwargs}
+    meta = {**default_meta(), "pipeline_kwargs": kwargs, "trained": "transformer" in stages,
             "trained_by": "python scripts/train_shapes.py", "seed": cfg.seed}
-    meta["pipeline_kwargs"]["max_sequence_length"] = cfg.t5_length
-    if cfg.uncond_prob <= 0:  # never saw the empty prompt: no classifier-free guidance
-        meta["pipeline_kwargs"] = {"max_sequence_length": cfg.t5_length}
     save_pipeline(pipe, pipe_dir, meta)
     log(f"pipeline written to {pipe_dir}")
     if keep_raw and getattr(pipe, "raw_models", None):  # the last weights, not their average
