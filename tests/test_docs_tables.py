@@ -1,0 +1,114 @@
+"""Every marked table in README.md and docs/*.md agrees with its committed data file, and the
+check notices when one does not."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _render_docs():
+    spec = importlib.util.spec_from_file_location("render_docs", ROOT / "scripts" / "render_docs.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def render_docs():
+    return _render_docs()
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    """The docs, README and their data in a scratch tree."""
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs", ignore=shutil.ignore_patterns("images"))
+    return tmp_path
+
+
+def test_repo_tables_agree_with_their_data(render_docs, capsys) -> None:
+    assert render_docs.main(["--check"]) == 0, capsys.readouterr().err
+    out = render_docs.process(ROOT, render_docs.default_files(ROOT))
+    assert out.tables >= 11 and not out.stale and not out.errors
+
+
+def test_every_data_file_is_used_and_says_where_it_came_from(render_docs) -> None:
+    used = {b.attrs["source"] for path in render_docs.default_files(ROOT)
+            for b in render_docs.find_blocks(path, path.read_text(encoding="utf-8").split("\n"))}
+    data_files = {f"docs/data/{p.name}" for p in (ROOT / "docs" / "data").glob("*.json")}
+    assert data_files <= used, f"data files no table renders: {sorted(data_files - used)}"
+    for name in data_files:
+        data = json.loads((ROOT / name).read_text(encoding="utf-8"))
+        tables = data.get("tables", {})
+        assert data.get("provenance") or all(t.get("provenance") for t in tables.values()), name
+
+
+def test_check_fails_when_the_data_changes(render_docs, copy: Path, capsys) -> None:
+    source = copy / "docs" / "data" / "recipes_cpu_flux_dev_slice.json"
+    data = json.loads(source.read_text(encoding="utf-8"))
+    bnb = next(r for r in data["runs"] if r["recipe"] == "bnb-nf4")
+    bnb["metrics"]["gen.peak_rss_mib"] = 1234.5
+    source.write_text(json.dumps(data), encoding="utf-8")
+
+    assert render_docs.main(["--check", "--root", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "table:recipes_cpu_flux_dev_slice " in err and "1234.5 MiB (0.46×)" in err
+    assert "recipes_cpu_flux_dev_slice_run1" not in err  # the other tables still agree
+
+    assert render_docs.main(["--root", str(copy)]) == 0  # rendering brings the doc in line
+    assert "| 1234.5 MiB (0.46×) |" in (copy / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert render_docs.main(["--check", "--root", str(copy)]) == 0
+
+
+def test_check_fails_when_the_doc_is_edited_by_hand(render_docs, copy: Path, capsys) -> None:
+    doc = copy / "docs" / "gguf.md"
+    text = doc.read_text(encoding="utf-8")
+    assert "| Q4_K | 4.50 | 0.07129 |" in text
+    doc.write_text(text.replace("| Q4_K | 4.50 | 0.07129 |", "| Q4_K | 4.50 | 0.06000 |"), encoding="utf-8")
+    assert render_docs.main(["--check", "--root", str(copy)]) == 1
+    assert "table:gguf_errors" in capsys.readouterr().err
+
+
+def test_broken_markers_and_missing_data_are_errors(render_docs, copy: Path, capsys) -> None:
+    doc = copy / "docs" / "recipes.md"
+    doc.write_text(doc.read_text(encoding="utf-8").replace("<!-- /table -->", ""), encoding="utf-8")
+    (copy / "docs" / "data" / "gguf.json").unlink()
+    assert render_docs.main(["--check", "--root", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "not closed" in err and "gguf.json does not exist" in err
+
+
+def test_runs_view_picks_columns_by_counter_name_and_ignores_extra_keys(render_docs) -> None:
+    data = {"runs": [
+        {"recipe": "bf16", "status": "ok", "sweep_id": "s", "quality": {"psnr": 1},
+         "metrics": {"gen.peak_rss_mib": 200.0, "call.latency_s.p50": 2.0, "weights.total_bytes": 2 * 2**20,
+                     "new.counter": 7}},
+        {"recipe": "bnb-nf4", "status": "ok", "sweep_id": "s",
+         "metrics": {"gen.peak_rss_mib": 100.0, "call.latency_s.p50": 3.0, "weights.total_bytes": 2**20}},
+        {"recipe": "torchao-int4wo", "status": "error", "sweep_id": "s", "error": "no CPU | layout", "metrics": {}},
+    ]}
+    block = render_docs.Block(Path("x.md"), "t", {"source": "x.json",
+                              "columns": "recipe,weights.total_bytes*,gen.peak_rss_mib*,call.latency_s.p50,error"}, 0, 1)
+    headers, rows = render_docs.view_runs(data, block)
+    assert headers == ["recipe", "weights.total_bytes (×bf16)", "gen.peak_rss_mib (×bf16)", "call.latency_s.p50",
+                       "error"]
+    assert rows[1] == ["bnb-nf4", "1.0 MiB (0.50×)", "100.0 MiB (0.50×)", "3 s", ""]
+    assert rows[2][0] == "torchao-int4wo" and rows[2][1] == "-" and rows[2][4] == "error: no CPU / layout"
+
+
+def test_a_new_table_of_figures_without_data_is_an_error(render_docs, copy: Path, capsys) -> None:
+    doc = copy / "docs" / "quality.md"
+    doc.write_text(doc.read_text(encoding="utf-8") + "\n| recipe | PSNR |\n|---|---|\n| bnb-nf4 | 30.1 dB |\n",
+                   encoding="utf-8")
+    assert render_docs.main(["--check", "--root", str(copy)]) == 1
+    assert "docs/quality.md" in capsys.readouterr().err
