@@ -8,21 +8,36 @@ harness's overhead: the sweep's wall time against the sum of the work the worker
     python benchmarks/bench_recipes_cpu.py --steps 4 --repeats 3 --db out/cpu.db --force
 
 Not a test: it takes a while (tens of minutes on 2 cores). Results land in a results database
-(``diffquant results --db ...`` shows them again).
+(``diffquant results --db ...`` shows them again) and, as ``diffquant results --format json`` plus
+the commit, versions, machine and the host's load average sampled during the sweep, in
+``docs/data/recipes_cpu_flux_dev_slice.json`` (``--data``), from which
+``python scripts/render_docs.py`` renders the table in docs/benchmarks.md. Run it alone on an
+idle machine: the file records ``host_load.contended`` when the load exceeded the cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import os
 import sys
+import threading
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from diffquant.bench import SweepOptions, resolve_settings, run_sweep
 from diffquant.commands.bench import SweepDisplay, default_quant_cache, parse_size
 from diffquant.recipes import SEED_RECIPES
 from diffquant.store import RunRow
-from diffquant.store.summary import first_line, fmt_mib, fmt_s
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Self
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / "docs" / "data" / "recipes_cpu_flux_dev_slice.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,48 +51,104 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--db", type=Path, default=Path("out") / "bench_recipes_cpu" / "results.db")
     parser.add_argument("--force", action="store_true", help="re-run recipes already in the database")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="where the sweep's JSON goes (default: docs/data/recipes_cpu_flux_dev_slice.json)")
+    parser.add_argument("--no-data", action="store_true", help="write no JSON (a trial run)")
     parser.add_argument("--report-only", action="store_true",
                         help="print the report of the runs already in --db (sweep wall time from their timestamps)")
     return parser.parse_args(argv)
 
 
-def ratio(run: RunRow, ref: RunRow | None, key: str) -> str:
-    mine, theirs = run.metrics.get(key), ref.metrics.get(key) if ref else None
-    if not isinstance(mine, (int, float)) or not isinstance(theirs, (int, float)) or not theirs:
-        return "-"
-    return f"{mine / theirs:.2f}×"
+def render_docs() -> ModuleType:
+    """scripts/render_docs.py, which owns the table's columns (one formatter for docs and console)."""
+    spec = importlib.util.spec_from_file_location("render_docs", REPO / "scripts" / "render_docs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def mib(run: RunRow, key: str) -> str:
-    value = run.metrics.get(key)
-    if key.endswith("_bytes") and isinstance(value, (int, float)):
-        value = value / 2**20
-    return fmt_mib(value if isinstance(value, (int, float)) else None)
+class LoadSampler:
+    """The host's 1-minute load average every ``interval_s`` while the sweep runs (a sleeping
+    thread: it costs the measured workers nothing)."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self.interval_s, self.samples = interval_s, [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> Self:
+        self.started = time.time()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+        self.finished = time.time()
+
+    def summary(self) -> dict[str, Any]:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return {"loadavg_1m_min": round(min(self.samples), 2), "loadavg_1m_max": round(max(self.samples), 2),
+                "loadavg_1m_mean": round(sum(self.samples) / len(self.samples), 2), "samples": len(self.samples),
+                "interval_s": self.interval_s, "cpu_count": cores, "contended": max(self.samples) > cores,
+                "started": _utc(self.started), "finished": _utc(self.finished)}
 
 
-def _load(m: dict) -> str:
-    values = [v for v in (m.get("host.loadavg_1m.before_load"), m.get("host.loadavg_1m.end")) if v is not None]
-    return "/".join(f"{v:.1f}" for v in values) or "-"
+def _utc(stamp: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(stamp, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def print_report(rows: list[RunRow], sweep_wall_s: float) -> None:
-    ref = next((r for r in rows if r.recipe == "bf16" and r.ok), None)
-    print("\n| recipe | weights (×bf16) | after-load RSS | of it: anon / mapped weight files "
-          "| peak RSS, generating (×bf16) | peak anon, generating | load peak RSS | call p50 (×bf16) | step p50 "
-          "| first call | compile | load | host load before/after |")
-    print("|" + "---|" * 13)
-    for r in rows:
-        if not r.ok:
-            print(f"| {r.recipe} | error: {first_line(r.error or '', 110).replace('|', '/')} |" + " |" * 11)
-            continue
-        m = r.metrics
-        print(f"| {r.recipe} | {mib(r, 'weights.total_bytes')} ({ratio(r, ref, 'weights.total_bytes')}) "
-              f"| {mib(r, 'load.rss_mib')} | {mib(r, 'load.rss_anon_mib')} / {mib(r, 'load.rss_weight_files_mib')} "
-              f"| {mib(r, 'gen.peak_rss_mib')} ({ratio(r, ref, 'gen.peak_rss_mib')}) "
-              f"| {mib(r, 'gen.peak_rss_anon_mib')} | {mib(r, 'load.peak_rss_mib')} "
-              f"| {fmt_s(m.get('call.latency_s.p50'))} ({ratio(r, ref, 'call.latency_s.p50')}) "
-              f"| {fmt_s(m.get('step.latency_s.p50'))} | {fmt_s(m.get('first_call.latency_s'))} "
-              f"| {fmt_s(m.get('compile.time_s'))} | {fmt_s(m.get('load.wall_s'))} | {_load(m)} |")
+def export(db: Path, rows: list[RunRow], argv: list[str], host_load: dict[str, Any] | None) -> dict[str, Any]:
+    """``diffquant results --format json`` for this sweep's runs, in plan order, plus where and how
+    they were measured. Keys the export adds later (quality, new counters) pass through."""
+    import contextlib
+    import io
+    import tempfile
+
+    from diffquant.bench.sweep import environment_summary
+    from diffquant.cli import main as diffquant
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "runs.json"
+        sweeps = sorted({r.sweep_id for r in rows})
+        runs: list[dict[str, Any]] = []
+        for sid in sweeps:
+            with contextlib.redirect_stdout(io.StringIO()):  # its "Wrote N runs" line
+                code = diffquant(["results", "--db", str(db), "--sweep", sid, "--format", "json", "-o", str(out)])
+            if code != 0:
+                raise SystemExit(f"`diffquant results --db {db} --sweep {sid} --format json` failed")
+            data = json.loads(out.read_text(encoding="utf-8"))
+            runs.extend(data["runs"])
+    by_id = {r["id"]: r for r in runs}
+    data["runs"] = [by_id[r.id] for r in rows if r.id in by_id]
+    env = next((r.env for r in rows if r.ok and r.env), rows[0].env if rows else {})
+    data.setdefault("provenance", "written by `python benchmarks/bench_recipes_cpu.py " + " ".join(argv) + "`")
+    data.setdefault("commit", env.get("git_commit"))
+    data.setdefault("commit_dirty", env.get("git_dirty"))
+    data.setdefault("versions", env.get("packages"))
+    data.setdefault("machine", environment_summary(env) if env else None)
+    data.setdefault("host_load", host_load)
+    return data
+
+
+def print_report(data: dict[str, Any], rows: list[RunRow], sweep_wall_s: float) -> None:
+    docs = render_docs()
+    block = docs.Block(Path("console"), "console", {"source": "-"}, 0, 0)
+    print()
+    print("\n".join(docs.markdown(*docs.view_cpu_recipes(data, block))))
+    load = data.get("host_load") or {}
+    if load:
+        print(f"\nHost load average (1 min) during the sweep: {load['loadavg_1m_min']}-{load['loadavg_1m_max']} "
+              f"on {load['cpu_count']} cores" + (" - CONTENDED: re-run on an idle machine" if load["contended"] else ""))
     ran = [r for r in rows if "run.wall_s" in r.metrics]
     work = sum((r.metrics.get("load.wall_s") or 0) + (r.metrics.get("gen.wall_s") or 0) for r in ran)
     lifetimes = sum(r.metrics.get("run.wall_s") or 0 for r in ran)
@@ -119,21 +190,29 @@ def main(argv: list[str] | None = None) -> int:
     options = SweepOptions(model=args.model, recipes=split_recipes(args.recipes), settings=settings,
                            db_path=args.db, timeout_s=args.timeout, force=args.force,
                            quant_cache_dir=default_quant_cache())
+    host_load = None
     if args.report_only:
         rows, wall = stored_rows(options)
     else:
         started = time.monotonic()
-        with SweepDisplay() as display:
+        with LoadSampler() as sampler, SweepDisplay() as display:
             report = run_sweep(options, on_event=display.on_event)
         wall = time.monotonic() - started if report.ran else report.wall_s
         rows = report.ordered_rows()
+        host_load = sampler.summary()
     env = next((r.env for r in rows if r.ok), rows[0].env)
     from diffquant.bench.sweep import environment_summary
 
     print(f"\n{args.model} · cpu · {settings.steps} steps · {settings.width}x{settings.height} · "
           f"{len(settings.prompts)} prompt(s) × {len(settings.seeds)} seed(s) · {settings.repeats} steady calls")
     print(f"Machine: {environment_summary(env)}")
-    print_report(rows, wall)
+    data = export(args.db, rows, list(argv if argv is not None else sys.argv[1:]), host_load)
+    print_report(data, rows, wall)
+    if not args.no_data and not args.report_only:
+        from diffquant.store import write_atomic
+
+        write_atomic(args.data, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        print(f"\nWrote {args.data}; `python scripts/render_docs.py` renders it into docs/benchmarks.md")
     return 0
 
 

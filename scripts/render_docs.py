@@ -215,30 +215,46 @@ CPU_RECIPE_HEADERS = ("recipe", "weights (×bf16)", "after-load RSS", "of it: an
                       "call p50 (×bf16)", "step p50", "first call", "compile", "load", "host load before/after")
 
 
+MODEL_COUNTER = re.compile(r"^(load|gen)\.model_[\w.]*mib$")
+
+
+def model_counters(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The model's own memory counters (after the imports' baseline) that any run carries: they
+    get columns of their own, load before gen, whatever their exact names."""
+    names = {k for r in runs for k in (r.get("metrics") or {}) if MODEL_COUNTER.match(k)}
+    return sorted(names, key=lambda k: (not k.startswith("load."), k))
+
+
 def view_cpu_recipes(data: Mapping[str, Any], block: Block) -> Table:
-    """benchmarks/bench_recipes_cpu.py's table: the seed's recipes with memory and time per phase."""
+    """benchmarks/bench_recipes_cpu.py's table: the seed's recipes with memory and time per phase,
+    plus a column per model-memory counter when the runs have them (peaks with their ratio)."""
     runs = _runs(data, block)
-    refs = _references(runs, block.attrs.get("reference", "bf16"))
+    reference = block.attrs.get("reference", "bf16")
+    refs = _references(runs, reference)
+    extra = model_counters(runs)
+    headers = [*CPU_RECIPE_HEADERS[:6], *(f"{k} (×{reference})" if "peak" in k else k for k in extra),
+               *CPU_RECIPE_HEADERS[6:]]
     rows = []
     for run in runs:
         if run.get("status") != "ok":
-            rows.append([str(run.get("recipe")), _error_cell(run)] + [""] * (len(CPU_RECIPE_HEADERS) - 2))
+            rows.append([str(run.get("recipe")), _error_cell(run)] + [""] * (len(headers) - 2))
             continue
         m = run.get("metrics") or {}
         ref = (refs.get(str(run.get("sweep_id"))) or {}).get("metrics") or {}
 
         def fig(name: str, ratio: bool = False, m: Mapping[str, Any] = m, ref: Mapping[str, Any] = ref) -> str:
             text = fmt_counter(name, m.get(name))
-            return f"{text} ({fmt_ratio(m.get(name), ref.get(name))})" if ratio else text
+            return f"{text} ({fmt_ratio(m.get(name), ref.get(name))})" if ratio and m.get(name) is not None else text
 
         loads = [_number(m.get(k)) for k in ("host.loadavg_1m.before_load", "host.loadavg_1m.end")]
         rows.append([str(run.get("recipe")), fig("weights.total_bytes", True), fig("load.rss_mib"),
                      f"{fig('load.rss_anon_mib')} / {fig('load.rss_weight_files_mib')}",
-                     fig("gen.peak_rss_mib", True), fig("gen.peak_rss_anon_mib"), fig("load.peak_rss_mib"),
+                     fig("gen.peak_rss_mib", True), fig("gen.peak_rss_anon_mib"),
+                     *(fig(k, "peak" in k) for k in extra), fig("load.peak_rss_mib"),
                      fig("call.latency_s.p50", True), fig("step.latency_s.p50"), fig("first_call.latency_s"),
                      fig("compile.time_s"), fig("load.wall_s"),
                      "/".join(f"{v:.1f}" for v in loads if v is not None) or "-"])
-    return list(CPU_RECIPE_HEADERS), rows
+    return headers, rows
 
 
 SHAPES_LABELS = {"fp32": "fp32 compute (plain `from_pretrained`)", "random": "zoo:shapes-random (same architecture)"}

@@ -112,3 +112,17 @@ def test_a_new_table_of_figures_without_data_is_an_error(render_docs, copy: Path
                    encoding="utf-8")
     assert render_docs.main(["--check", "--root", str(copy)]) == 1
     assert "docs/quality.md" in capsys.readouterr().err
+
+
+def test_cpu_table_gains_a_column_per_model_memory_counter(render_docs) -> None:
+    data = json.loads((ROOT / "docs" / "data" / "recipes_cpu_flux_dev_slice.json").read_text(encoding="utf-8"))
+    block = render_docs.Block(Path("x.md"), "t", {"source": "x.json"}, 0, 1)
+    plain_headers, _ = render_docs.view_cpu_recipes(data, block)
+    for run, value in zip(data["runs"][:2], (400.0, 180.0), strict=True):  # bf16, bnb-nf4
+        run["metrics"]["gen.model_peak_anon_mib"] = value
+        run["metrics"]["load.model_anon_mib"] = value / 2
+    headers, rows = render_docs.view_cpu_recipes(data, block)
+    assert headers[6:8] == ["load.model_anon_mib", "gen.model_peak_anon_mib (×bf16)"]
+    assert len(headers) == len(plain_headers) + 2
+    assert rows[1][0] == "bnb-nf4" and rows[1][6:8] == ["90.0 MiB", "180.0 MiB (0.45×)"]
+    assert rows[2][6:8] == ["-", "-"]  # bnb-int8 has no such counter in this data
