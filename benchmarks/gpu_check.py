@@ -243,8 +243,11 @@ def run_recipe(args: argparse.Namespace) -> dict[str, Any]:
     with torch.device(device):  # layers a backend creates (bnb's placeholders) start on the device
         quantize(args.worker, models, device)
     if cuda:
+        import gc
+
         torch.cuda.synchronize()
         out["build.cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
+        gc.collect()
         torch.cuda.empty_cache()
     out["load.wall_s"] = time.perf_counter() - started
     for name, model in models.items():
@@ -349,24 +352,24 @@ def gib(value: Any) -> str:
     return "-" if not isinstance(value, (int, float)) else f"{value / 1024:.3f}"
 
 
-def print_table(results: dict[str, dict[str, Any]], cuda: bool) -> None:
+def table(results: dict[str, dict[str, Any]], cuda: bool) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the check's table (also what scripts/render_docs.py's ``gpu_check`` view
+    renders from a committed result)."""
     if cuda:
-        head = ("recipe", "weights GiB", "after loading: alloc / reserved / NVML GiB",
+        head = ["recipe", "weights GiB", "after loading: alloc / reserved / NVML GiB",
                 "peak: max alloc / max reserved / NVML GiB", "build peak GiB", "step p50 s",
-                "seed load / peak GiB", "seed s/step")
+                "seed: load / peak GiB", "seed s/step"]
     else:
-        head = ("recipe", "weights GiB", "after loading: RSS GiB", "peak RSS GiB", "-", "step p50 s",
-                "seed load / peak GiB", "seed s/step")
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
+        head = ["recipe", "weights GiB", "after loading: RSS GiB", "peak RSS GiB", "build peak GiB", "step p50 s",
+                "seed: load / peak GiB", "seed s/step"]
+    rows = []
     for recipe, r in results.items():
         seed = SEED.get(recipe)
         seed_cells = [f"{seed[0]:.3f} / {seed[1]:.3f}", f"{seed[2] / SEED_STEPS:.2f}"] if seed else ["-", "-"]
         if r.get("status") != "ok":
-            print(f"| {recipe} | {r.get('status')}: {str(r.get('error', '')).splitlines()[-1:]} | | | | | "
-                  + " | ".join(seed_cells) + " |")
+            last = (str(r.get("error") or "").strip().splitlines() or [""])[-1][:120].replace("|", "/")
+            rows.append([recipe, f"{r.get('status')}: {last}", "", "", "", "", *seed_cells])
             continue
-        p50 = r.get("step.latency_s.p50")
         if cuda:
             load = " / ".join(gib(r.get(k)) for k in ("load.cuda_allocated_mib", "load.cuda_reserved_mib",
                                                        "load.gpu_used_mib.nvml"))
@@ -375,8 +378,16 @@ def print_table(results: dict[str, dict[str, Any]], cuda: bool) -> None:
             build_peak = gib(r.get("build.cuda_max_allocated_mib"))
         else:
             load, peak, build_peak = gib(r.get("load.rss_mib")), gib(r.get("gen.peak_rss_mib")), "-"
-        print(f"| {recipe} | {gib(r['weights.total_bytes'] / MIB)} | {load} | {peak} | {build_peak} | "
-              f"{p50:.3f} | " + " | ".join(seed_cells) + " |")
+        p50 = r.get("step.latency_s.p50")
+        rows.append([recipe, gib(r["weights.total_bytes"] / MIB), load, peak, build_peak,
+                     "-" if p50 is None else f"{p50:.3f}", *seed_cells])
+    return head, rows
+
+
+def print_table(results: dict[str, dict[str, Any]], cuda: bool) -> None:
+    head, rows = table(results, cuda)
+    for line in (head, ["---"] * len(head), *rows):
+        print("|" + "".join(f" {c} |" if c else " |" for c in line))
     print(f"\n{COMPARABLE}")
 
 

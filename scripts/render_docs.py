@@ -19,11 +19,13 @@ Views (how a data file becomes rows):
   does not name are ignored, so the export can grow.
 - ``cpu_recipes``: ``benchmarks/bench_recipes_cpu.py``'s table of a ``runs`` file.
 - ``shapes_eval``: the adherence table of ``python -m diffquant.zoo.shapes.evaluate --json``.
+- ``gpu_check``: the table of a ``benchmarks/gpu_check.py`` result JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -62,10 +64,26 @@ class Block:
         return f"{self.path}:{self.start + 1} table:{self.name}"
 
 
+def in_code_fence(lines: Sequence[str]) -> set[int]:
+    """Indices of the lines inside fenced code blocks (```), fences included."""
+    inside, fenced = False, set()
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("```"):
+            fenced.add(i)
+            inside = not inside
+        elif inside:
+            fenced.add(i)
+    return fenced
+
+
 def find_blocks(path: Path, lines: Sequence[str]) -> list[Block]:
     blocks: list[Block] = []
+    fenced = in_code_fence(lines)
     i = 0
     while i < len(lines):
+        if i in fenced:  # a marker shown in a code example is not a table
+            i += 1
+            continue
         match = MARKER.match(lines[i])
         if match is None:
             if lines[i].strip() == END:
@@ -89,7 +107,7 @@ FIGURE = re.compile(r"^(ok )?[-+]?\d[\d,]*(\.\d+)?( ?(MiB|GiB|MB/s|dB|s|ms|×|%)
 def unmarked_figure_tables(path: Path, lines: Sequence[str], blocks: Sequence[Block]) -> list[str]:
     """Pipe tables outside any marker that hold a cell which is a bare figure (``0.85``, ``12 s``,
     ``1.3 GiB``): such a table has no data file and would go stale."""
-    inside = {i for b in blocks for i in range(b.start, b.end + 1)}
+    inside = {i for b in blocks for i in range(b.start, b.end + 1)} | in_code_fence(lines)
     found, i = [], 0
     while i < len(lines):
         if lines[i].startswith("|") and i not in inside:
@@ -276,8 +294,21 @@ def view_shapes_eval(data: Mapping[str, Any], block: Block) -> Table:
     return ["variant", "seen", "held-out", "shape (seen)", "size (seen)", "all attributes right (seen)"], rows
 
 
+def view_gpu_check(data: Mapping[str, Any], block: Block) -> Table:
+    """The table ``benchmarks/gpu_check.py`` prints, from its result JSON."""
+    if not isinstance(data.get("recipes"), dict):
+        raise DocsError(f"{block.where}: {block.attrs['source']} is not a benchmarks/gpu_check.py result")
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    headers, rows = module.table(data["recipes"], str(data["settings"]["device"]).startswith("cuda"))
+    return headers, rows
+
+
 VIEWS: dict[str, Callable[[Mapping[str, Any], Block], Table]] = {
     "rows": view_rows, "runs": view_runs, "cpu_recipes": view_cpu_recipes, "shapes_eval": view_shapes_eval,
+    "gpu_check": view_gpu_check,
 }
 
 

@@ -126,3 +126,19 @@ def test_cpu_table_gains_a_column_per_model_memory_counter(render_docs) -> None:
     assert len(headers) == len(plain_headers) + 2
     assert rows[1][0] == "bnb-nf4" and rows[1][6:8] == ["90.0 MiB", "180.0 MiB (0.45×)"]
     assert rows[2][6:8] == ["-", "-"]  # bnb-int8 has no such counter in this data
+
+
+def test_gpu_check_view_renders_the_checks_table(render_docs) -> None:
+    result = {"settings": {"device": "cuda"}, "recipes": {
+        "bf16": {"status": "ok", "weights.total_bytes": 23.8 * 2**30, "load.cuda_allocated_mib": 24371.2,
+                 "load.cuda_reserved_mib": 24400.0, "load.gpu_used_mib.nvml": 25000.0,
+                 "gen.cuda_max_allocated_mib": 28000.0, "gen.cuda_max_reserved_mib": 29000.0,
+                 "gen.peak_gpu_used_mib.nvml": 29600.0, "build.cuda_max_allocated_mib": 24371.2,
+                 "step.latency_s.p50": 0.25},
+        "gguf-q4_k": {"status": "error", "error": "Traceback...\nRuntimeError: CUDA out of memory"}}}
+    block = render_docs.Block(Path("x.md"), "t", {"source": "x.json"}, 0, 1)
+    headers, rows = render_docs.view_gpu_check(result, block)
+    assert headers[2] == "after loading: alloc / reserved / NVML GiB"
+    assert rows[0] == ["bf16", "23.800", "23.800 / 23.828 / 24.414", "27.344 / 28.320 / 28.906", "23.800", "0.250",
+                       "31.447 / 36.166", "0.24"]
+    assert rows[1][:2] == ["gguf-q4_k", "error: RuntimeError: CUDA out of memory"] and rows[1][-2:] == ["-", "-"]
