@@ -15,6 +15,7 @@ reference among N quantized images.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -64,16 +65,48 @@ def binomial_sf(successes: int, n: int, p: float) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
 
 
-def votes_needed(rate: float, chance: float, *, alpha_z: float = Z_ONE_SIDED_05,
-                 power_z: float = Z_POWER_80) -> int | None:
-    """Votes for a one-sided test at alpha 0.05 with power 0.8 to tell ``rate`` from ``chance``.
+def critical_successes(n: int, chance: float, alpha: float = ALPHA) -> int | None:
+    """The fewest right answers out of ``n`` that the one-sided exact test calls significant."""
+    lo, hi = 0, n + 1  # binomial_sf falls as k grows: bisect for the first k with sf < alpha
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mid <= n and binomial_sf(mid, n, chance) >= alpha:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if lo <= n else None
 
-    None when ``rate`` is at or below chance: no number of votes shows detection then.
+
+def exact_power(n: int, rate: float, chance: float, alpha: float = ALPHA) -> float:
+    """Probability that ``n`` votes at true rate ``rate`` give a significant exact test."""
+    k = critical_successes(n, chance, alpha)
+    return 0.0 if k is None else binomial_sf(k, n, rate)
+
+
+EXACT_UP_TO = 200  # above this the normal approximation is within a few votes, and exact search is slow
+
+
+@functools.lru_cache(maxsize=4096)
+def _votes_needed(rate: float, chance: float, power: float) -> int:
+    spread = Z_ONE_SIDED_05 * math.sqrt(chance * (1 - chance)) + Z_POWER_80 * math.sqrt(rate * (1 - rate))
+    approx = max(1, math.ceil((spread / (rate - chance)) ** 2))
+    if approx > EXACT_UP_TO:
+        return approx
+    # The binomial is discrete: at small n the approximation promises more power than the exact test has.
+    return next(n for n in range(1, 4 * EXACT_UP_TO + 1) if exact_power(n, rate, chance) >= power)
+
+
+def votes_needed(rate: float, chance: float, power: float = 0.8) -> int | None:
+    """Votes for the one-sided exact test at 0.05 to tell ``rate`` from ``chance`` with ``power``
+    (0.8), if ``rate`` is the true rate: the smallest such n, searched exactly up to
+    ``EXACT_UP_TO`` votes, from the normal approximation above. None when ``rate`` is at or
+    below chance: no number of votes shows detection then.
     """
     if rate <= chance:
         return None
-    spread = alpha_z * math.sqrt(chance * (1 - chance)) + power_z * math.sqrt(rate * (1 - rate))
-    return max(1, math.ceil((spread / (rate - chance)) ** 2))
+    if power != 0.8:
+        raise ValueError("only power 0.8 is implemented (its z value is built in)")
+    return _votes_needed(round(rate, 4), chance, power)
 
 
 @dataclass(frozen=True)
@@ -100,9 +133,9 @@ class Detection:
         """``detectable: 80% [71–87%] of 100 votes, p = 1e-09`` and the like."""
         if self.n == 0:
             return NO_VOTES
-        text = f"{self.rate:.0%} [{self.ci_low:.0%}–{self.ci_high:.0%}] of {self.n} votes, chance {self.chance:.0%}"
+        text = f"{self.rate:.0%} [{self.ci_low:.0%}–{self.ci_high:.0%}] of {votes(self.n)}, chance {self.chance:.0%}"
         if self.verdict == NOT_DISTINGUISHABLE:
-            return f"not distinguishable at {self.n} votes: {text}"
+            return f"not distinguishable at {votes(self.n)}: {text}"
         return f"{self.verdict}: {text}, p = {format_p(self.p_value)}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -110,6 +143,10 @@ class Detection:
         out["run_ids"] = list(self.run_ids)
         out["summary"] = self.summary
         return out
+
+
+def votes(n: int) -> str:
+    return f"{n} vote" if n == 1 else f"{n} votes"
 
 
 def format_p(p: float | None) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffquant.arena.stats import Detection, detection, format_p, pearson, spearman
+from diffquant.arena.stats import Detection, detection, format_p, pearson, spearman, votes
 
 CSV_FIELDS = ("sweep_id", "mode", "label", "n", "correct", "rate", "ci_low", "ci_high", "chance", "p_value",
               "verdict", "votes_needed", "median_time_s", "psnr", "summary")
@@ -89,7 +89,7 @@ def summarize(conn: sqlite3.Connection) -> ArenaSummary:
     if not has_arena_tables(conn):
         return ArenaSummary(0, 0)
     runs = {int(r[0]): (str(r[1]), str(r[2])) for r in conn.execute("SELECT id, recipe, sweep_id FROM runs")}
-    votes = conn.execute("SELECT v.round_id, v.correct, v.time_s, r.mode, r.slots, r.reference_run_id "
+    vote_rows = conn.execute("SELECT v.round_id, v.correct, v.time_s, r.mode, r.slots, r.reference_run_id "
                          "FROM arena_votes v JOIN arena_rounds r ON r.id = v.round_id ORDER BY v.round_id").fetchall()
     shown: dict[int, list[int]] = {}
     for round_id, run_id in conn.execute("SELECT i.round_id, i.run_id FROM arena_round_images i "
@@ -97,7 +97,7 @@ def summarize(conn: sqlite3.Connection) -> ArenaSummary:
         shown.setdefault(int(round_id), []).append(int(run_id))
     sessions = int(conn.execute("SELECT COUNT(DISTINCT session_id) FROM arena_votes").fetchone()[0])
     groups: dict[tuple[str, str, tuple[int, ...]], list[tuple[int, float, int]]] = {}
-    for round_id, correct, time_s, mode, slots, ref_run in votes:
+    for round_id, correct, time_s, mode, slots, ref_run in vote_rows:
         others = tuple(sorted(r for r in shown.get(int(round_id), []) if r != int(ref_run)))
         if not others:
             continue
@@ -110,7 +110,7 @@ def summarize(conn: sqlite3.Connection) -> ArenaSummary:
         rows.append(detection(sum(m[0] for m in members), len(members), 1.0 / slots, label=_label(run_ids, runs),
                               mode=mode, sweep_id=sweep, run_ids=run_ids,
                               median_time_s=statistics.median(m[1] for m in members)))
-    summary = ArenaSummary(len(votes), sessions, rows, _psnr(conn))
+    summary = ArenaSummary(len(vote_rows), sessions, rows, _psnr(conn))
     summary.correlations = _correlations(summary)
     return summary
 
@@ -159,7 +159,7 @@ def table_rows(summary: ArenaSummary) -> tuple[list[str], list[list[str]]]:
     cells = []
     for row in summary.rows:
         psnr = summary.psnr_of(row)
-        verdict = f"not distinguishable at {row.n} votes" if row.verdict == "not distinguishable" else row.verdict
+        verdict = f"not distinguishable at {votes(row.n)}" if row.verdict == "not distinguishable" else row.verdict
         cells.append([row.sweep_id, row.label, str(row.n),
                       "-" if row.rate is None else f"{row.rate:.0%} ({row.correct}/{row.n})",
                       f"{row.ci_low:.0%}–{row.ci_high:.0%}", f"{row.chance:.0%}", format_p(row.p_value), verdict,

@@ -27,7 +27,7 @@ CSS = """
 #arena-images figure { margin: 0; text-align: center; }
 #arena-images img { image-rendering: pixelated; image-rendering: crisp-edges; width: min(384px, 42vw);
                     height: auto; border: 1px solid #888; }
-#arena-images.grid img { width: min(256px, 28vw); }
+#arena-images .arena-row.grid img { width: min(256px, 28vw); }
 #arena-images figcaption { font-size: 1.4em; font-weight: bold; }
 #arena-stats table { border-collapse: collapse; font-size: 0.9em; }
 #arena-stats th, #arena-stats td { border-bottom: 1px solid #ccc; padding: 2px 8px; text-align: left; }
@@ -38,7 +38,7 @@ def images_html(dealt: Dealt) -> str:
     figures = "".join(
         f'<figure><img src="/api/arena/rounds/{dealt.round}/images/{slot}.png" alt="image {LETTERS[slot]}">'
         f"<figcaption>{LETTERS[slot]}</figcaption></figure>" for slot in range(dealt.slots))
-    return f'<div class="arena-row" data-round-slots="{dealt.slots}">{figures}</div>'
+    return f'<div class="arena-row {dealt.mode}" data-round-slots="{dealt.slots}">{figures}</div>'
 
 
 def stats_html(arena: Arena) -> str:
@@ -73,15 +73,15 @@ def build_blocks(arena: Arena) -> Any:
         return session, dealt_round, tally, prompt, images, radio, "", stats_html(arena)
 
     def vote(session: str | None, round_id: str | None, tally: dict[str, int], choice: Any) -> tuple[Any, ...]:
-        keep = (gr.update(), gr.update(), gr.update(), gr.update())
+        keep = (gr.update(), gr.update(), gr.update())  # prompt, images, choice stay as they are
         if session is None or round_id is None:
-            return (round_id, tally, *keep[1:], "The page is still loading; try again.", gr.update())
+            return (round_id, tally, *keep, "The page is still loading; try again.", gr.update())
         if choice is None:
-            return (round_id, tally, *keep[1:], "Pick an image first.", gr.update())
+            return (round_id, tally, *keep, "Pick an image first.", gr.update())
         try:
             result = arena.vote(session, round_id, int(choice))
         except ArenaRefused as exc:
-            return (round_id, tally, *keep[1:], f"Refused: {exc}", gr.update())
+            return (round_id, tally, *keep, f"Refused: {exc}", gr.update())
         tally = {"votes": tally["votes"] + 1, "right": tally["right"] + int(result.correct)}
         recipes = arena.recipes_of(result)
         shown = ", ".join(f"{LETTERS[i]} = {name}" for i, name in enumerate(recipes))
@@ -102,7 +102,7 @@ def build_blocks(arena: Arena) -> Any:
         gr.Markdown("# Spot the original\nThe same prompt and seed, once from the unquantized model and once "
                     "(or more) from a quantized one, in random order. Which image is the original?")
         prompt = gr.Markdown(elem_id="arena-prompt")
-        images = gr.HTML(elem_id="arena-images", elem_classes=[arena.settings.mode])
+        images = gr.HTML(elem_id="arena-images")
         choice = gr.Radio(choices=[], label="The original is", elem_id="arena-choice")
         button = gr.Button("Vote", variant="primary", elem_id="arena-vote")
         feedback = gr.Markdown(elem_id="arena-feedback")

@@ -1,7 +1,7 @@
-"""A small sweep for the arena tests, written through the store's own API (no torch, no model):
-a bf16 reference and three "quantized" runs whose pixels carry more and more noise. The PNGs
-carry their recipe in a text chunk, as ``diffquant generate`` writes it, so the tests can check
-that the arena never hands it out."""
+"""A small synthetic sweep for trying the arena, its tests, its load benchmark and its screenshot,
+written through the store's own API (no torch, no model): a bf16 reference and three "quantized"
+runs whose pixels carry more and more noise. The PNGs carry their recipe in a text chunk, as
+``diffquant generate`` writes it, so the tests can check that the arena never hands it out."""
 
 from __future__ import annotations
 
@@ -12,11 +12,26 @@ from PIL import Image, PngImagePlugin
 
 PROMPTS = ("a red circle on a white background", "a blue square on a black background")
 SEEDS = (0, 1)
-SIZE = 32
+SIZE = 48
 RECIPES = {"bf16": 0.0, "quanto-int8": 2.0, "quanto-int4": 14.0, "gguf-q4_0": 30.0}  # recipe -> noise sigma
 
 
+def shape_image(prompt_index: int, seed: int) -> np.ndarray:
+    """The prompt's shape, placed by the seed, with a soft shading so that noise shows."""
+    from PIL import ImageDraw
+
+    background, colour = ((255, 255, 255), (220, 30, 30)) if prompt_index == 0 else ((0, 0, 0), (40, 80, 230))
+    img = Image.new("RGB", (SIZE, SIZE), background)
+    draw = ImageDraw.Draw(img)
+    x, y = 8 + 10 * seed, 10 + 6 * seed
+    box = (x, y, x + 22, y + 22)
+    (draw.ellipse if prompt_index == 0 else draw.rectangle)(box, fill=colour)
+    shade = np.linspace(-20, 20, SIZE)[None, :, None]
+    return np.clip(np.asarray(img, dtype=np.float64) + shade, 0, 255)
+
+
 def make_arena_db(folder: Path, recipes: dict[str, float] | None = None) -> Path:
+    """Write ``folder/results.db`` and its images; return the database's path."""
     from diffquant.store import ImageRow, ResultsDB, RunRow
 
     db_path = folder / "results.db"
@@ -30,7 +45,7 @@ def make_arena_db(folder: Path, recipes: dict[str, float] | None = None) -> Path
             images = []
             for pi, prompt in enumerate(PROMPTS):
                 for seed in SEEDS:
-                    base = np.random.default_rng(10 * pi + seed).uniform(0, 255, (SIZE, SIZE, 3))
+                    base = shape_image(pi, seed)
                     arr = np.clip(base + rng.normal(0, sigma, base.shape) if sigma else base, 0, 255)
                     info = PngImagePlugin.PngInfo()
                     info.add_text("diffquant.recipe", recipe)
