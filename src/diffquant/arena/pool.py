@@ -65,7 +65,7 @@ def build_pool(runs: Sequence[RunInfo], *, reference: str = "bf16", recipes: Seq
         if missing:
             present = {canonical_recipe(r.recipe) for r in runs} - {ref_name}
             raise DiffquantError(f"No successful run with images for recipe(s) {', '.join(sorted(missing))}.",
-                                 choices=present, given=sorted(missing)[0],
+                                 choices=present, given=min(missing),
                                  hint="pick recipes that the sweep ran (see `diffquant results`)")
     pairs: dict[int, tuple[Pair, ...]] = {}
     names: dict[int, str] = {}

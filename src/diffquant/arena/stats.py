@@ -56,10 +56,12 @@ def binomial_sf(successes: int, n: int, p: float) -> float:
     """Exact one-sided p-value P(X >= successes) for X ~ Binomial(n, p)."""
     if not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"chance must be strictly between 0 and 1, got {p}")
-    if successes == 0:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"a probability must be between 0 and 1, got {p}")
+    if successes == 0 or p == 1.0:
         return 1.0
+    if p == 0.0:
+        return 0.0
     logs = [_log_pmf(i, n, p) for i in range(successes, n + 1)]
     top = max(logs)
     return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
