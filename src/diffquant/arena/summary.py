@@ -193,3 +193,22 @@ def print_section(db_path: Path) -> None:
     for corr in summary.correlations:
         console.print(f"[dim]Detection vs PSNR in sweep {escape(corr.sweep_id)}: {escape(corr.text)}[/]")
     console.print(f"[dim]{escape(LEGEND)}[/]")
+
+
+def report_sections(db_path: Path) -> dict[str, dict[str, Any]]:
+    """The HTML report's "blind test" block per sweep id: rows and the correlation with PSNR."""
+    summary = read_summary(db_path)
+    if not summary.votes:
+        return {}
+    headers, cells = table_rows(summary)
+    sections: dict[str, dict[str, Any]] = {}
+    for row, line in zip(summary.rows, cells):
+        section = sections.setdefault(row.sweep_id, {"headers": headers[1:], "rows": [], "votes": 0,
+                                                     "correlation": None, "legend": LEGEND})
+        section["rows"].append({"cells": line[1:], "verdict": row.verdict.replace(" ", "-"),
+                                "rate": "" if row.rate is None else row.rate})
+        section["votes"] += row.n
+    for corr in summary.correlations:
+        if corr.sweep_id in sections:
+            sections[corr.sweep_id]["correlation"] = corr.text
+    return sections
