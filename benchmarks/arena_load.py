@@ -169,9 +169,11 @@ def machine() -> dict[str, Any]:
 def render(data: dict[str, Any]) -> str:
     m, v, r = data["machine"], data["vote_latency_ms"], data["round_latency_ms"]
     note = data.get("note") or ""
+    load = m.get("load_average_1m")
+    load_text = "unknown" if load is None else f"{load:.1f}"
     return "\n".join([
         BEGIN,
-        (f"Measured {m['date']} on {m['cpus']} CPUs (load average {m['load_average_1m']} at the start"
+        (f"Measured {m['date']} on {m['cpus']} CPUs (load average {load_text} at the start"
         f"{', ' + note if note else ''}); server: {data['server']}; each round's images fetched: "
         f"{'yes' if data['images_fetched'] else 'no'}. Data: `docs/arena-load.json`."),
         "",
