@@ -268,3 +268,24 @@ def test_loopback_by_default() -> None:
     args = build_parser().parse_args(["arena", "--db", "x.db"])
     assert args.host == "127.0.0.1" and is_loopback(args.host)
     assert is_loopback("localhost") and is_loopback("::1") and not is_loopback("0.0.0.0")
+
+
+def test_gradio_routes_do_not_serve_the_sweep(arena: Arena, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the page mounted, Gradio's own file route reaches neither the images nor the database,
+    even from the folder they live in, and its API lists none of the page's events."""
+    pytest.importorskip("gradio", reason="the page needs Gradio (pip install 'diffquant[arena]')")
+    from diffquant.arena.ui import create_app
+
+    monkeypatch.chdir(arena.store.path.parent)
+    image = next(iter(arena.image_files()))
+    before = dump(arena.store.path)
+    with TestClient(create_app(arena)) as client:
+        for target in (str(image), str(image.relative_to(arena.store.path.parent)), str(arena.store.path),
+                       "results.db", "/etc/passwd"):
+            response = client.get(f"/gradio_api/file={target}")
+            assert response.status_code in (403, 404), (target, response.status_code)
+            assert response.headers.get("content-type") != "image/png"
+        info = client.get("/gradio_api/info").json()
+        assert not info.get("named_endpoints") and not info.get("unnamed_endpoints"), info
+        assert client.get("/").status_code == 200
+    assert dump(arena.store.path) == before

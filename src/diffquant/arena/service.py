@@ -150,6 +150,11 @@ class Arena:
         session_id = self._session(session_token)
         return self.store.vote(session_id, token, choice)
 
+    def image_files(self) -> set[Path]:
+        """Every image file the pool may show."""
+        rows = self.store._conn().execute("SELECT id, path FROM images").fetchall()
+        return {image_path(str(path), self.store.path) for _, path in rows}
+
     def recipes_of(self, result: VoteResult) -> list[str]:
         return [self.pool.recipes.get(run_id, f"run {run_id}") for run_id in result.run_ids]
 

@@ -5,8 +5,8 @@ never sent to the browser) and goes through the same :class:`~diffquant.arena.se
 calls as the HTTP API. Images are ``<img>`` tags pointing at the API's per-round image route.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Gradio spots the `gr.Request` parameter by its
+# annotation object, so the names only needed for typing are quoted instead.
 import html
 import ipaddress
 import os
@@ -34,14 +34,14 @@ CSS = """
 """
 
 
-def images_html(dealt: Dealt) -> str:
+def images_html(dealt: "Dealt") -> str:
     figures = "".join(
         f'<figure><img src="/api/arena/rounds/{dealt.round}/images/{slot}.png" alt="image {LETTERS[slot]}">'
         f"<figcaption>{LETTERS[slot]}</figcaption></figure>" for slot in range(dealt.slots))
     return f'<div class="arena-row {dealt.mode}" data-round-slots="{dealt.slots}">{figures}</div>'
 
 
-def stats_html(arena: Arena) -> str:
+def stats_html(arena: "Arena") -> str:
     from diffquant.arena.summary import LEGEND, read_summary, table_rows
 
     summary = read_summary(arena.db_path)
@@ -57,7 +57,7 @@ def stats_html(arena: Arena) -> str:
             f"{corr}<p><small>{html.escape(LEGEND)}</small></p>")
 
 
-def build_blocks(arena: Arena) -> Any:
+def build_blocks(arena: "Arena") -> Any:
     import gradio as gr
 
     def deal(session: str, tally: dict[str, int]) -> tuple[Any, ...]:
@@ -66,8 +66,9 @@ def build_blocks(arena: Arena) -> Any:
         prompt = (f"**Round {tally['votes'] + 1}** · prompt: *{dealt.prompt}*\n\n{dealt.question}")
         return (dealt.round, prompt, images_html(dealt), gr.update(choices=choices, value=None))
 
-    def start() -> tuple[Any, ...]:
-        session = arena.new_session("gradio")
+    def start(request: gr.Request) -> tuple[Any, ...]:
+        client = request.client.host if request is not None and request.client else "unknown"
+        session = arena.new_session(client)
         tally = {"votes": 0, "right": 0}
         dealt_round, prompt, images, radio = deal(session, tally)
         return session, dealt_round, tally, prompt, images, radio, "", stats_html(arena)
@@ -76,7 +77,7 @@ def build_blocks(arena: Arena) -> Any:
         keep = (gr.update(), gr.update(), gr.update())  # prompt, images, choice stay as they are
         if session is None or round_id is None:
             return (round_id, tally, *keep, "The page is still loading; try again.", gr.update())
-        if choice is None:
+        if not isinstance(choice, (int, str)) or not str(choice).isdigit():
             return (round_id, tally, *keep, "Pick an image first.", gr.update())
         try:
             result = arena.vote(session, round_id, int(choice))
@@ -108,13 +109,15 @@ def build_blocks(arena: Arena) -> Any:
         feedback = gr.Markdown(elem_id="arena-feedback")
         gr.Markdown("## Results so far (all voters)")
         stats = gr.HTML(elem_id="arena-stats")
-        blocks.load(start, outputs=[session, current, tally, prompt, images, choice, feedback, stats])
+        # Private: the page's own events, not a second API beside /api/arena.
+        blocks.load(start, outputs=[session, current, tally, prompt, images, choice, feedback, stats],
+                    api_visibility="private")
         button.click(vote, inputs=[session, current, tally, choice],
-                     outputs=[current, tally, prompt, images, choice, feedback, stats])
+                     outputs=[current, tally, prompt, images, choice, feedback, stats], api_visibility="private")
     return blocks
 
 
-def create_app(arena: Arena, *, host: str = "127.0.0.1", port: int = 7860) -> FastAPI:
+def create_app(arena: "Arena", *, host: str = "127.0.0.1", port: int = 7860) -> "FastAPI":
     """The HTTP API with the Gradio page mounted at ``/``."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
@@ -122,8 +125,10 @@ def create_app(arena: Arena, *, host: str = "127.0.0.1", port: int = 7860) -> Fa
     from diffquant.arena.api import create_api
 
     app = create_api(arena)
+    # Gradio's own file route must not reach the sweep's files: they travel only through the API.
+    blocked = sorted({str(arena.store.path.parent)} | {str(p.parent) for p in arena.image_files()})
     return gr.mount_gradio_app(app, build_blocks(arena), path="/", server_name=host, server_port=port,
-                               ssr_mode=False, css=CSS, footer_links=[], mcp_server=False)
+                               ssr_mode=False, css=CSS, footer_links=[], mcp_server=False, blocked_paths=blocked)
 
 
 def is_loopback(host: str) -> bool:
@@ -135,7 +140,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(arena: Arena, *, host: str = "127.0.0.1", port: int = 7860) -> None:
+def serve(arena: "Arena", *, host: str = "127.0.0.1", port: int = 7860) -> None:
     """Run the arena until interrupted. Never a public share link; bound to loopback by default."""
     import uvicorn
 
