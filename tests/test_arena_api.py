@@ -181,9 +181,11 @@ def test_rate_limit_per_session(tmp_path: Path) -> None:
         assert client.post("/api/arena/round", headers={H: other}).status_code == 200  # others are not slowed
 
 
-def test_sessions_are_stored_hashed(arena: Arena, client: TestClient) -> None:
+def test_sessions_are_stored_hashed_and_the_file_is_wal(arena: Arena, client: TestClient) -> None:
     token = session(client)
     assert not any(token in line for line in dump(arena.store.path))
+    with sqlite3.connect(arena.store.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # readers never block a vote
 
 
 def test_unknown_mode_and_recipe_are_user_errors(tmp_path: Path) -> None:

@@ -68,15 +68,18 @@ def build_blocks(arena: "Arena") -> Any:
 
     def start(request: gr.Request) -> tuple[Any, ...]:
         client = request.client.host if request is not None and request.client else "unknown"
-        session = arena.new_session(client)
         tally = {"votes": 0, "right": 0}
-        dealt_round, prompt, images, radio = deal(session, tally)
+        try:
+            session = arena.new_session(client)
+            dealt_round, prompt, images, radio = deal(session, tally)
+        except ArenaRefused as exc:
+            return None, None, tally, "", "", gr.update(), f"Refused: {exc}", stats_html(arena)
         return session, dealt_round, tally, prompt, images, radio, "", stats_html(arena)
 
     def vote(session: str | None, round_id: str | None, tally: dict[str, int], choice: Any) -> tuple[Any, ...]:
         keep = (gr.update(), gr.update(), gr.update())  # prompt, images, choice stay as they are
         if session is None or round_id is None:
-            return (round_id, tally, *keep, "The page is still loading; try again.", gr.update())
+            return (round_id, tally, *keep, "No round on screen: wait for the page to load, or reload it.", gr.update())
         if not isinstance(choice, (int, str)) or not str(choice).isdigit():
             return (round_id, tally, *keep, "Pick an image first.", gr.update())
         try:
