@@ -19,6 +19,7 @@ from diffquant.errors import DiffquantError
 COMMAND_MODULES = (
     "recipes", "generate", "quantize", "bench", "results", "matrix",
     "score", "report", "grid", "export",
+    "arena",
 )
 
 

@@ -47,7 +47,15 @@ def run(args: argparse.Namespace) -> int:
             print(render(db, runs, args.format, args.reference), end="")
             return 0
     print_results(args.db, runs, "table", args.reference)
+    _print_arena(args.db)
     return 0
+
+
+def _print_arena(db_path: Path) -> None:
+    """The blind test's detection rates, when the database holds votes (``diffquant arena``)."""
+    from diffquant.arena.summary import print_section
+
+    print_section(db_path)
 
 
 def print_results(db_path: Path, runs: Sequence[Any], fmt: str, reference: str, *,

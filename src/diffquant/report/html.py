@@ -188,7 +188,10 @@ def render_html(data: ReportData, assets: Assets) -> str:
     env.filters["est"] = format_estimate
     env.filters["ascii_inf"] = ascii_inf
     template = env.get_template("report.html.j2")
+    from diffquant.arena.summary import report_sections  # the blind test's votes, if any
+
     return template.render(
+        arena=report_sections(data.db_path),
         data=data, sweeps=[_sweep_context(s, assets, i) for i, s in enumerate(data.sweeps)],
         environment=environment_tables(data.environments),
         css=(TEMPLATES / "report.css").read_text(encoding="utf-8"),

@@ -41,6 +41,45 @@ CREATE TABLE images (
 );
 CREATE INDEX images_run ON images (run_id);
 """),
+    # The blind test (diffquant.arena): anonymous sessions, the rounds shown to them (which image in
+    # which slot), and at most one vote per round (the primary key makes a replay impossible).
+    (2, """
+CREATE TABLE arena_sessions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    token_hash  TEXT NOT NULL UNIQUE,   -- sha256 of the session token the client holds
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE arena_rounds (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    token             TEXT NOT NULL UNIQUE,  -- secrets.token_urlsafe: the round's unguessable id
+    session_id        INTEGER NOT NULL REFERENCES arena_sessions (id) ON DELETE CASCADE,
+    mode              TEXT NOT NULL CHECK (mode IN ('pairwise', 'grid')),
+    reference_run_id  INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    prompt            TEXT NOT NULL,
+    prompt_index      INTEGER NOT NULL,
+    seed              INTEGER NOT NULL,
+    slots             INTEGER NOT NULL,      -- images shown
+    answer_slot       INTEGER NOT NULL,      -- where the reference image was
+    shown_at          REAL NOT NULL,         -- unix time the round was dealt
+    created_at        TEXT NOT NULL
+);
+CREATE INDEX arena_rounds_session ON arena_rounds (session_id);
+CREATE TABLE arena_round_images (
+    round_id  INTEGER NOT NULL REFERENCES arena_rounds (id) ON DELETE CASCADE,
+    slot      INTEGER NOT NULL,              -- 0-based position on screen
+    image_id  INTEGER NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    run_id    INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    PRIMARY KEY (round_id, slot)
+);
+CREATE TABLE arena_votes (
+    round_id    INTEGER PRIMARY KEY REFERENCES arena_rounds (id) ON DELETE CASCADE,
+    session_id  INTEGER NOT NULL REFERENCES arena_sessions (id) ON DELETE CASCADE,
+    choice      INTEGER NOT NULL,            -- the slot the voter called the original
+    correct     INTEGER NOT NULL,
+    time_s      REAL NOT NULL,               -- from dealing the round to the vote, server clock
+    voted_at    TEXT NOT NULL
+);
+"""),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
