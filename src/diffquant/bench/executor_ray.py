@@ -62,6 +62,7 @@ class RayExecutor:
         self.device = device
         self.cpus_per_run = cpus_per_run
         self.init_kwargs = dict(init_kwargs or {})
+        self._addresses: dict[str, str] = {}  # Ray node id -> its address, for the rows
 
     # -- driver side -------------------------------------------------------------------------
     def run(self, jobs: Iterable[Job], on_start: StartHandler) -> Iterator[tuple[Job, WorkerOutcome]]:
@@ -70,15 +71,17 @@ class RayExecutor:
         if owned:
             ray.init(address=self.address, log_to_driver=False, **self.init_kwargs)
         try:
-            resources = self.resources(ray.nodes())
-            task = ray.remote(run_on_node).options(max_retries=0, **resources)
+            nodes = ray.nodes()
+            resources = self.resources(nodes)
+            self._addresses = {n.get("NodeID"): n.get("NodeManagerAddress") for n in nodes}
+            task = ray.remote(run_on_node)
             pending: dict[Any, tuple[Job, float]] = {}
             try:
                 for job in jobs:
                     on_start(job)
                     fault = job.spec.fault if (job.spec.fault or "").startswith("ray-") else None
                     spec = replace(job.spec, fault=None) if fault else job.spec
-                    ref = task.options(name=f"diffquant {job.item.name}"[:200]).remote(
+                    ref = task.options(name=f"diffquant {job.item.name}"[:200], max_retries=0, **resources).remote(
                         spec.to_json(), job.timeout_s, job.cold_compile, list(job.argv) if job.argv else None, fault)
                     pending[ref] = (job, time.time())
                 while pending:
@@ -124,7 +127,10 @@ class RayExecutor:
         if outcome.status == "ok":
             outcome.images = _write_files(outcome.images, result["files"], Path(job.spec.image_dir))
         job.started_at = result["started_at"]
-        outcome.metrics.update({"run.executor": "ray", "ray.node_ip": result["node_ip"],
+        if result["node_id"] not in self._addresses:  # a node that joined during the sweep
+            self._addresses = {n.get("NodeID"): n.get("NodeManagerAddress") for n in ray.nodes()}
+        outcome.metrics.update({"run.executor": "ray", "ray.node_ip": self._addresses.get(result["node_id"]),
+                                "ray.node_id": result["node_id"],
                                 "ray.hostname": result["hostname"], "ray.num_cpus": resources["num_cpus"],
                                 "ray.num_gpus": resources["num_gpus"],
                                 "ray.queue_s": max(result["started"] - submitted, 0.0)})
@@ -204,15 +210,15 @@ def run_on_node(spec_json: str, timeout_s: float | None, cold_compile: bool, arg
         files = [{key: Path(im[key]).read_bytes() if outcome.status == "ok" and im.get(key) else None
                   for key in ("path", "latents_path")} for im in outcome.images]
         return {"outcome": outcome, "files": files, "started": started, "started_at": started_at,
-                "node_ip": _node_ip(), "hostname": socket.gethostname()}
+                "node_id": _node_id(), "hostname": socket.gethostname()}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _node_ip() -> str | None:
+def _node_id() -> str | None:
     try:
         import ray
 
-        return str(ray.util.get_node_ip_address())
+        return str(ray.get_runtime_context().get_node_id())
     except Exception:  # noqa: BLE001 - informational only
         return None
