@@ -247,3 +247,12 @@ def test_executor_choice_and_resources() -> None:
     with pytest.raises(DiffquantError, match="Ray assigns|gets its GPU from Ray"):
         RayExecutor(device="cuda:1")
 
+
+
+def test_ray_is_imported_only_when_used() -> None:
+    probe = ("from diffquant.cli import build_parser\nbuild_parser().format_help()\n"
+             "from diffquant.bench.executors import make_executor\nmake_executor('local')\n"
+             "import diffquant.bench.executor_ray\n"
+             "import sys\nprint('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"
