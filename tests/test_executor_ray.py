@@ -5,7 +5,9 @@ an interrupted sweep cancels its runs and resumes without lost or duplicated row
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -170,37 +172,36 @@ def test_failures_become_error_rows_and_the_sweep_finishes(ray_cluster: str, tmp
     assert "injected fault" in runs2["quanto-int4"].error
 
 
-_RESUME_SCRIPT = """
-import sys
+_SWEEP_SCRIPT = """
+import json, sys
 from pathlib import Path
 from diffquant.bench import BenchSettings, SweepOptions, run_sweep
 settings = BenchSettings(prompts=("a red circle on a blue background",), seeds=(0,), steps=2, height=64, width=64,
                          device="cpu", repeats=1)
-report = run_sweep(SweepOptions(model="zoo:tiny-flux", recipes=["torchao-int8wo"], settings=settings,
-                                db_path=Path(sys.argv[1]), timeout_s=120, executor=sys.argv[2], cpus_per_run=1,
-                                faults={"torchao-int8wo": "raise"}))
-assert [p.name for p in report.skipped] == ["bf16"] and [p.name for p in report.ran] == ["torchao-int8wo"]
+run_sweep(SweepOptions(model="zoo:tiny-flux", recipes=["torchao-int8wo"], settings=settings, db_path=Path(sys.argv[1]),
+                       timeout_s=120, executor=sys.argv[2], cpus_per_run=1, faults=json.loads(sys.argv[3])))
 """
 
 
-def test_interrupted_driver_cancels_runs_and_resumes(ray_cluster: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_driver_cancels_runs_and_resumes(ray_cluster: str, tmp_path: Path, how: signal.Signals) -> None:
+    """A driver process joins the cluster by address (ray:HOST:PORT) and is interrupted while its
+    second run hangs on Ray: the run is cancelled, its worker killed, no partial row stays; a
+    restarted sweep runs only what is missing."""
     db_path = tmp_path / "r.db"
-    options = SweepOptions(model=MODEL, settings=SETTINGS, db_path=db_path, timeout_s=120, executor="ray",
-                           cpus_per_run=1, recipes=["torchao-int8wo"],
-                           faults={"bf16": "raise", "torchao-int8wo": "hang"})
-    seen: dict[str, list[int]] = {}
-
-    def interrupt(kind: str, item: Any, data: dict[str, Any]) -> None:
-        if kind == "finish" and item.name == "bf16":
-            deadline = time.monotonic() + 60
-            while not _worker_pids() and time.monotonic() < deadline:  # the hanging run is under way
-                time.sleep(0.2)
-            seen["workers"] = _worker_pids()
-            raise KeyboardInterrupt("Ctrl-C on the driver")
-
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(options, on_event=interrupt)
-    assert seen["workers"], "the second run never started"
+    faults = {"bf16": "raise", "torchao-int8wo": "hang"}
+    proc = subprocess.Popen([sys.executable, "-c", _SWEEP_SCRIPT, str(db_path), f"ray:{ray_cluster}",
+                             json.dumps(faults)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (_runs(db_path) if db_path.exists() else {}):
+        time.sleep(0.3)
+    while time.monotonic() < deadline and not _worker_pids():  # the hanging run is under way
+        time.sleep(0.3)
+    assert _worker_pids(), "the second run never started"
+    time.sleep(0.5)
+    proc.send_signal(how)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and b"KeyboardInterrupt" in stderr
     deadline = time.monotonic() + 30
     while _worker_pids() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -209,9 +210,10 @@ def test_interrupted_driver_cancels_runs_and_resumes(ray_cluster: str, tmp_path:
     assert list(runs) == ["bf16"] and not any((tmp_path / "images").rglob("*"))
     first_id = runs["bf16"][0].id
 
-    # Restart: a new driver process joins the running cluster by its address (ray:HOST:PORT).
-    subprocess.run([sys.executable, "-c", _RESUME_SCRIPT, str(db_path), f"ray:{ray_cluster}"], check=True,
-                   capture_output=True, timeout=300)
+    resumed = run_sweep(SweepOptions(model=MODEL, recipes=["torchao-int8wo"], settings=SETTINGS, db_path=db_path,
+                                     timeout_s=120, executor="ray", cpus_per_run=1,
+                                     faults={"torchao-int8wo": "raise"}))
+    assert [p.name for p in resumed.skipped] == ["bf16"] and [p.name for p in resumed.ran] == ["torchao-int8wo"]
     with ResultsDB(db_path) as db:
         rows = db.runs()
     assert [r.recipe for r in rows] == ["bf16", "torchao-int8wo"] and rows[0].id == first_id

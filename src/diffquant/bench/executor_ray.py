@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -69,7 +71,11 @@ class RayExecutor:
         ray = import_ray()
         owned = not ray.is_initialized()
         if owned:
+            previous = signal.getsignal(signal.SIGTERM)
             ray.init(address=self.address, log_to_driver=False, **self.init_kwargs)
+            if previous is not None and threading.current_thread() is threading.main_thread():
+                # ray.init makes SIGTERM a sys.exit; the sweep's handler (a `kill` unwinds like Ctrl-C) stays
+                signal.signal(signal.SIGTERM, previous)
         try:
             nodes = ray.nodes()
             resources = self.resources(nodes)
