@@ -31,15 +31,27 @@ SETTINGS = BenchSettings(prompts=("a red circle on a blue background",), seeds=(
 def ray_cluster() -> Iterator[str]:
     # Ray's switch for one-machine clusters (its default off Linux): every address is 127.0.0.1.
     # (ray.init(_node_ip_address="127.0.0.1") is turned into the machine's address by Ray.)
+    saved = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:  # Ray waits a fixed 30 s for its raylet: a loaded machine can miss it
+            ray.shutdown()
+            if attempt == 2:
+                raise
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = saved
 
 
 def _runs(db_path: Path) -> dict[str, Any]:
@@ -226,6 +238,9 @@ def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(DiffquantError, match=r"diffquant\[ray\]"):
         import_ray()
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "ray" else object())
+    with pytest.raises(DiffquantError, match=r"pip install 'diffquant\[ray\]'"):  # before any sweep starts
+        make_executor("ray")
 
 
 def test_executor_choice_and_resources() -> None:

@@ -17,6 +17,7 @@ ordinary one; ``--retry-errors`` re-runs lost runs on purpose.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -60,6 +61,8 @@ class RayExecutor:
                                  hint="give --device cuda (Ray sets CUDA_VISIBLE_DEVICES for each run)")
         if cpus_per_run is not None and cpus_per_run <= 0:
             raise DiffquantError(f"--cpus-per-run must be positive, got {cpus_per_run:g}.")
+        if importlib.util.find_spec("ray") is None:  # say so before the sweep starts, without importing it
+            import_ray()
         self.address = address
         self.device = device
         self.cpus_per_run = cpus_per_run
@@ -69,7 +72,7 @@ class RayExecutor:
     # -- driver side -------------------------------------------------------------------------
     def run(self, jobs: Iterable[Job], on_start: StartHandler) -> Iterator[tuple[Job, WorkerOutcome]]:
         ray = import_ray()
-        owned = not ray.is_initialized()
+        owned = not ray.is_initialized()  # else a caller's ray.init chose the cluster: use it as it is
         if owned:
             previous = signal.getsignal(signal.SIGTERM)
             ray.init(address=self.address, log_to_driver=False, **self.init_kwargs)
