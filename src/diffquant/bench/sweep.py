@@ -9,6 +9,9 @@ each finished run (or failure) written to the results database as soon as it end
 - A run's row and its image rows are written in one transaction after the worker has exited (the
   worker wrote the image files atomically before), so an interrupted sweep leaves only complete
   runs behind and resumes where it stopped.
+- Where the workers run is the executor's business (``executors.py``): here, one at a time (the
+  default), or as Ray tasks on a cluster (``executor_ray.py``). Either way only the sweep writes
+  the database and keeps image folders.
 """
 
 from __future__ import annotations
