@@ -9,6 +9,9 @@ each finished run (or failure) written to the results database as soon as it end
 - A run's row and its image rows are written in one transaction after the worker has exited (the
   worker wrote the image files atomically before), so an interrupted sweep leaves only complete
   runs behind and resumes where it stopped.
+- Where the workers run is the executor's business (``executors.py``): here, one at a time (the
+  default), or as Ray tasks on a cluster (``executor_ray.py``). Either way only the sweep writes
+  the database and keeps image folders.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffquant.bench.runner import WorkerOutcome, run_worker
+from diffquant.bench.executors import Executor, Job, make_executor
+from diffquant.bench.runner import WorkerOutcome
 from diffquant.bench.spec import BenchSettings, RunSpec, run_key, slug, sweep_id
 from diffquant.errors import DiffquantError
 from diffquant.store import ImageRow, ResultsDB, RunRow
@@ -61,6 +65,8 @@ class SweepOptions:
     warm_compile_cache: bool = False  # False: each compiled run gets fresh inductor/triton caches (cold compile)
     faults: Mapping[str, str] = field(default_factory=dict)  # test-only: recipe -> "fault[@phase]"
     worker_argv: Sequence[str] | None = None  # test-only: replaces `python -m diffquant.bench.worker`
+    executor: str | Executor = "local"  # "local" | "ray" | "ray:ADDRESS" (see bench/executors.py)
+    cpus_per_run: float | None = None  # Ray only: CPUs a run asks for (default: see executor_ray.py)
 
 
 @dataclass
@@ -202,7 +208,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_sweep(options: SweepOptions, on_event: SweepEventHandler | None = None) -> SweepReport:
-    """Plan, then run each planned recipe in isolation, recording every outcome as it ends."""
+    """Plan, then hand each planned recipe to the executor (isolated runs), recording every
+    outcome as it ends. Only this function writes the database and keeps image folders."""
     from diffquant.bench.env import capture_env
 
     emit = on_event or (lambda kind, planned, data: None)
@@ -210,34 +217,54 @@ def run_sweep(options: SweepOptions, on_event: SweepEventHandler | None = None) 
     db_path = Path(options.db_path).expanduser().resolve()
     image_root = Path(options.image_root or db_path.parent / "images").expanduser().resolve()
     sid = sweep_id(options.model, options.settings)
+    executor = make_executor(options.executor, device=options.settings.device, cpus_per_run=options.cpus_per_run)
     with ResultsDB(db_path) as db, _sigterm_as_interrupt():
         planned = plan_sweep(options, db)
         report = SweepReport(sid, options.model, planned[0].name, db_path, planned, {})
         emit("plan", planned[0], {"planned": planned})
-        parent_env: dict[str, Any] | None = None
-        for item in planned:
-            if item.action == "skip":
-                assert item.existing is not None
-                report.rows[item.index] = item.existing
-                emit("skip", item, {"row": item.existing})
-                continue
-            emit("start", item, {})
-            if item.problem:
-                parent_env = parent_env or capture_env()
-                row = _row(options, sid, item, "error", item.problem, {"run.outcome": item.outcome_kind},
-                           parent_env, now_iso(), now_iso())
-                report.rows[item.index] = _record(db, row, [], item, image_root)
-            else:
-                report.rows[item.index] = _execute(options, db, sid, item, image_root, emit)
-            emit("finish", item, {"row": report.rows[item.index]})
+        open_jobs: dict[int, Job] = {}
+
+        def jobs() -> Iterator[Job]:
+            # Rows that need no worker are recorded while the executor pulls the next job: with
+            # the local executor the database keeps plan order, as it did before executors.
+            parent_env: dict[str, Any] | None = None
+            for item in planned:
+                if item.action == "skip":
+                    assert item.existing is not None
+                    report.rows[item.index] = item.existing
+                    emit("skip", item, {"row": item.existing})
+                    continue
+                if item.problem:
+                    emit("start", item, {})
+                    parent_env = parent_env or capture_env()
+                    row = _row(options, sid, item, "error", item.problem, {"run.outcome": item.outcome_kind},
+                               parent_env, now_iso(), now_iso())
+                    report.rows[item.index] = _record(db, row, [], item, image_root)
+                    emit("finish", item, {"row": report.rows[item.index]})
+                    continue
+                job = _job(options, item, image_root, emit)
+                open_jobs[item.index] = job
+                yield job
+
+        def on_start(job: Job) -> None:
+            job.started_at = now_iso()
+            emit("start", job.item, {})
+
+        try:
+            with contextlib.closing(executor.run(jobs(), on_start)) as outcomes:
+                for job, outcome in outcomes:
+                    open_jobs.pop(job.item.index, None)
+                    report.rows[job.item.index] = _finish(options, db, sid, job, outcome, image_root)
+                    emit("finish", job.item, {"row": report.rows[job.item.index]})
+        finally:  # interrupted: runs that were not recorded keep no files
+            for job in open_jobs.values():
+                shutil.rmtree(job.workdir, ignore_errors=True)
+                shutil.rmtree(job.spec.image_dir, ignore_errors=True)
         report.wall_s = time.monotonic() - started
     return report
 
 
-def _execute(options: SweepOptions, db: ResultsDB, sid: str, item: PlannedRun, image_root: Path,
-             emit: SweepEventHandler) -> RunRow:
-    from diffquant.bench.env import capture_env
-
+def _job(options: SweepOptions, item: PlannedRun, image_root: Path, emit: SweepEventHandler) -> Job:
     attempt_dir = image_root / slug(options.model) / f"{slug(item.name)}-{item.run_key[:8]}-{uuid.uuid4().hex[:6]}"
     workdir = Path(tempfile.mkdtemp(prefix="diffquant-run-"))
     fault, _, phase = (options.faults.get(item.text) or options.faults.get(item.name) or "").partition("@")
@@ -246,32 +273,38 @@ def _execute(options: SweepOptions, db: ResultsDB, sid: str, item: PlannedRun, i
                          quant_cache_dir=str(options.quant_cache_dir) if options.quant_cache_dir else None,
                          sample_interval_s=options.sample_interval_s, fault=fault or None,
                          fault_phase=phase or "start")
-    extra_env = {}
-    if item.compiled and not options.warm_compile_cache:  # compile time as a first-time user sees it
-        extra_env = {"TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor"), "TRITON_CACHE_DIR": str(workdir / "triton")}
-    started_at = now_iso()
+    # Compile time as a first-time user sees it, unless the user asked for the shared cache.
+    cold = item.compiled and not options.warm_compile_cache
+    return Job(item, spec, workdir, options.timeout_s, cold, argv=options.worker_argv,
+               on_event=lambda event: emit("worker", item, event))
+
+
+def _finish(options: SweepOptions, db: ResultsDB, sid: str, job: Job, outcome: WorkerOutcome,
+            image_root: Path) -> RunRow:
+    from diffquant.bench.env import capture_env
+
+    item = job.item
     recorded = False
     try:
-        outcome = run_worker(spec, workdir, timeout_s=options.timeout_s,
-                             on_event=lambda event: emit("worker", item, event), argv=options.worker_argv,
-                             extra_env=extra_env)
         outcome.metrics["run.outcome"] = _outcome_kind(outcome)
         if item.compiled:
-            outcome.metrics["compile.cache"] = "cold" if extra_env else "shared"
+            outcome.metrics["compile.cache"] = "cold" if job.cold_compile else "shared"
         images = [ImageRow(0, 0, im["prompt"], int(im["prompt_index"]), int(im["seed"]), str(im["path"]),
                            im.get("latents_path")) for im in outcome.images] if outcome.status == "ok" else []
         row = _row(options, sid, item, outcome.status, outcome.error, outcome.metrics,
-                   outcome.env or capture_env(), started_at, now_iso())
+                   outcome.env or capture_env(), job.started_at or now_iso(), now_iso())
         row = _record(db, row, images, item, image_root)
         recorded = outcome.status == "ok"
         return row
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(job.workdir, ignore_errors=True)
         if not recorded:  # a failed or interrupted run keeps no files
-            shutil.rmtree(attempt_dir, ignore_errors=True)
+            shutil.rmtree(job.spec.image_dir, ignore_errors=True)
 
 
 def _outcome_kind(outcome: WorkerOutcome) -> str:
+    if outcome.metrics.get("run.outcome") == "lost":  # the executor lost it (e.g. a Ray node died)
+        return "lost"
     if outcome.status == "ok":
         return "ok"
     if outcome.timed_out:

@@ -54,6 +54,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "starts cold, so compile time is what a first run costs)")
     parser.add_argument("--force", action="store_true", help="re-run recipes already in the database")
     parser.add_argument("--retry-errors", action="store_true", help="re-run recipes whose stored run failed")
+    parser.add_argument("--executor", default="local",
+                        help="where runs execute: local (default; one at a time here) or ray[:ADDRESS] (each run a "
+                             "Ray task on a cluster, one GPU per run on CUDA; docs/scale-out.md)")
+    parser.add_argument("--cpus-per-run", type=float, default=None,
+                        help="Ray: CPUs each run asks for (default: a whole node on CPU, a node's CPUs per GPU on CUDA)")
     parser.add_argument("--no-report", action="store_true", help="skip quality scoring, report.html and grid.png")
     parser.add_argument("--format", choices=("table", "md", "csv", "json"), default="table",
                         help="how to print the final results (default: table)")
@@ -136,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     options = SweepOptions(
         model=args.model, recipes=recipes, settings=settings, db_path=args.db, image_root=args.images,
         reference=args.reference, timeout_s=args.timeout, force=args.force, retry_errors=args.retry_errors,
-        warm_compile_cache=args.warm_compile_cache,
+        warm_compile_cache=args.warm_compile_cache, executor=args.executor, cpus_per_run=args.cpus_per_run,
         quant_cache_dir=None if args.no_quant_cache else (args.quant_cache or default_quant_cache()))
     from diffquant.commands.results import print_results
 
@@ -201,6 +206,7 @@ class SweepDisplay:
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=self.console)
         self.sweep_task: Any = None
         self.run_task: Any = None
+        self.run_tasks: dict[int, Any] = {}  # planned index -> its progress line (Ray runs several at once)
         self.calls = 1
         self.steps = 1
         self.name = ""
@@ -227,11 +233,14 @@ class SweepDisplay:
         elif kind == "start":
             self.name = item.name
             self.run_task = progress.add_task(f"{item.name}: starting", total=None)
+            self.run_tasks[item.index] = self.run_task
         elif kind == "worker":
             self._worker_event(data)
         elif kind == "finish":
-            if self.run_task is not None:
-                progress.remove_task(self.run_task)
+            task = self.run_tasks.pop(item.index, self.run_task)
+            if task is not None:
+                progress.remove_task(task)
+            if task == self.run_task:
                 self.run_task = None
             progress.advance(self.sweep_task)
             self.console.print("  " + finish_line(data["row"]))
