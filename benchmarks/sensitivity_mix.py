@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RULE_SKIP = ("x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out")
+# Top-level names as one-name globs: bitsandbytes also matches a plain word as any path segment,
+# and "proj_out" would then keep every single block's proj_out too.
+RULE_SKIP = ("[x]_embedder", "[c]ontext_embedder", "time_text_embed.*", "norm_out.*", "[p]roj_out")
 
 
 def rule_based(recipe: str) -> str:
@@ -36,15 +38,13 @@ def rule_based(recipe: str) -> str:
     spec = parse_recipe(recipe).quant[0]
     if spec.backend == "gguf":
         return f"gguf-{spec.qtype}_m" if spec.qtype.endswith("_k") else recipe
-    # stable-diffusion.cpp keeps the embedders and the final layers out of quantization;
-    # "proj_out" alone would also match single blocks' proj_out by short name, so anchor it
-    # with full names where the backend matches full names (bnb: fnmatch on the full name).
+    # stable-diffusion.cpp keeps the embedders and the final layers out of quantization.
     return f"{recipe}(skip={'|'.join(RULE_SKIP)})@transformer" + _text_encoder_part(recipe)
 
 
 def _text_encoder_part(recipe: str) -> str:
-    from diffquant.recipes.catalog import BACKENDS
     from diffquant.recipes import parse_recipe
+    from diffquant.recipes.catalog import BACKENDS
 
     spec = parse_recipe(recipe).quant[0]
     return "" if BACKENDS[spec.backend].denoiser_only else f"+{recipe}@text_encoder_2"

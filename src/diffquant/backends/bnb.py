@@ -143,10 +143,13 @@ def keeps_precise(spec: QuantSpec, name: str, model: Any) -> bool:
 
 def keep_precise(spec: QuantSpec, keep: dict[str, str | None], model: Any) -> QuantSpec:
     """``spec`` with the modules named in ``keep`` left in full precision (bnb has no per-module
-    type, so every value must be None). Full names are exact: ``_skipped`` matches them whole."""
+    type). ``_skipped`` matches a dotted name whole; a top-level name would also match every
+    module of that short name (``proj_out`` in ``single_transformer_blocks.0.proj_out``), so it is
+    written as the one-name glob ``[p]roj_out``."""
     from dataclasses import replace
 
-    return replace(spec, skip_modules=tuple(sorted(set(spec.skip_modules) | set(keep))))
+    exact = {n if "." in n else f"[{n[0]}]{n[1:]}" for n in keep}
+    return replace(spec, skip_modules=tuple(sorted(set(spec.skip_modules) | exact)))
 
 
 def upgrade_type(spec: QuantSpec) -> str | None:

@@ -96,9 +96,8 @@ def default_output(model: str, component: str, qtype: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from diffquant.gguf_writer import export_gguf
-    from diffquant.gguf_writer.quantize import normalize_type
-
     from diffquant.gguf_writer.mixes import is_mix
+    from diffquant.gguf_writer.quantize import normalize_type
 
     # fail fast on a typo, before any download
     qtype = args.qtype.strip().upper() if is_mix(args.qtype) else normalize_type(args.qtype)

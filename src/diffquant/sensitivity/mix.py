@@ -1,9 +1,10 @@
 """A mixed recipe from a sensitivity ranking: keep the groups that buy the most error per extra
 byte at a higher precision, within a byte budget.
 
-The choice is greedy on (error removed) / (bytes added), the classic approximation of this
-0/1 knapsack: each group's error is measured with that group alone quantized, so the errors are
-treated as additive. A backend that cannot keep one module alone (torchao matches names by
+Each group has a ladder: one type up where the backend has one (its error measured), then the
+reference precision (error 0). The choice is greedy over rungs on (error removed) / (bytes added),
+the classic approximation of this knapsack: each group's error is measured with that group alone
+quantized, so the errors are treated as additive. A backend that cannot keep one module alone (torchao matches names by
 substring, quanto by short name) keeps more than asked: those extra modules are counted in the
 bytes, and a choice that would overrun the budget that way is skipped.
 """
@@ -53,34 +54,70 @@ def _cost(result: SensitivityResult, chosen: dict[str, str | None], kept: set[st
     return total
 
 
+def _steps(result: SensitivityResult) -> dict[str, list[tuple[str | None, float, int]]]:
+    """Per group, its ladder of (type, error, bytes) above the recipe: one type up where the
+    backend has one (measured), then the reference precision (error 0 by definition)."""
+    ladders = {}
+    for g in result.groups:
+        ladder: list[tuple[str | None, float, int]] = []
+        if result.upgrade:
+            ladder.append((result.upgrade, g.rel_error_upgrade, g.bytes_upgrade))
+        ladder.append((None, 0.0, g.bytes_ref))
+        ladders[g.name] = ladder
+    return ladders
+
+
 def mix_recipe(result: SensitivityResult, recipe: Recipe, denoiser: Any, extra_bytes: int,
                components: dict[str, Any]) -> tuple[Recipe, list[MixChoice], int]:
-    """The mixed recipe, the choices in order, and the bytes it adds over ``recipe``."""
+    """The mixed recipe, the choices in order, and the bytes it adds over ``recipe``.
+
+    Greedy over increments: each group can move one rung up its ladder (next type, then the
+    reference precision); the rung with the most error removed per byte added goes next.
+    """
     from diffquant.components import large_text_encoder_name
     from diffquant.recipes.catalog import BACKENDS
 
     spec = QuantSpec(result.spec["backend"], result.spec["type"], result.spec["target"],
                      tuple(sorted(result.spec["options"].items())), tuple(result.spec["skip_modules"]))
     backend = backend_for(spec)
-    to_type = result.upgrade  # None: back to the reference precision
-    ranked = sorted(result.groups, key=lambda g: -(g.rel_error - g.rel_error_upgrade)
-                    / max(1, g.bytes_upgrade - g.bytes_quant if to_type else g.bytes_ref - g.bytes_quant))
+    groups = {g.name: g for g in result.groups}
+    ladders = _steps(result)
+    level = {name: -1 for name in groups}  # -1: the recipe's own type
+    blocked: set[str] = set()
     chosen: dict[str, str | None] = {}
     choices: list[MixChoice] = []
     spent = 0
-    for group in ranked:
-        removed = group.rel_error - group.rel_error_upgrade
-        if removed <= 0:
-            continue
-        trial = {**chosen, **{m: to_type for m in group.modules}}
+    while True:
+        best: tuple[float, str] | None = None
+        for name, g in groups.items():
+            if name in blocked or level[name] + 1 >= len(ladders[name]):
+                continue
+            err_now = g.rel_error if level[name] < 0 else ladders[name][level[name]][1]
+            bytes_now = g.bytes_quant if level[name] < 0 else ladders[name][level[name]][2]
+            _, err_next, bytes_next = ladders[name][level[name] + 1]
+            removed = err_now - err_next
+            if removed <= 0:
+                blocked.add(name)
+                continue
+            ratio = removed / max(1, bytes_next - bytes_now)
+            if best is None or ratio > best[0]:
+                best = (ratio, name)
+        if best is None:
+            break
+        name = best[1]
+        to_type, err_next, _ = ladders[name][level[name] + 1]
+        trial = {**chosen, **{m: to_type for m in groups[name].modules}}
         trial_spec = backend.keep_precise(spec, trial, denoiser)
         kept = {n for n in result.module_bytes if backend.keeps_precise(trial_spec, n, denoiser)}
         cost = _cost(result, trial, kept)
         if cost > extra_bytes:
+            blocked.add(name)
             continue
-        chosen, spent = trial, cost
-        choices.append(MixChoice(group.name, to_type or "reference", removed, cost - sum(c.bytes_added
-                                                                                         for c in choices)))
+        err_now = groups[name].rel_error if level[name] < 0 else ladders[name][level[name]][1]
+        level[name] += 1
+        chosen = trial
+        choices.append(MixChoice(name, to_type or "reference", err_now - err_next, cost - spent))
+        spent = cost
     mixed = backend.keep_precise(spec, chosen, denoiser) if chosen else spec
     quant: list[QuantSpec] = []
     for item in recipe.quant:
@@ -93,4 +130,7 @@ def mix_recipe(result: SensitivityResult, recipe: Recipe, denoiser: Any, extra_b
         if item.target == DEFAULT_TARGET and large and large not in explicit \
                 and not BACKENDS[item.backend].denoiser_only:
             quant.append(replace(item, target=large))
-    return replace(recipe, quant=tuple(quant)), choices, spent
+    from diffquant.recipes import parse_recipe
+
+    # through its canonical string: the same order and hash as the recipe read back from a file
+    return parse_recipe(replace(recipe, quant=tuple(quant)).name), choices, spent
