@@ -117,3 +117,40 @@ def load_prequantized(module: Any, state: dict[str, Any], spec: QuantSpec, compu
             plain[key] = value
     module.load_state_dict(plain, strict=False)
     module.to(device)
+
+
+# --- One module at a time (diffquant.sensitivity asks these) ---------------------------------
+
+def quantize_linear(linear: Any, spec: QuantSpec, name: str, model: Any) -> Any | None:
+    """The bitsandbytes layer that ``linear`` (called ``name`` in ``model``) becomes under ``spec``,
+    as a new module; None when the recipe keeps it precise."""
+    import copy
+
+    import torch
+
+    if keeps_precise(spec, name, model):
+        return None
+    holder = torch.nn.ModuleDict({"layer": copy.deepcopy(linear)})
+    compute = getattr(torch, spec.option("compute_dtype")) if spec.option("compute_dtype") else linear.weight.dtype
+    swap_linear_layers(holder, spec, compute, linear.weight.device.type)
+    return holder["layer"]
+
+
+def keeps_precise(spec: QuantSpec, name: str, model: Any) -> bool:
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    return _skipped(name, tuple(spec.skip_modules) + keep)
+
+
+def keep_precise(spec: QuantSpec, keep: dict[str, str | None], model: Any) -> QuantSpec:
+    """``spec`` with the modules named in ``keep`` left in full precision (bnb has no per-module
+    type). ``_skipped`` matches a dotted name whole; a top-level name would also match every
+    module of that short name (``proj_out`` in ``single_transformer_blocks.0.proj_out``), so it is
+    written as the one-name glob ``[p]roj_out``."""
+    from dataclasses import replace
+
+    exact = {n if "." in n else f"[{n[0]}]{n[1:]}" for n in keep}
+    return replace(spec, skip_modules=tuple(sorted(set(spec.skip_modules) | exact)))
+
+
+def upgrade_type(spec: QuantSpec) -> str | None:
+    return None  # one bnb type per component: a kept module goes back to full precision

@@ -88,3 +88,69 @@ def _default_cache() -> Path:
     from diffquant.zoo import cache_root
 
     return cache_root().parent
+
+
+# --- One module at a time (diffquant.sensitivity asks these) ---------------------------------
+
+# One step up in precision, as the community's _M mixes bump a layer (ComfyUI-GGUF, llama.cpp).
+NEXT_TYPE = {"q2_k": "q3_k", "q3_k": "q4_k", "q4_k": "q5_k", "q5_k": "q6_k", "q6_k": "q8_0",
+             "q4_0": "q5_0", "q4_1": "q5_1", "q5_0": "q8_0", "q5_1": "q8_0", "q8_0": "bf16",
+             # a named mix moves up from its base type
+             "q2_k_m": "q3_k", "q3_k_s": "q4_k", "q3_k_m": "q4_k", "q3_k_l": "q4_k", "q4_k_s": "q5_k",
+             "q4_k_m": "q5_k", "q5_k_s": "q6_k", "q5_k_m": "q6_k"}
+
+
+def _policy(spec: QuantSpec) -> Any:
+    from diffquant.gguf_writer.policy import TypePolicy
+
+    keep = spec.option("keep")
+    return TypePolicy(spec.qtype.upper(), str(keep).replace("|", ",") if keep else None)
+
+
+def type_for(spec: QuantSpec, name: str, shape: tuple[int, ...]) -> str:
+    """The GGUF type the writer gives the weight of module ``name`` (F32/F16/BF16 = kept)."""
+    return _policy(spec).choose(f"{name}.weight", shape, "BF16").qtype
+
+
+def quantize_linear(linear: Any, spec: QuantSpec, name: str, model: Any) -> Any | None:
+    """A diffusers ``GGUFLinear`` holding this weight in the type the writer would choose, as the
+    loaded model would hold it; None when the writer keeps it in a float type."""
+    import torch
+    from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
+    from gguf import GGMLQuantizationType
+
+    from diffquant.gguf_writer.quantize import FLOAT_TYPES, quantize_tensor
+
+    qtype = type_for(spec, name, tuple(linear.weight.shape))
+    if qtype in FLOAT_TYPES:
+        return None
+    data = torch.from_numpy(quantize_tensor(linear.weight.detach().cpu(), qtype, threads=1))
+    layer = GGUFLinear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                       compute_dtype=linear.weight.dtype)
+    layer.weight = GGUFParameter(data.to(linear.weight.device), quant_type=GGMLQuantizationType[qtype])
+    if linear.bias is not None:
+        layer.bias = torch.nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+    return layer
+
+
+def keeps_precise(spec: QuantSpec, name: str, model: Any) -> bool:
+    from diffquant.gguf_writer.quantize import FLOAT_TYPES
+
+    module = model.get_submodule(name)
+    return type_for(spec, name, tuple(module.weight.shape)) in FLOAT_TYPES
+
+
+def keep_precise(spec: QuantSpec, keep: dict[str, str | None], model: Any) -> QuantSpec:
+    """``spec`` with ``keep=`` rules that give each named module its type (None: the source's
+    precision). ``name.*`` is an anchored glob: it matches this module's tensors only."""
+    from dataclasses import replace
+
+    rules = [r for r in str(spec.option("keep") or "").split("|") if r]
+    rules += [f"{n}.*" + (f"={t.upper()}" if t else "") for n, t in sorted(keep.items())]
+    options = dict(spec.options)
+    options["keep"] = "|".join(rules)
+    return replace(spec, options=tuple(sorted(options.items())))
+
+
+def upgrade_type(spec: QuantSpec) -> str | None:
+    return NEXT_TYPE.get(spec.qtype)

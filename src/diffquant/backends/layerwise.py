@@ -47,3 +47,51 @@ def apply_casting(module: Any, spec: QuantSpec, ctx: ComponentContext) -> Any:
         apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=ctx.dtype,
                                 skip_modules_pattern=skip)
     return module
+
+
+# --- One module at a time (diffquant.sensitivity asks these) ---------------------------------
+
+def _patterns(spec: QuantSpec, model: Any) -> tuple[str, ...]:
+    """The skip patterns loading applies (``apply_casting``): the user's, else diffusers' "auto" set."""
+    if spec.skip_modules:
+        return tuple(spec.skip_modules)
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    extra = list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    extra += list(getattr(model, "_skip_layerwise_casting_patterns", None) or [])
+    return tuple(dict.fromkeys((*DEFAULT_SKIP_MODULES_PATTERN, *extra)))
+
+
+def quantize_linear(linear: Any, spec: QuantSpec, name: str, model: Any) -> Any | None:
+    import copy
+
+    import torch
+    from diffusers.hooks import apply_layerwise_casting
+
+    if keeps_precise(spec, name, model):
+        return None
+    layer = copy.deepcopy(linear)
+    storage = torch.float8_e4m3fn if spec.qtype == "e4m3" else torch.float8_e5m2
+    apply_layerwise_casting(layer, storage_dtype=storage, compute_dtype=linear.weight.dtype,
+                            skip_modules_pattern=None)
+    return layer
+
+
+def keeps_precise(spec: QuantSpec, name: str, model: Any) -> bool:
+    import re
+
+    return any(re.search(p, name) for p in _patterns(spec, model))
+
+
+def keep_precise(spec: QuantSpec, keep: dict[str, str | None], model: Any) -> QuantSpec:
+    """The skip list written out in full (a user list replaces the "auto" set), plus one anchored
+    regular expression per kept module."""
+    import re
+    from dataclasses import replace
+
+    anchored = {f"^{re.escape(n)}$" for n in keep}
+    return replace(spec, skip_modules=tuple(dict.fromkeys((*_patterns(spec, model), *sorted(anchored)))))
+
+
+def upgrade_type(spec: QuantSpec) -> str | None:
+    return None

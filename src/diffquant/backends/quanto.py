@@ -27,3 +27,38 @@ def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any:
 
 def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
     raise AssertionError("quanto always loads through its config")
+
+
+# --- One module at a time (diffquant.sensitivity asks these) ---------------------------------
+
+def quantize_linear(linear: Any, spec: QuantSpec, name: str, model: Any) -> Any | None:
+    """The quanto layer that ``linear`` becomes under ``spec`` (a new, frozen module), or None."""
+    import copy
+
+    import optimum.quanto as oq
+    import torch
+
+    if keeps_precise(spec, name, model):
+        return None
+    weights = {"int8": oq.qint8, "int4": oq.qint4, "int2": oq.qint2, "fp8": oq.qfloat8}[spec.qtype]
+    holder = torch.nn.ModuleDict({"layer": copy.deepcopy(linear)})
+    oq.quantize(holder, weights=weights)
+    oq.freeze(holder)
+    return holder["layer"]
+
+
+def keeps_precise(spec: QuantSpec, name: str, model: Any) -> bool:
+    # diffusers' _replace_with_quanto_layers compares each child's *short* name with the list.
+    return any(part in spec.skip_modules for part in name.split("."))
+
+
+def keep_precise(spec: QuantSpec, keep: dict[str, str | None], model: Any) -> QuantSpec:
+    """quanto skips by short name: keeping ``transformer_blocks.0.attn.to_v`` keeps every ``to_v``
+    (``keeps_precise`` tells the caller what is really kept)."""
+    from dataclasses import replace
+
+    return replace(spec, skip_modules=tuple(sorted(set(spec.skip_modules) | {n.split(".")[-1] for n in keep})))
+
+
+def upgrade_type(spec: QuantSpec) -> str | None:
+    return None

@@ -66,3 +66,39 @@ def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any:
 
 def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
     raise AssertionError("torchao always loads through its config")
+
+
+# --- One module at a time (diffquant.sensitivity asks these) ---------------------------------
+
+def quantize_linear(linear: Any, spec: QuantSpec, name: str, model: Any) -> Any | None:
+    """The torchao layer that ``linear`` becomes under ``spec`` (a new module), or None when kept."""
+    import copy
+
+    import torch
+    from torchao.quantization import quantize_
+
+    if keeps_precise(spec, name, model):
+        return None
+    holder = torch.nn.ModuleDict({"layer": copy.deepcopy(linear)})
+    quantize_(holder, ao_config(spec))
+    return holder["layer"]
+
+
+def keeps_precise(spec: QuantSpec, name: str, model: Any) -> bool:
+    # diffusers' TorchAoQuantizer: a parameter is skipped when "<key>." occurs anywhere in its name.
+    param = f"{name}.weight"
+    keys = list(spec.skip_modules) + list(getattr(model, "_keep_in_fp32_modules", None) or ())
+    return any(f"{key}." in param or key == param for key in keys)
+
+
+def keep_precise(spec: QuantSpec, keep: dict[str, str | None], model: Any) -> QuantSpec:
+    """``spec`` with the ``keep`` modules unquantized. torchao matches by substring, so a name can
+    keep others too (``transformer_blocks.0.x`` is inside ``single_transformer_blocks.0.x``):
+    ``keeps_precise`` tells the caller what is really kept."""
+    from dataclasses import replace
+
+    return replace(spec, skip_modules=tuple(sorted(set(spec.skip_modules) | set(keep))))
+
+
+def upgrade_type(spec: QuantSpec) -> str | None:
+    return None

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 # Listed here (not imported from gguf_writer) so that building the parser imports nothing heavy.
-TYPES_HELP = "F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q5_1, Q5_0, Q4_K, Q4_1, Q4_0, Q3_K, Q2_K"
+TYPES_HELP = ("F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q5_1, Q5_0, Q4_K, Q4_1, Q4_0, Q3_K, Q2_K, or a named mix "
+              "(Q2_K_M, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M: docs/gguf.md)")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -95,9 +96,11 @@ def default_output(model: str, component: str, qtype: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from diffquant.gguf_writer import export_gguf
+    from diffquant.gguf_writer.mixes import is_mix
     from diffquant.gguf_writer.quantize import normalize_type
 
-    qtype = normalize_type(args.qtype)  # fail fast on a typo, before any download
+    # fail fast on a typo, before any download
+    qtype = args.qtype.strip().upper() if is_mix(args.qtype) else normalize_type(args.qtype)
     model_dir = resolve_source(args.model, args.component)
     out = args.output or default_output(args.model, args.component, qtype)
     interactive = sys.stderr.isatty() and not args.quiet

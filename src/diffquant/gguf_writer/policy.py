@@ -100,10 +100,16 @@ class TypePolicy:
     """Chooses each tensor's type and remembers which patterns matched."""
 
     def __init__(self, qtype: str, keep: str | None = None, default_keep: bool = True) -> None:
+        from diffquant.gguf_writer.mixes import is_mix, mix_rules
+
+        mix: list[tuple[str, str]] = []
+        if is_mix(qtype):  # a named mix (Q4_K_M): its base type plus per-role types
+            qtype, mix = mix_rules(qtype)
         self.qtype = normalize_type(qtype)
         self.rules = parse_keep(keep)
         if default_keep:
             self.rules += [KeepRule(p, builtin=True) for p in DEFAULT_KEEP]
+        self.rules += [KeepRule(p, t, builtin=True) for p, t in mix]
         self.used: set[KeepRule] = set()
 
     def choose(self, name: str, shape: tuple[int, ...], source_dtype: str,
@@ -125,7 +131,7 @@ class TypePolicy:
             if rule.matches(names):
                 self.used.add(rule)
                 wanted = rule.qtype or keep_type
-                label = "default keep" if rule.builtin else "--keep"
+                label = ("mix" if rule.qtype else "default keep") if rule.builtin else "--keep"
                 return self._fit(wanted, shape[-1], keep_type, f"{label} {rule}")
         return self._fit(self.qtype, shape[-1], keep_type, "")
 

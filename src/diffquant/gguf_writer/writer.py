@@ -204,7 +204,9 @@ def export_gguf(model_dir: Path, out_path: Path, qtype: str, *, component: str =
     from diffquant.gguf_writer import WRITER_VERSION
 
     started = time.perf_counter()
-    qtype = normalize_type(qtype)
+    from diffquant.gguf_writer.mixes import is_mix
+
+    qtype = qtype.strip().upper() if is_mix(qtype) else normalize_type(qtype)
     policy = TypePolicy(qtype, keep, default_keep=default_keep)
     folder = resolve_model_folder(Path(model_dir), component)
     source = SafetensorsSource(folder)

@@ -75,7 +75,16 @@ BACKENDS: dict[str, BackendDef] = {
                ("q4_1", "4-bit + min, blocks of 32", 5.0), ("q4_0", "4-bit, blocks of 32", 4.5),
                ("q6_k", "6-bit K-quant, super-blocks of 256", 6.5625),
                ("q5_k", "5-bit K-quant", 5.5), ("q4_k", "4-bit K-quant", 4.5),
-               ("q3_k", "3-bit K-quant", 3.4375), ("q2_k", "2-bit K-quant", 2.625)),
+               ("q3_k", "3-bit K-quant", 3.4375), ("q2_k", "2-bit K-quant", 2.625),
+               # Named mixes (llama.cpp's rules on diffusers names; docs/gguf.md): bits are the base's.
+               ("q2_k_m", "Q2_K, attention v/output and FFN down at Q3_K", 2.625),
+               ("q3_k_s", "Q3_K throughout", 3.4375),
+               ("q3_k_m", "Q3_K, attention q/k/v/output and FFN down at Q4_K", 3.4375),
+               ("q3_k_l", "Q3_K, attention v/output and FFN down at Q5_K, q/k at Q4_K", 3.4375),
+               ("q4_k_s", "Q4_K, attention v at Q5_K", 4.5),
+               ("q4_k_m", "Q4_K, attention v and FFN down at Q6_K, q/k at Q5_K", 4.5),
+               ("q5_k_s", "Q5_K throughout", 5.5),
+               ("q5_k_m", "Q5_K, attention q/k/v and FFN down at Q6_K", 5.5)),
         {"path": OptionDef("path", str, "a .gguf file to load; without it diffquant writes (and caches) one"),
          "keep": OptionDef("keep", str, "name patterns written at higher precision, '|' separated "
                                         "(pattern or pattern=TYPE)"),

@@ -1,0 +1,132 @@
+"""``diffquant sensitivity``: which layers of the denoiser a recipe hurts most, and a mixed recipe
+that keeps those precise within a byte budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "sensitivity", help="rank the denoiser's layers by the error a recipe causes in each",
+        description="Quantize one group of the denoiser's linear layers at a time with RECIPE (the rest at the "
+                    "reference precision), run the denoiser on inputs captured from reference generations and "
+                    "rank the groups by the relative error of its output. With --extra-memory or --budget-bytes "
+                    "and -o, write a mixed recipe (TOML) that keeps the most sensitive groups precise.")
+    parser.add_argument("model", help="Hub id, local pipeline folder, or zoo:NAME")
+    parser.add_argument("--recipe", required=True, help="a quantizing recipe, e.g. bnb-nf4 or gguf-q4_k")
+    parser.add_argument("--groups", default="layer", help="layer | block | kind (default: layer)")
+    parser.add_argument("--prompts", default=None, help="a text file, one prompt per line (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    parser.add_argument("--calls", type=int, default=4,
+                        help="denoiser calls kept per prompt, spread over the schedule (default: 4)")
+    parser.add_argument("--psnr-top", type=int, default=3, help="end-image PSNR for the N top groups (default: 3)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--db", type=Path, default=None, help="append the ranking to this results database")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--extra-memory", default=None,
+                        help="mixed recipe budget as a share of the quantized layers' bytes, e.g. 10%%")
+    budget.add_argument("--budget-bytes", type=int, default=None, help="mixed recipe budget in bytes")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="write the mixed recipe here (TOML)")
+    parser.add_argument("--top", type=int, default=20, help="rows in the printed table (default: 20)")
+    parser.add_argument("--format", default="table", choices=("table", "json"))
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _prompts(path: Path | None) -> list[str] | None:
+    from diffquant.errors import DiffquantError
+
+    if path is None:
+        return None
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as exc:
+        raise DiffquantError(f"Cannot read prompts file {str(path)!r}: {exc.strerror}.",
+                             hint="give a text file with one prompt per line") from None
+    if not lines:
+        raise DiffquantError(f"Prompts file {str(path)!r} is empty.", hint="one prompt per line")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from diffquant.components import read_components, resolve_model
+    from diffquant.errors import DiffquantError
+    from diffquant.recipes import load_recipe, recipe_to_toml
+    from diffquant.sensitivity import measure_sensitivity, mix_recipe
+    from diffquant.sensitivity.mix import budget_from
+    from diffquant.store.export import write_atomic
+
+    wants_mix = args.extra_memory is not None or args.budget_bytes is not None
+    if wants_mix != (args.output is not None):
+        raise DiffquantError("A mixed recipe needs both a budget and an output file.",
+                             hint="add --extra-memory 10% (or --budget-bytes N) together with -o mixed.toml")
+    if args.output is not None and args.output.exists():
+        raise DiffquantError(f"{str(args.output)!r} exists.", hint="choose a new file name, or delete this one")
+    for flag, value in (("--calls", args.calls), ("--psnr-top", args.psnr_top + 1), ("--top", args.top)):
+        if value < 1:
+            raise DiffquantError(f"{flag} must be a positive number, got {value}.")
+    recipe = load_recipe(args.recipe)
+    quiet = args.format == "json"
+
+    def progress(i: int, n: int, name: str) -> None:
+        if not quiet:
+            print(f"\r[{i + 1}/{n}] {name[:60]:60s}", end="", file=sys.stderr, flush=True)
+
+    result, denoiser = measure_sensitivity(args.model, recipe, granularity=args.groups,
+                                           prompts=_prompts(args.prompts), seed=args.seed, steps=args.steps,
+                                           calls_per_prompt=args.calls, psnr_top=args.psnr_top,
+                                           device=args.device, progress=progress)
+    if not quiet:
+        print(file=sys.stderr)
+    mix: dict[str, Any] | None = None
+    if wants_mix:
+        extra = args.budget_bytes if args.budget_bytes is not None else args.extra_memory
+        budget = budget_from(result, extra)
+        components = read_components(resolve_model(args.model))
+        mixed, choices, spent = mix_recipe(result, recipe, denoiser, budget, components)
+        write_atomic(args.output, recipe_to_toml(mixed))
+        mix = {"recipe": mixed.name, "hash": mixed.hash, "file": str(args.output), "budget_bytes": budget,
+               "bytes_added": spent, "method": "greedy on error removed per byte added",
+               "choices": [c.__dict__ for c in choices]}
+    if args.db is not None:
+        from diffquant.sensitivity.store import save_result
+
+        save_result(args.db, result)
+    if args.format == "json":
+        print(json.dumps({**result.to_dict(), "mix": mix}, indent=2, default=str))
+        return 0
+    _print_table(result, args.top)
+    if mix is not None:
+        print(f"\nmixed recipe ({mix['method']}): {len(mix['choices'])} groups kept, "
+              f"+{mix['bytes_added'] / 2**20:.2f} MiB of {mix['budget_bytes'] / 2**20:.2f} MiB allowed")
+        print(f"  {mix['recipe']}")
+        print(f"  written to {mix['file']} (hash {mix['hash']})")
+    return 0
+
+
+def _print_table(result: Any, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    total = result.total_quant_bytes() or 1
+    up = result.upgrade or "reference"
+    table = Table(title=f"{result.model} · {result.recipe} · {result.denoiser} by {result.granularity} "
+                        f"({result.settings['calls']} captured calls)")
+    for col in ("rank", "group", "rel. error", f"rel. error at {up}", "share of bytes", "end PSNR dB"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for rank, g in enumerate(result.groups[:top], start=1):
+        table.add_row(str(rank), g.name, f"{g.rel_error:.3e}", f"{g.rel_error_upgrade:.3e}",
+                      f"{100 * g.bytes_quant / total:.1f}%", "" if g.psnr_db is None else f"{g.psnr_db:.2f}")
+    console = Console(width=max(120, Console().width))
+    console.print(table)
+    console.print(f"uniform {result.recipe}: relative error {result.uniform_rel_error:.3e} with every group "
+                  f"quantized; {len(result.groups)} groups; {result.seconds:.1f} s. rel. error = "
+                  "||y_q - y_ref||² / ||y_ref||² of the denoiser output (lower is better).")
+
