@@ -25,8 +25,8 @@ _BLACKWELL = {
              "cores: it needs a CUDA GPU with compute capability >= 10.0. Nearest that runs here: {nearest}.",
 }
 _BLACKWELL_NEAREST = {("nvfp4", "cpu"): "sdnq-fp4 or bnb-nf4", ("mxfp8", "cpu"): "sdnq-fp8 or torchao-fp8wo",
-                      ("nvfp4", "cuda"): "bnb-nf4 or sdnq-fp4", ("mxfp8", "cuda"): "torchao-fp8dq (SM 8.9+) "
-                                                                                   "or torchao-fp8wo"}
+                      ("nvfp4", "cuda"): "bnb-nf4 or sdnq-fp4", ("mxfp8", "cuda"): "torchao-fp8wo, or torchao-fp8dq "
+                                                                                   "on SM 8.9+"}
 
 
 def why_not_here(spec: QuantSpec, device: str) -> str | None:
