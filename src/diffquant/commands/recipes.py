@@ -60,7 +60,7 @@ def recipe_rows(device: str) -> list[dict[str, Any]]:
     add("compile(mode=M,fullgraph)", "compile", "torch.compile the denoiser; modes: " + ", ".join(cat.COMPILE_MODES),
         None, "bf16+compile")
     add("compile(regional)", "compile", "compile only the denoiser's repeated blocks (diffusers' "
-        "compile_repeated_blocks): a shorter first call, similar speed after", None, "bf16+compile(regional)")
+        "compile_repeated_blocks), each block class compiled once", None, "bf16+compile(regional)")
     return rows
 
 

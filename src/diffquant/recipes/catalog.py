@@ -146,7 +146,7 @@ COMPILE_OPTIONS: dict[str, OptionDef] = {
     "mode": OptionDef("mode", str, "torch.compile mode", choices=COMPILE_MODES),
     "fullgraph": OptionDef("fullgraph", bool, "fail instead of graph-breaking"),
     "regional": OptionDef("regional", bool, "compile only the repeated transformer blocks "
-                                            "(compile_repeated_blocks): shorter compile, similar speed"),
+                                            "(diffusers' compile_repeated_blocks)"),
 }
 
 # The recipes of the seed ("Exploring Quantization Backends in Diffusers"), in its order.
