@@ -314,3 +314,11 @@ def test_recipes_mark_quanto_deprecated_upstream(capsys) -> None:
     quanto_line = next(line for line in table.splitlines() if "quanto-int8" in line)
     assert "DEPRECATED" in quanto_line
     assert "DEPRECATED" not in next(line for line in table.splitlines() if "bnb-nf4" in line)
+
+
+def test_sdnq_with_disk_offload_is_refused() -> None:
+    # Measured on tiny-flux (diffusers 0.42.1, sdnq 0.2.8): uint4 gave NaN latents, int8(matmul)
+    # another image. Offload in RAM is not refused: the disk is what breaks it.
+    reason = why_not_here(parse_recipe("sdnq-uint4+offload-group-leaf(disk)"), "cpu")
+    assert reason and "sdnq-uint4" in reason and "disk" in reason
+    assert why_not_here(parse_recipe("sdnq-uint4+offload-group-leaf"), "cpu") is None

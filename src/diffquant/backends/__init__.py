@@ -33,6 +33,7 @@ _DISK_OFFLOAD_BROKEN = {
     "quanto": "crashes (\"Attempted to access the data pointer on an invalid python storage\").",
     "gguf": "produces NaN latents (the packed GGUF blocks are not restored).",
     "bnb": "produces NaN latents for int8 (the row scales are not restored).",
+    "sdnq": "produces NaN latents (uint4) or another image (int8) (the quantized tensors are not restored).",
 }
 
 
