@@ -49,7 +49,25 @@ def apply_compile(pipe: Any, recipe: Recipe, denoiser: str) -> list[str]:
         module = getattr(pipe, target, None)
         if module is None:
             continue
-        module.compile(mode=None if spec.mode == "default" else spec.mode, fullgraph=spec.fullgraph)
+        kwargs = {"mode": None if spec.mode == "default" else spec.mode, "fullgraph": spec.fullgraph}
+        if spec.regional:
+            compile_regions(module, target, kwargs)
+        else:
+            module.compile(**kwargs)
         compiled.append(target)
-    return [(f"compiled {', '.join(compiled)} (mode={spec.mode}, fullgraph={spec.fullgraph}); "
+    what = "the repeated blocks of " if spec.regional else ""
+    return [(f"compiled {what}{', '.join(compiled)} (mode={spec.mode}, fullgraph={spec.fullgraph}); "
             "the first call pays the compile time")]
+
+
+def compile_regions(module: Any, name: str, kwargs: dict[str, Any]) -> None:
+    """Regional compilation: diffusers compiles one block class once and reuses the code for every
+    block of that class (``compile_repeated_blocks``), instead of tracing the whole model."""
+    from diffquant.errors import DiffquantError
+
+    blocks = getattr(module, "_repeated_blocks", None)
+    if not blocks or not hasattr(module, "compile_repeated_blocks"):
+        raise DiffquantError(f"compile(regional) needs a model that names its repeated blocks; {name} "
+                             f"({type(module).__name__}) does not (diffusers' _repeated_blocks is empty).",
+                             hint="use compile without (regional) to compile the whole model")
+    module.compile_repeated_blocks(**kwargs)

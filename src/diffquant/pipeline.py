@@ -213,9 +213,13 @@ def _load_export(model: str, model_dir: Path, recipe: Recipe, device: str, start
                              hint="load it with recipe 'bf16' (plus memory/compile options), or quantize "
                                   "the original model")
     stored = Recipe.from_dict(meta["recipe"])
+    from diffquant.backends import finish_loading, prepare_loading
+
+    prepare_loading(stored)  # e.g. sdnq registers itself with transformers
     dtype = getattr(torch, stored.dtype)
     loaded = load_saved_components(model_dir, dtype, device)
     pipe = DiffusionPipeline.from_pretrained(str(model_dir), torch_dtype=dtype, **loaded)
+    finish_loading(pipe, model_dir, stored)  # e.g. sdnq's float32 scales, rounded by the loaders
     pipe.set_progress_bar_config(disable=True)
     combined = Recipe(quant=stored.quant, memory=recipe.memory, compile=recipe.compile, dtype=stored.dtype)
     notes = place_and_offload(pipe, combined, device)

@@ -1,7 +1,7 @@
 """Saving a quantized pipeline and loading it back (``diffquant quantize``).
 
 Each component is saved the way its backend supports best:
-- torchao (and bitsandbytes on CUDA): the library's own ``save_pretrained`` (quantization config
+- torchao, sdnq (and bitsandbytes on CUDA): the library's own ``save_pretrained`` (quantization config
   in config.json; torchao needs pickle-based ``.bin`` files);
 - optimum-quanto: its state dict plus its quantization map, reloaded with ``requantize``
   (diffusers refuses to serialise quanto models);
@@ -88,7 +88,7 @@ def _save_component(component: Any, spec: QuantSpec | None, info: Any, name: str
     if not isinstance(component, torch.nn.Module):
         component.save_pretrained(folder)  # tokenizer, scheduler
         return "native"
-    if spec is None or spec.backend == "torchao" or (spec.backend == "bnb" and info.device != "cpu"):
+    if spec is None or spec.backend in ("torchao", "sdnq") or (spec.backend == "bnb" and info.device != "cpu"):
         component.save_pretrained(folder, safe_serialization=spec is None or spec.backend != "torchao")
         return "native"
     folder.mkdir(parents=True)

@@ -6,6 +6,7 @@ from importlib import metadata
 
 TRACKED = ("torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "torchao", "optimum-quanto",
            "gguf", "safetensors", "tokenizers", "torchmetrics", "numpy", "pynvml", "nvidia-ml-py", "diffquant")
+TRACKED += ("sdnq", "nvidia-modelopt")  # the optional backends added with issue 14
 
 
 def library_versions() -> dict[str, str | None]:

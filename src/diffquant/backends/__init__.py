@@ -4,11 +4,15 @@ can this recipe run on this device, and if not, why not?"""
 from __future__ import annotations
 
 import importlib
+import os
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from diffquant.recipes.model import Recipe
 
 _MODULES = {"bnb": "bnb", "torchao": "torchao", "quanto": "quanto", "gguf": "gguf", "layerwise": "layerwise"}
+_MODULES |= {"sdnq": "sdnq", "modelopt": "modelopt"}
 
 
 def get_backend(name: str) -> ModuleType:
@@ -29,6 +33,7 @@ _DISK_OFFLOAD_BROKEN = {
     "quanto": "crashes (\"Attempted to access the data pointer on an invalid python storage\").",
     "gguf": "produces NaN latents (the packed GGUF blocks are not restored).",
     "bnb": "produces NaN latents for int8 (the row scales are not restored).",
+    "sdnq": "produces NaN latents (uint4) or another image (int8) (the quantized tensors are not restored).",
 }
 
 
@@ -68,4 +73,25 @@ def notes_for(recipe: Recipe, device: str) -> list[str]:
             notes.append("torchao-intx4wo stores int4 values in int8 on CPU: no memory saving over int8")
         if device == "cpu" and spec.backend == "bnb":
             notes.append("bnb on CPU: layers swapped by hand (diffusers' bnb loader needs a GPU)")
+        if spec.backend == "sdnq" and device == "cpu" and os.environ.get("SDNQ_USE_TORCH_COMPILE", "1") != "0":
+            notes.append("sdnq compiles its dequantize step with torch.compile on first use "
+                         "(SDNQ_USE_TORCH_COMPILE=0 runs it eagerly)")
     return notes
+
+
+def prepare_loading(recipe: Recipe) -> None:
+    """Let the backends of ``recipe`` prepare the libraries before a saved pipeline is loaded
+    (a backend module may define ``before_load()``)."""
+    for backend in sorted({spec.backend for spec in recipe.quant}):
+        hook = getattr(get_backend(backend), "before_load", None)
+        if hook is not None:
+            hook()
+
+
+def finish_loading(pipe: Any, model_dir: Path, recipe: Recipe) -> None:
+    """Let the backends of ``recipe`` repair what the libraries' loaders got wrong in a saved
+    pipeline just loaded from ``model_dir`` (a backend module may define ``after_load(pipe, dir)``)."""
+    for backend in sorted({spec.backend for spec in recipe.quant}):
+        hook = getattr(get_backend(backend), "after_load", None)
+        if hook is not None:
+            hook(pipe, Path(model_dir))

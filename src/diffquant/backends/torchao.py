@@ -17,6 +17,16 @@ _CPU_REFUSALS = {
     "fp8dq": "torchao float8 dynamic activation quantization needs a CUDA GPU with compute capability "
              ">= 8.9. Nearest that runs here: torchao-fp8wo.",
 }
+# Blackwell number formats (torchao.prototype.mx_formats): their matmuls need compute capability 10.0+.
+_BLACKWELL = {
+    "nvfp4": "torchao NVFP4 (NVFP4DynamicActivationNVFP4WeightConfig) runs fp4 matmuls on Blackwell tensor cores: "
+             "it needs a CUDA GPU with compute capability >= 10.0. Nearest that runs here: {nearest}.",
+    "mxfp8": "torchao MXFP8 (MXDynamicActivationMXWeightConfig) runs block-scaled fp8 matmuls on Blackwell tensor "
+             "cores: it needs a CUDA GPU with compute capability >= 10.0. Nearest that runs here: {nearest}.",
+}
+_BLACKWELL_NEAREST = {("nvfp4", "cpu"): "sdnq-fp4 or bnb-nf4", ("mxfp8", "cpu"): "sdnq-fp8 or torchao-fp8wo",
+                      ("nvfp4", "cuda"): "bnb-nf4 or sdnq-fp4", ("mxfp8", "cuda"): "torchao-fp8wo, or torchao-fp8dq "
+                                                                                   "on SM 8.9+"}
 
 
 def why_not_here(spec: QuantSpec, device: str) -> str | None:
@@ -25,6 +35,14 @@ def why_not_here(spec: QuantSpec, device: str) -> str | None:
         return missing
     if device == "cpu" and spec.qtype in _CPU_REFUSALS:
         return _CPU_REFUSALS[spec.qtype]
+    if spec.qtype in _BLACKWELL:
+        reason = _BLACKWELL[spec.qtype].format(nearest=_BLACKWELL_NEAREST[spec.qtype, device])
+        if device == "cpu":
+            return reason
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.get_device_capability() < (10, 0):
+            return reason
     if device == "cuda" and spec.qtype == "fp8dq":
         import torch
 
@@ -39,6 +57,12 @@ def ao_config(spec: QuantSpec) -> Any:
     import torchao.quantization as q
 
     group = spec.option("group_size")
+    if spec.qtype == "int8wo" and group:
+        from torchao.quantization.granularity import PerGroup
+
+        # diffusers documents Int8WeightOnlyConfig(group_size=128, version=2); torchao 0.18 spells the
+        # groups of its version 2 (the default) as a granularity.
+        return q.Int8WeightOnlyConfig(granularity=PerGroup(group), version=2)
     if spec.qtype == "int8wo":
         return q.Int8WeightOnlyConfig()
     if spec.qtype == "int4wo":
@@ -53,6 +77,14 @@ def ao_config(spec: QuantSpec) -> Any:
         return q.Int8DynamicActivationInt8WeightConfig()
     if spec.qtype == "fp8dq":
         return q.Float8DynamicActivationFloat8WeightConfig()
+    if spec.qtype == "nvfp4":
+        from torchao.prototype.mx_formats import NVFP4DynamicActivationNVFP4WeightConfig
+
+        return NVFP4DynamicActivationNVFP4WeightConfig()
+    if spec.qtype == "mxfp8":
+        from torchao.prototype.mx_formats import MXDynamicActivationMXWeightConfig
+
+        return MXDynamicActivationMXWeightConfig()  # float8 e4m3 values, one e8m0 scale per 32
     raise AssertionError(f"unhandled torchao type {spec.qtype}")  # the catalogue and this list agree
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "bitsandbytes", "torchao",
             "optimum-quanto", "gguf", "numpy", "pynvml", "nvidia-ml-py")
+PACKAGES += ("sdnq", "nvidia-modelopt")  # the optional backends added with issue 14
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "neon", "asimd")
 
 

@@ -21,25 +21,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def recipe_rows(device: str) -> list[dict[str, Any]]:
-    """One row per token: name, kind, description, bits, runs_here, reason."""
+    """One row per token: name, kind, description, bits, runs_here, reason, deprecated (upstream's
+    notice and removal plan, or None)."""
     from diffquant.backends import notes_for, why_not_here
     from diffquant.recipes import catalog as cat
     from diffquant.recipes import parse_recipe
 
     rows: list[dict[str, Any]] = []
 
-    def add(token: str, kind: str, help_: str, bits: float | None, probe: str | None = None) -> None:
+    def add(token: str, kind: str, help_: str, bits: float | None, probe: str | None = None,
+            deprecated: str = "") -> None:
         recipe = parse_recipe(probe or token)
         reason = why_not_here(recipe, device)
         rows.append({"recipe": token, "kind": kind, "what": help_, "bits_per_weight": bits,
-                     "runs_here": reason is None, "reason": reason or "; ".join(notes_for(recipe, device))})
+                     "runs_here": reason is None, "reason": reason or "; ".join(notes_for(recipe, device)),
+                     "deprecated": deprecated or None})
 
     add("bf16", "reference", "no quantization, bfloat16 weights (fp16 / fp32 also accepted)", 16.0)
     for backend in cat.BACKENDS.values():
         for qtype in backend.types.values():
             token = (f"fp8-layerwise{'' if qtype.name == 'e4m3' else '-' + qtype.name}"
                      if backend.name == "layerwise" else f"{backend.name}-{qtype.name}")
-            add(token, backend.title, qtype.help, qtype.bits)
+            add(token, backend.title, qtype.help, qtype.bits, deprecated=backend.deprecated)
     add("offload-model", "memory", "move whole components to the GPU only while they run", None,
         "bf16+offload-model")
     add("offload-seq", "memory", "stream every layer's weights to the GPU per call (smallest, slowest)", None,
@@ -56,6 +59,8 @@ def recipe_rows(device: str) -> list[dict[str, Any]]:
     add("vae-slicing", "memory", "decode a batch one image at a time", None, "bf16+vae-slicing")
     add("compile(mode=M,fullgraph)", "compile", "torch.compile the denoiser; modes: " + ", ".join(cat.COMPILE_MODES),
         None, "bf16+compile")
+    add("compile(regional)", "compile", "compile only the denoiser's repeated blocks (diffusers' "
+        "compile_repeated_blocks), each block class compiled once", None, "bf16+compile(regional)")
     return rows
 
 
@@ -79,9 +84,12 @@ def run(args: argparse.Namespace) -> int:
     for column in ("recipe", "backend / kind", "what it does", "bits/weight", f"runs on {device}?", "why not / notes"):
         table.add_column(column, overflow="fold")
     for row in rows:
+        notes = row["reason"] or ""
+        if row["deprecated"]:
+            notes = f"[yellow]DEPRECATED upstream[/]: {row['deprecated']}" + (f"; {notes}" if notes else "")
         table.add_row(row["recipe"], row["kind"], row["what"],
                       "" if row["bits_per_weight"] is None else f"{row['bits_per_weight']:g}",
-                      "[green]yes[/]" if row["runs_here"] else "[red]no[/]", row["reason"] or "")
+                      "[green]yes[/]" if row["runs_here"] else "[red]no[/]", notes)
     console.print(table)
     console.print("Combine with '+': e.g. [bold]bnb-nf4+offload-group-leaf+compile[/]. Per component: "
                   "[bold]bnb-nf4@transformer+quanto-int8@text_encoder_2[/]. Options in parentheses: "

@@ -30,6 +30,7 @@ class BackendDef:
     types: dict[str, TypeDef]
     options: dict[str, OptionDef] = field(default_factory=dict)
     denoiser_only: bool = False  # True: default target is the denoiser only (e.g. GGUF files)
+    deprecated: str = ""  # upstream's deprecation notice and removal plan, shown by `diffquant recipes`
 
 
 _SKIP = OptionDef("skip", str, "module-name patterns kept unquantized, separated by '|'")
@@ -58,8 +59,11 @@ BACKENDS: dict[str, BackendDef] = {
                ("intx4wo", "int4 weight-only values via IntxWeightOnlyConfig (runs on CPU; stored in int8)", 8.0),
                ("fp8wo", "float8 e4m3 weight-only (Float8WeightOnlyConfig)", 8.0),
                ("int8dq", "int8 dynamic activations + int8 weights", 8.0),
-               ("fp8dq", "float8 dynamic activations + float8 weights (CUDA, SM 8.9+)", 8.0)),
-        {"group_size": OptionDef("group_size", int, "weights per scale group (int4wo/intx4wo)"),
+               ("fp8dq", "float8 dynamic activations + float8 weights (CUDA, SM 8.9+)", 8.0),
+               ("nvfp4", "NVFP4 activations + weights, fp8 scale per 16 (Blackwell, SM 10.0+)", 4.5),
+               ("mxfp8", "MXFP8 activations + weights, e8m0 scale per 32 (Blackwell, SM 10.0+)", 8.25)),
+        {"group_size": OptionDef("group_size", int, "weights per scale group (int4wo/intx4wo; int8wo: "
+                                                    "grouped int8, e.g. 128)"),
          "skip": _SKIP},
     ),
     "quanto": BackendDef(
@@ -67,6 +71,9 @@ BACKENDS: dict[str, BackendDef] = {
         _types(("int8", "int8 weights", 8.0), ("int4", "int4 weights, grouped", 4.25),
                ("int2", "int2 weights, grouped", 2.25), ("fp8", "float8 e4m3 weights", 8.0)),
         {"skip": _SKIP},
+        # diffusers 0.42.1: quantizers/quanto/quanto_quantizer.py and QuantoConfig, word for word.
+        deprecated=("diffusers: \"The Quanto quantizer is deprecated and will be removed in version 1.0.0.\" "
+                    "It suggests switching to bitsandbytes or torchao (on CPU: sdnq, torchao)."),
     ),
     "gguf": BackendDef(
         "gguf", "GGUF (llama.cpp block formats, loaded by diffusers)", "gguf", "core",
@@ -99,6 +106,32 @@ BACKENDS: dict[str, BackendDef] = {
         # Pipelines read a text encoder's dtype to cast its output: float8 storage would leak out.
         denoiser_only=True,
     ),
+    "sdnq": BackendDef(
+        "sdnq", "SDNQ (SD.Next quantization, diffusers SDNQConfig)", "sdnq", "sdnq",
+        # Bits at FLUX widths: SDNQ keeps its scales (and uint zero points) in float32, one per group
+        # of 2**(num_bits+2) weights (row-wise int8/fp8 with matmul).
+        _types(("int8", "int8 weights, float32 scale per 1024 weights", 8.03),
+               ("int6", "int6 weights packed, scale per 256", 6.125),
+               ("int4", "int4 weights packed, scale per 64", 4.5),
+               ("uint4", "uint4 weights packed, scale + zero point per 64", 5.0),
+               ("fp8", "float8 e4m3 weights, scale per 1024", 8.03),
+               ("fp6", "float6 e3m2 weights packed, scale per 256", 6.125),
+               ("fp4", "float4 e2m1 weights packed, scale per 64", 4.5)),
+        {"matmul": OptionDef("matmul", bool, "run the matmul in int8/fp8 on quantized activations "
+                                             "(use_quantized_matmul) instead of dequantizing the weights"),
+         "skip": _SKIP},
+    ),
+    "modelopt": BackendDef(
+        "modelopt", "NVIDIA ModelOpt (diffusers NVIDIAModelOptConfig)", "modelopt.torch", "modelopt",
+        _types(("fp8", "float8 e4m3 weights (FP8; CUDA, SM 8.9+)", 8.0),
+               ("int8", "int8 weights (INT8; CUDA)", 8.0),
+               ("int4", "int4 weights, blockwise (INT4; CUDA)", 4.25),
+               ("nf4", "4-bit NormalFloat, blockwise (NF4; CUDA)", 4.5),
+               ("nvfp4", "NVIDIA FP4: e2m1 values, fp8 scale per 16 (NVFP4; Blackwell, SM 10.0+)", 4.5)),
+        {"skip": _SKIP},
+        # diffusers has NVIDIAModelOptConfig; transformers has no ModelOpt config for text encoders.
+        denoiser_only=True,
+    ),
 }
 
 # Quant token names: "<backend>-<type>", except layerwise casting, named as in diffusers' docs.
@@ -121,6 +154,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 COMPILE_OPTIONS: dict[str, OptionDef] = {
     "mode": OptionDef("mode", str, "torch.compile mode", choices=COMPILE_MODES),
     "fullgraph": OptionDef("fullgraph", bool, "fail instead of graph-breaking"),
+    "regional": OptionDef("regional", bool, "compile only the repeated transformer blocks "
+                                            "(diffusers' compile_repeated_blocks)"),
 }
 
 # The recipes of the seed ("Exploring Quantization Backends in Diffusers"), in its order.

@@ -60,10 +60,14 @@ class CompileSpec:
     mode: str = "default"
     fullgraph: bool = False
     components: tuple[str, ...] = ("denoiser",)
+    regional: bool = False  # compile only the repeated blocks (diffusers' compile_repeated_blocks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "mode": self.mode, "fullgraph": self.fullgraph,
-                "components": list(self.components)}
+        data: dict[str, Any] = {"enabled": self.enabled, "mode": self.mode, "fullgraph": self.fullgraph,
+                                "components": list(self.components)}
+        if self.regional:  # only when set: every other recipe keeps its hash
+            data["regional"] = True
+        return data
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ def parse_recipe(text: str) -> Recipe:
         elif name == cat.COMPILE_TOKEN:
             check_options(name, opts, cat.COMPILE_OPTIONS)
             compile_spec = CompileSpec(enabled=True, mode=str(opts.get("mode", "default")),
-                                       fullgraph=bool(opts.get("fullgraph", False)))
+                                       fullgraph=bool(opts.get("fullgraph", False)),
+                                       regional=bool(opts.get("regional", False)))
         elif _is_quant_name(name):
             quant.append(_parse_quant(name, opts, target or DEFAULT_TARGET))
         else:
@@ -200,5 +201,7 @@ def format_recipe(recipe: Recipe) -> str:
             pairs.append(("fullgraph", True))
         if recipe.compile.mode != "default":
             pairs.append(("mode", recipe.compile.mode))
+        if recipe.compile.regional:
+            pairs.append(("regional", True))
         tokens.append("compile" + _format_options(pairs))
     return "+".join(tokens)

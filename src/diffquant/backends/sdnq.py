@@ -1,0 +1,83 @@
+"""SDNQ (SD.Next quantization): int/float weights of 4 to 8 bits with grouped float32 scales,
+optionally with a quantized int8/fp8 matmul, through diffusers' ``SDNQConfig``.
+
+It runs on CPU as well as CUDA/ROCm/XPU/MPS. The same config class serves transformers text
+encoders: importing ``sdnq`` registers it in transformers' quantizer table. Quantized components
+save and reload through the libraries' own ``save_pretrained`` / ``from_pretrained`` (safetensors,
+``quant_method: sdnq`` in config.json).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffquant.backends.base import ComponentContext, package_missing
+from diffquant.recipes.model import QuantSpec
+
+name = "sdnq"
+packages = ("sdnq",)  # whose versions a result depends on
+
+# Recipe type -> SDNQ weights_dtype (sdnq.common.accepted_weight_dtypes). uint3/uint2 are left out:
+# with float32 scale and zero point per group of 32/16 they store 5 and 6 bits per weight, no less
+# than uint4.
+WEIGHTS_DTYPES = {"int8": "int8", "int6": "int6", "int4": "int4", "uint4": "uint4",
+                  "fp8": "float8_e4m3fn", "fp6": "float6_e3m2fn", "fp4": "float4_e2m1fn"}
+
+
+def why_not_here(spec: QuantSpec, device: str) -> str | None:
+    return package_missing("sdnq")
+
+
+def sdnq_kwargs(spec: QuantSpec) -> dict[str, Any]:
+    """The SDNQConfig arguments for ``spec``; everything else keeps SDNQ's defaults (group size
+    chosen from the type, scales in float32, SDNQ's own per-model skip list)."""
+    return {"weights_dtype": WEIGHTS_DTYPES[spec.qtype],
+            "use_quantized_matmul": bool(spec.option("matmul", False)),
+            "modules_to_not_convert": list(spec.skip_modules) or None}
+
+
+def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any:
+    import diffusers
+
+    # diffusers' SDNQConfig is a factory for sdnq.SDNQConfig, which both libraries accept.
+    factory = getattr(diffusers, "SDNQConfig", None)
+    if factory is None:  # diffusers older than its SDNQ integration: sdnq's own class
+        from sdnq import SDNQConfig as factory
+    return factory(**sdnq_kwargs(spec))
+
+
+def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
+    raise AssertionError("sdnq always loads through its config")
+
+
+def before_load() -> None:
+    """Register SDNQ with transformers before a saved pipeline is loaded, whatever order the
+    pipeline loads its components in: transformers learns ``quant_method: sdnq`` only from
+    ``import sdnq`` (diffusers' note: without it the packed weights of a text encoder mis-load)."""
+    import sdnq  # noqa: F401  (import side effect: registers the quantizer)
+
+
+def after_load(pipe: Any, model_dir: Any) -> None:
+    """Put back the exact saved tensors of every SDNQ component of a reloaded pipeline.
+
+    diffusers' loader (0.42.1 with sdnq 0.2.8) casts a pre-quantized SDNQ model's float32 scales to
+    the pipeline dtype and back, so a reloaded bf16 pipeline's scales lose 16 bits and its images
+    differ from the quantized original's. The files hold them exactly.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    for comp_name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module) or not _has_sdnq_layers(component):
+            continue
+        tensors = dict(component.named_parameters()) | dict(component.named_buffers())
+        for path in sorted((model_dir / comp_name).glob("*.safetensors")):
+            for key, saved in load_file(str(path)).items():
+                tensor = tensors.get(key)
+                if tensor is not None and tensor.dtype == saved.dtype and tensor.shape == saved.shape:
+                    with torch.no_grad():
+                        tensor.copy_(saved)
+
+
+def _has_sdnq_layers(module: Any) -> bool:
+    return any(hasattr(m, "sdnq_dequantizer") for m in module.modules())
