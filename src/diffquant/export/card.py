@@ -52,9 +52,9 @@ def write_card(folder: Path, *, card_from: Path | None = None, base_model: str |
 def _copy_samples(folder: Path, measured: Measured) -> list[tuple[str, str | None, str, int]]:
     """Copy the run's and the reference's images into ``images/``; (mine, reference, prompt, seed)."""
     target = folder / IMAGES
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir()
+    target.mkdir(exist_ok=True)
+    for old in target.glob("sample*-*.png"):  # a previous card's samples; nothing else is touched
+        old.unlink()
     out = []
     for i, pair in enumerate(measured.samples):
         if not pair.image.is_file():
