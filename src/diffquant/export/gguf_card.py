@@ -104,8 +104,8 @@ def write_gguf_card(gguf_path: Path, *, model_ref: str, model_dir: Path, compone
              plain_gguf_code(gguf_path.parent.name, gguf_path.name, class_name, pipeline_class, pipeline).rstrip(),
              "```", ""]
     if layout == "bfl":
-        lines += ["The tensor names are FLUX's original ones (ComfyUI); diffusers converts them only at "
-                  "FLUX's real width (3072).", ""]
+        lines += [("The tensor names are FLUX's original ones (ComfyUI); diffusers converts them only at "
+                  "FLUX's real width (3072)."), ""]
     lines += ["With diffquant:", "", "```python", "import diffquant", "",
               f'pipe = diffquant.load_pipeline("{pipeline}", "gguf-{qtype.lower()}(path={folder.name}/{gguf_path.name})")', "```", ""]
     if measured is not None:
