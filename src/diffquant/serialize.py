@@ -83,7 +83,7 @@ def save_quantized(pipe: Any, out_dir: Path, *, link_unquantized: bool = False, 
         if not link_unquantized:
             from diffquant.export.card import write_card
 
-            write_card(tmp, card_from=card_from, base_model=base_model)
+            write_card(tmp, card_from=card_from, base_model=base_model, name=out_dir.name)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)

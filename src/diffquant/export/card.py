@@ -33,12 +33,14 @@ def hub_base_model(source: str) -> str | None:
     return source if HUB_ID.match(source) else None
 
 
-def write_card(folder: Path, *, card_from: Path | None = None, base_model: str | None = None) -> Path:
-    """(Re)write ``folder/README.md`` (and its sample images, with ``card_from``); returns its path."""
+def write_card(folder: Path, *, card_from: Path | None = None, base_model: str | None = None,
+               name: str | None = None) -> Path:
+    """(Re)write ``folder/README.md`` (and its sample images, with ``card_from``); returns its path.
+    ``name`` is the folder's final name when it is written under a temporary one."""
     from diffquant.store.export import write_atomic
 
     folder = Path(folder)
-    export = read_export(folder)
+    export = read_export(folder, name)
     measured = None
     if card_from is not None:
         meta = export.meta
@@ -139,7 +141,7 @@ def _body(export: Export, data: dict[str, Any], measured: Measured | None,
           images: list[tuple[str, str | None, str, int]]) -> str:
     meta = export.meta
     source, recipe = meta["source_model"], meta["recipe_name"]
-    lines = [f"# {export.folder.name}: `{source}` quantized with `{recipe}`", "",
+    lines = [f"# {export.label}: `{source}` quantized with `{recipe}`", "",
              f"Made by diffquant {meta.get('diffquant_version', '')} from `{source}`"
              + (f" (base model [{data['base_model']}](https://huggingface.co/{data['base_model']}))"
                 if data.get("base_model") else "")

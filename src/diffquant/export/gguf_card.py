@@ -94,7 +94,8 @@ def write_gguf_card(gguf_path: Path, *, model_ref: str, model_dir: Path, compone
         data["base_model"], data["base_model_relation"] = base, "quantized"
     if measured is not None:
         data["diffquant"]["measured"] = measured_metadata(measured)
-    pipeline = base or model_ref
+    # The rest of the pipeline: the Hub id, or the local folder the GGUF was made from (a zoo model's cache).
+    pipeline = base or hub_base_model(model_ref) or str(model_dir)
     counts = ", ".join(f"{n} {t}" for t, n in sorted(type_counts.items(), key=lambda kv: -kv[1]))
     lines = [f"# {gguf_path.name}: the {component} of `{model_ref}` as GGUF {qtype}", "",
              f"Written by diffquant {__version__} (`diffquant export gguf`, layout {layout}"

@@ -47,6 +47,11 @@ class Export:
     meta: dict[str, Any]  # diffquant_quantized.json
     pipeline_class: str
     components: tuple[ComponentExport, ...]
+    name: str | None = None  # what the card calls the folder (its final name while written under a temporary one)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.folder.name
 
     @property
     def dtype(self) -> str:
@@ -56,7 +61,7 @@ class Export:
         return [c for c in self.components if c.spec is not None]
 
 
-def read_export(folder: Path) -> Export:
+def read_export(folder: Path, name: str | None = None) -> Export:
     from diffquant.errors import DiffquantError
 
     folder = Path(folder)
@@ -67,16 +72,14 @@ def read_export(folder: Path) -> Export:
     index = json.loads((folder / "model_index.json").read_text())
     specs = {s.get("target", "default"): s for s in meta["recipe"].get("quant", [])}
     components = []
-    for name, fmt in meta["components"].items():
-        library, class_name = index.get(name, [None, None])
-        marker = folder / name / COMPONENT_MARKER
+    for component, fmt in meta["components"].items():
+        library, class_name = index.get(component, [None, None])
+        marker = folder / component / COMPONENT_MARKER
         spec = json.loads(marker.read_text())["spec"] if marker.is_file() else None
-        if spec is None and fmt != "native":
-            spec = specs.get(name) or specs.get("default")
-        if spec is None and fmt.startswith("native") and _has_quantization_config(folder / name):
-            spec = specs.get(name) or specs.get("default")
-        components.append(ComponentExport(name, str(library), str(class_name), fmt, spec))
-    return Export(folder, meta, str(index["_class_name"]), tuple(components))
+        if spec is None and (fmt != "native" or _has_quantization_config(folder / component)):
+            spec = specs.get(component) or specs.get("default")
+        components.append(ComponentExport(component, str(library), str(class_name), fmt, spec))
+    return Export(folder, meta, str(index["_class_name"]), tuple(components), name)
 
 
 def _has_quantization_config(folder: Path) -> bool:
@@ -141,7 +144,7 @@ def plain_code(export: Export, device: str = "cpu", folder: str | None = None) -
             post += _casting_lines(c, imports)
     on_gpu_already = any(c.backend == "bnb" for c in export.components)
     args = "".join(f"{n}={n}, " for n in passed)
-    lines = sorted(imports) + ["", f'folder = "{folder or export.folder.name}"  # this folder',
+    lines = sorted(imports) + ["", f'folder = "{folder or export.label}"  # this folder',
                                f"dtype = torch.{export.dtype}", *pre,
                                f"pipe = {export.pipeline_class}.from_pretrained(folder, {args}torch_dtype=dtype)", *post]
     if device == "cuda" and not on_gpu_already:
@@ -183,7 +186,7 @@ def _casting_lines(c: ComponentExport, imports: set[str]) -> list[str]:
 
 
 def diffquant_code(export: Export, folder: str | None = None) -> str:
-    return (f'import diffquant\n\npipe = diffquant.load_pipeline("{folder or export.folder.name}"'
+    return (f'import diffquant\n\npipe = diffquant.load_pipeline("{folder or export.label}"'
             f'{", allow_pickle=True" if has_pickle_format(export) else ""})  # device="cpu" or "cuda"\n')
 
 
