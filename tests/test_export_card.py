@@ -61,10 +61,10 @@ def test_card_without_database(export: Path) -> None:
     assert "base_model" not in data  # a zoo model is not on the Hub
     dq = data["diffquant"]
     assert dq["recipe"] == "quanto-int8" and dq["source_model"] == MODEL and "measured" not in dq
-    stored = diffquant.load_pipeline(str(export), device="cpu")
     from diffquant.inspect import component_stats
 
-    for name, stats in component_stats(stored).items():
+    quantized = diffquant.load_pipeline(MODEL, "quanto-int8", device="cpu")  # what the export was made from
+    for name, stats in component_stats(quantized).items():
         if name in dq["quantization"]:
             assert dq["quantization"][name]["weight_bytes"] == stats.weight_bytes
             assert f"{stats.weight_bytes:,}" in card.text
@@ -103,22 +103,23 @@ def test_card_numbers_equal_the_database(export: Path, scored_db: Path, tmp_path
     assert (folder / "images/sample0-quantized.png").read_bytes() != (folder / "images/sample0-reference.png").read_bytes()
 
 
-def test_card_refusals(export: Path, scored_db: Path, tmp_path: Path) -> None:
+def test_card_refusals(export: Path, scored_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from diffquant.export.measured import find_measured
 
     with pytest.raises(DiffquantError, match="no successful run"):
         find_measured(scored_db, "zoo:tiny-sd3", {"quant": []}, "x")
-    with pytest.raises(DiffquantError, match="not a Hub id"):
-        main(["card", str(export), "--base-model", "not an id"])
-    with pytest.raises(DiffquantError, match="not a diffquant export"):
-        main(["card", str(tmp_path)])
+    assert main(["card", str(export), "--base-model", "not an id"]) == 2
+    assert "not a Hub id" in capsys.readouterr().err
+    assert main(["card", str(tmp_path)]) == 2
+    assert "not a diffquant export" in capsys.readouterr().err
     broken = tmp_path / "README.md"
     broken.write_text("---\nlibrary_name: transformers\ntags: []\n---\n# x\n")
     with pytest.raises(DiffquantError, match="library_name.*tags"):
         validate_card(broken)
 
 
-def test_gguf_file_card_loads_as_it_says(scored_db: Path, tmp_path: Path) -> None:
+def test_gguf_file_card_loads_as_it_says(scored_db: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "tiny-flux-Q4_K"
     gguf = folder / "tiny-flux-transformer-Q4_K.gguf"
     assert main(["export", "gguf", MODEL, "--type", "Q4_K", "-o", str(gguf), "--card-from", str(scored_db),
@@ -140,5 +141,25 @@ def test_gguf_file_card_loads_as_it_says(scored_db: Path, tmp_path: Path) -> Non
     assert np.array_equal(image(namespace["pipe"]), image(diffquant.load_pipeline(MODEL, "gguf-q4_k", device="cpu")))
     # A card needs a folder of its own.
     (tmp_path / "other.txt").write_text("x")
-    with pytest.raises(DiffquantError, match="other files"):
-        main(["export", "gguf", MODEL, "--type", "Q8_0", "-o", str(tmp_path / "x.gguf"), "--card", "-q"])
+    assert main(["export", "gguf", MODEL, "--type", "Q8_0", "-o", str(tmp_path / "x.gguf"), "--card", "-q"]) == 2
+    assert "other files" in capsys.readouterr().err and not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.slow
+def test_quantize_card_from_a_real_bench_run(tmp_path: Path) -> None:
+    """The whole path: `diffquant bench` on zoo:tiny-flux, then `diffquant quantize --card-from`."""
+    db = tmp_path / "results.db"
+    tiny = ["--prompt", "a red circle on a blue background", "--prompt", "a small green square", "--seeds", "0",
+            "--steps", "2", "--size", "64x64", "--repeats", "1", "--device", "cpu", "--timeout", "300"]
+    assert main(["bench", MODEL, "--recipes", "quanto-int8", "--db", str(db), *tiny]) == 0
+    out = tmp_path / "export"
+    assert main(["quantize", MODEL, "--recipe", "quanto-int8", "-o", str(out), "--device", "cpu",
+                 "--card-from", str(db)]) == 0
+    card = validate_card(out / "README.md")
+    measured = card.data.to_dict()["diffquant"]["measured"]
+    run, ref, quality, images, _ = _db_facts(db, "quanto-int8")
+    assert measured["run_id"] == run.id and measured["reference_run_id"] == ref.id
+    assert measured["columns"]["peak_mib"]["value"] == run.metrics["gen.peak_rss_mib"]
+    assert measured["columns"]["inference_s"]["value"] == run.metrics["call.latency_s.p50"]
+    assert measured["quality"]["psnr"]["mean"] == quality["psnr"].mean
+    assert (out / "images/sample0-quantized.png").read_bytes() == Path(images[0].path).read_bytes()

@@ -62,7 +62,7 @@ def test_bnb_export_plain_libraries(tmp_path) -> None:
     import transformers
     from diffusers import FluxTransformer2DModel
 
-    pipe = diffquant.load_pipeline(MODEL, "bnb-nf4(double_quant)", device="cpu")
+    pipe = diffquant.load_pipeline(MODEL, "bnb-nf4", device="cpu")
     out = save_quantized(pipe, tmp_path / "export")
     supports = {c.name: plain_support(c) for c in read_export(out).components}
     assert supports["text_encoder_2"].cpu and not supports["transformer"].cpu and supports["transformer"].cuda
