@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if args.output.exists() and any(args.output.iterdir()):
         raise DiffquantError(f"Output folder {str(args.output)!r} exists and is not empty.",
                              hint="choose a new folder, or delete this one first")
-    if args.card_from is not None and not Path(args.card_from).is_file():
-        raise DiffquantError(f"No results database at {str(args.card_from)!r}.",
-                             hint="give --card-from the --db file of a `diffquant bench` run, or leave it out")
+    if args.card_from is not None:  # fail before the (long) quantization, not after
+        from diffquant.export.measured import find_measured
+
+        find_measured(args.card_from, args.model, recipe.to_dict(), recipe.hash)
     pipe = load_pipeline(args.model, recipe, device=args.device)
     out = save_quantized(pipe, args.output, allow_pickle=args.allow_pickle, card_from=args.card_from,
                          base_model=args.base_model)
