@@ -56,8 +56,9 @@ def test_export_loads_where_the_card_says(recipe: str, plain_on_cpu: bool, tmp_p
 
 
 def test_bnb_export_plain_libraries(tmp_path) -> None:
-    """transformers loads the packed bitsandbytes text encoder on CPU (same output); diffusers refuses
-    the transformer on CPU with the reason the card gives."""
+    """transformers loads the packed bitsandbytes text encoder on CPU (the same tensors; its output is
+    far closer to diffquant's than the unquantized encoder's is); diffusers refuses the transformer on
+    CPU with the reason the card gives."""
     import torch
     import transformers
     from diffusers import FluxTransformer2DModel
@@ -69,8 +70,13 @@ def test_bnb_export_plain_libraries(tmp_path) -> None:
     t5 = transformers.T5EncoderModel.from_pretrained(out / "text_encoder_2", torch_dtype=torch.bfloat16)
     assert type(t5.encoder.block[0].layer[0].SelfAttention.q).__name__ == "Linear4bit"
     ids = torch.tensor([[3, 4, 5, 6, 1]])
+    ours = dict(pipe.text_encoder_2.state_dict())
+    assert all(torch.equal(v, ours[k]) for k, v in t5.state_dict().items())
+    bf16 = diffquant.load_pipeline(MODEL, "bf16", device="cpu").text_encoder_2
     with torch.no_grad():
-        assert torch.equal(t5(ids).last_hidden_state, pipe.text_encoder_2(ids).last_hidden_state)
+        mine, plain, full = (m(ids).last_hidden_state.float() for m in (pipe.text_encoder_2, t5, bf16))
+    # Kernel noise, not a different model: well inside nf4's own distance from bf16.
+    assert (plain - mine).abs().max() < 0.25 * (full - mine).abs().max()
     with pytest.raises(RuntimeError, match="GPU"):
         FluxTransformer2DModel.from_pretrained(out, subfolder="transformer", torch_dtype=torch.bfloat16)
     assert "GPU" in supports["transformer"].why_not
