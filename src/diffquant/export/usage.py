@@ -100,7 +100,9 @@ class Support:
 def plain_support(c: ComponentExport) -> Support:
     """Whether plain diffusers/transformers (plus the backend's own package) load this component."""
     if c.format == "bnb-prequantized" and c.library == "diffusers":
-        return Support(False, True, "diffusers from_pretrained (BitsAndBytesConfig in config.json)",
+        return Support(False, True, "diffusers from_pretrained (BitsAndBytesConfig in config.json; bitsandbytes' "
+                                    "own packed layout, the one a GPU save writes; not exercised by diffquant's "
+                                    "CPU-only tests)",
                        "diffusers' bitsandbytes loader needs a GPU ('No GPU found. A GPU is needed for "
                        "quantization.'), although bitsandbytes itself runs on CPU")
     how = {
