@@ -87,11 +87,12 @@ def _pipeline_kwargs(values: dict[str, Any], source: Path) -> dict[str, Any]:
 
 
 def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | None = None,
-                  quant_cache_dir: Path | None = None) -> Any:
+                  quant_cache_dir: Path | None = None, allow_pickle: bool = False) -> Any:
     """Load ``model`` (Hub id, local folder or zoo:NAME) with ``recipe`` applied, ready to generate.
 
     With ``quant_cache_dir``, quantized weights of serialisable backends are saved there on the first
     load (keyed by model, recipe and library versions) and loaded from there afterwards.
+    ``allow_pickle`` lets an export that holds pickle files load (they can run code: trust the source).
     """
     from diffquant.backends import notes_for, why_not_here
     from diffquant.components import denoiser_name, read_components, resolve_model
@@ -111,10 +112,11 @@ def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | No
                                  hint="run `diffquant recipes` to see what runs on this machine")
     model_dir = resolve_model(model)
     if is_quantized_export(model_dir):
-        return _load_export(model, model_dir, recipe, device, started)
+        return _load_export(model, model_dir, recipe, device, started, allow_pickle)
     cached = _quant_cache_folder(quant_cache_dir, model_dir, recipe, device)
     if cached is not None and is_quantized_export(cached):
-        pipe = _load_export(model, cached, _without_quant(recipe), device, started)
+        # diffquant's own cache, written by this user: pickles there (old torchao) are trusted.
+        pipe = _load_export(model, cached, _without_quant(recipe), device, started, True)
         info = load_info(pipe)
         info.recipe, info.model_dir = recipe, model_dir
         info.notes = notes_for(recipe, device) + [f"quantized weights loaded from the cache {cached}"]
@@ -125,7 +127,7 @@ def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | No
                     quant_cache_used=bool(cache_hits) and all(cache_hits), notes=notes_for(recipe, device))
     pipe._diffquant_load_info = info
     if cached is not None:
-        save_quantized(pipe, cached, link_unquantized=True)
+        save_quantized(pipe, cached, link_unquantized=True, allow_pickle=True)
         info.notes.append(f"quantized weights saved to the cache {cached}")
     info.notes += place_and_offload(pipe, recipe, device)
     info.notes += apply_compile(pipe, recipe, denoiser_name(components))
@@ -197,7 +199,8 @@ def _quant_cache_folder(root: Path | None, model_dir: Path, recipe: Recipe, devi
     return Path(root) / "pipelines" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
-def _load_export(model: str, model_dir: Path, recipe: Recipe, device: str, started: float) -> Any:
+def _load_export(model: str, model_dir: Path, recipe: Recipe, device: str, started: float,
+                 allow_pickle: bool = False) -> Any:
     """Load a folder written by ``diffquant quantize``; the recipe may add memory/compile options only."""
     import torch
     from diffusers import DiffusionPipeline
@@ -217,7 +220,7 @@ def _load_export(model: str, model_dir: Path, recipe: Recipe, device: str, start
 
     prepare_loading(stored)  # e.g. sdnq registers itself with transformers
     dtype = getattr(torch, stored.dtype)
-    loaded = load_saved_components(model_dir, dtype, device)
+    loaded = load_saved_components(model_dir, dtype, device, allow_pickle=allow_pickle)
     pipe = DiffusionPipeline.from_pretrained(str(model_dir), torch_dtype=dtype, **loaded)
     finish_loading(pipe, model_dir, stored)  # e.g. sdnq's float32 scales, rounded by the loaders
     pipe.set_progress_bar_config(disable=True)

@@ -1,14 +1,13 @@
 """Saving a quantized pipeline and loading it back (``diffquant quantize``).
 
-Each component is saved the way its backend supports best:
-- torchao, sdnq (and bitsandbytes on CUDA): the library's own ``save_pretrained`` (quantization config
-  in config.json; torchao needs pickle-based ``.bin`` files);
-- optimum-quanto: its state dict plus its quantization map, reloaded with ``requantize``
-  (diffusers refuses to serialise quanto models);
-- bitsandbytes on CPU: its packed state dict, reloaded with ``Params4bit.from_prequantized``;
-- GGUF: the .gguf file itself;
-- FP8 layerwise casting: the float8 weights, re-hooked on load.
-A ``diffquant_quantized.json`` at the top records the recipe, versions and per-component formats.
+Each component is written in the safe, library-readable layout its backend allows
+(:mod:`diffquant.export.formats`): torchao, SDNQ and unquantized components through ``save_pretrained``
+as safetensors; optimum-quanto with its quantization map; bitsandbytes on CPU as its own packed
+state dict plus the ``BitsAndBytesConfig`` a GPU save would record; GGUF as the .gguf file; FP8
+layerwise casting as the float8 weights. A ``diffquant_quantized.json`` at the top records the
+recipe, versions, per-component formats and weight bytes; a ``README.md`` model card says how to
+load the folder with and without diffquant (:mod:`diffquant.export.card`). Pickles are written only
+with ``allow_pickle=True`` and refused on load without it.
 """
 
 from __future__ import annotations
@@ -21,18 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from diffquant.errors import DiffquantError
+from diffquant.export.formats import COMPONENT_MARKER, LEGACY_WEIGHTS, load_component, save_component
 from diffquant.recipes.model import QuantSpec
 
 MARKER = "diffquant_quantized.json"
-COMPONENT_MARKER = "diffquant_component.json"
-WEIGHTS = "diffquant_weights.safetensors"
+WEIGHTS = LEGACY_WEIGHTS  # kept for callers of the old name
+__all__ = ["COMPONENT_MARKER", "MARKER", "WEIGHTS", "is_quantized_export", "load_saved_components", "save_quantized"]
 
 
-def save_quantized(pipe: Any, out_dir: Path, *, link_unquantized: bool = False) -> Path:
+def save_quantized(pipe: Any, out_dir: Path, *, link_unquantized: bool = False, allow_pickle: bool = False,
+                   card_from: Path | None = None, base_model: str | None = None) -> Path:
     """Write ``pipe`` (loaded by diffquant) to ``out_dir`` atomically; refuses to overwrite.
 
     ``link_unquantized`` symlinks unquantized components to the source model instead of copying
-    them (the quantized-weights cache does this; an export meant to be moved should not).
+    them (the quantized-weights cache does this, and writes no card; an export meant to be moved
+    should not). ``allow_pickle`` lets a backend that has no safe format write a pickle.
+    ``card_from`` is a results database whose runs of this model and recipe fill the card's
+    measured table; ``base_model`` the Hub id the card names (default: the source, if a Hub id).
     """
     from diffquant import __version__
     from diffquant.components import read_components, resolve_targets
@@ -58,7 +62,7 @@ def save_quantized(pipe: Any, out_dir: Path, *, link_unquantized: bool = False) 
                 os.symlink(source.resolve(), tmp / name, target_is_directory=True)
                 formats[name] = "native"
                 continue
-            formats[name] = _save_component(component, spec, info, name, tmp / name)
+            formats[name] = _save_component(component, spec, info, name, tmp / name, allow_pickle=allow_pickle)
         settings = default_settings(info.model_ref)
         defaults = info.model_dir / "diffquant.json"
         if defaults.is_file():
@@ -67,12 +71,19 @@ def save_quantized(pipe: Any, out_dir: Path, *, link_unquantized: bool = False) 
             (tmp / "diffquant.json").write_text(json.dumps(
                 {"steps": settings.steps, "height": settings.height, "width": settings.width,
                  "guidance_scale": settings.guidance_scale}, indent=2))
+        from diffquant.inspect import component_stats
         from diffquant.versions import library_versions
 
+        stats = {n: {"weight_bytes": s.weight_bytes, "params": s.params, "bits_per_weight": round(s.bits_per_weight, 4),
+                     "class_name": s.class_name} for n, s in component_stats(pipe).items()}
         (tmp / MARKER).write_text(json.dumps({
             "recipe": info.recipe.to_dict(), "recipe_name": info.recipe.name, "recipe_hash": info.recipe.hash,
             "source_model": info.model_ref, "device": info.device, "diffquant_version": __version__,
-            "versions": library_versions(), "components": formats}, indent=2))
+            "versions": library_versions(), "components": formats, "weights": stats}, indent=2))
+        if not link_unquantized:
+            from diffquant.export.card import write_card
+
+            write_card(tmp, card_from=card_from, base_model=base_model, name=out_dir.name)
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)
@@ -82,126 +93,27 @@ def save_quantized(pipe: Any, out_dir: Path, *, link_unquantized: bool = False) 
     return out_dir
 
 
-def _save_component(component: Any, spec: QuantSpec | None, info: Any, name: str, folder: Path) -> str:
+def _save_component(component: Any, spec: QuantSpec | None, info: Any, name: str, folder: Path, *,
+                    allow_pickle: bool = False) -> str:
     import torch
 
-    if not isinstance(component, torch.nn.Module):
-        component.save_pretrained(folder)  # tokenizer, scheduler
-        return "native"
-    if spec is None or spec.backend in ("torchao", "sdnq") or (spec.backend == "bnb" and info.device != "cpu"):
-        component.save_pretrained(folder, safe_serialization=spec is None or spec.backend != "torchao")
-        return "native"
-    folder.mkdir(parents=True)
-    component.save_config(folder) if hasattr(component, "save_config") else component.config.save_pretrained(folder)
-    meta: dict[str, Any] = {"spec": spec.to_dict(), "class_name": type(component).__name__}
-    if spec.backend == "gguf":
-        source = Path(component._diffquant_gguf_path)
-        shutil.copy2(source, folder / "model.gguf")
-        meta["format"] = "gguf-file"
-    else:
-        from safetensors.torch import save_file
-
-        state = _untied_state(component)
-        if spec.backend == "quanto":
-            from optimum.quanto import quantization_map
-
-            meta["quantization_map"] = quantization_map(component)
-        save_file(state, str(folder / WEIGHTS))
-        meta["format"] = {"quanto": "quanto-requantize", "bnb": "bnb-prequantized",
-                          "layerwise": "layerwise-fp8"}[spec.backend]
-    (folder / COMPONENT_MARKER).write_text(json.dumps(meta, indent=2))
-    return str(meta["format"])
-
-
-def _untied_state(component: Any) -> dict[str, Any]:
-    """The state dict with tied tensors stored once (models re-tie them when built from config)."""
-    state, seen = {}, set()
-    for key, value in component.state_dict().items():
-        value = value.detach().contiguous().cpu()
-        ptr = (value.data_ptr(), value.numel(), value.dtype) if value.numel() else None
-        if ptr is not None and ptr in seen:
-            continue
-        if ptr is not None:
-            seen.add(ptr)
-        state[key] = value
-    return state
+    return save_component(component, spec, info.device, getattr(torch, info.recipe.dtype), folder,
+                          allow_pickle=allow_pickle)
 
 
 def is_quantized_export(model_dir: Path) -> bool:
     return (Path(model_dir) / MARKER).is_file()
 
 
-def load_saved_components(model_dir: Path, dtype: Any, device: str) -> dict[str, Any]:
-    """Load the components that diffusers cannot load by itself from a ``save_quantized`` folder."""
+def load_saved_components(model_dir: Path, dtype: Any, device: str, *, allow_pickle: bool = False) -> dict[str, Any]:
+    """Load the components that diffusers cannot load by itself from a ``save_quantized`` folder;
+    refuses a folder holding pickles unless ``allow_pickle``."""
+    from diffquant.export.safety import refuse_pickles
+
+    refuse_pickles(Path(model_dir), allow_pickle)
     loaded = {}
     for sub in sorted(Path(model_dir).iterdir()):
         marker = sub / COMPONENT_MARKER
         if marker.is_file():
-            loaded[sub.name] = _load_component(sub, json.loads(marker.read_text()), dtype, device)
+            loaded[sub.name] = load_component(sub, json.loads(marker.read_text()), dtype, device)
     return loaded
-
-
-def _empty_model(folder: Path, class_name: str, dtype: Any) -> Any:
-    import diffusers
-    import transformers
-
-    if hasattr(diffusers, class_name):
-        cls = getattr(diffusers, class_name)
-        return cls.from_config(cls.load_config(folder)).to(dtype).eval()
-    cls = getattr(transformers, class_name)
-    config = transformers.AutoConfig.from_pretrained(folder)
-    return cls._from_config(config, torch_dtype=dtype).eval()  # eval: no dropout, as from_pretrained
-
-
-def _restore_saved_dtypes(model: Any, state: dict[str, Any]) -> None:
-    """Give plain tensors the dtype they were saved with (quantizers keep some scales in fp32)."""
-    import torch
-
-    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
-    for key, tensor in tensors.items():
-        saved = state.get(key)
-        if saved is None or type(tensor) not in (torch.Tensor, torch.nn.Parameter):
-            continue
-        if tensor.dtype != saved.dtype:
-            tensor.data = tensor.data.to(saved.dtype)
-
-
-def _load_component(folder: Path, meta: dict[str, Any], dtype: Any, device: str) -> Any:
-    import torch
-    from safetensors.torch import load_file
-
-    from diffquant.recipes.validate import recipe_from_dict
-
-    spec = recipe_from_dict({"quant": [meta["spec"]]}).quant[0]
-    fmt = meta["format"]
-    if fmt == "gguf-file":
-        import diffusers
-
-        cls = getattr(diffusers, meta["class_name"])
-        return cls.from_single_file(str(folder / "model.gguf"), config=str(folder), torch_dtype=dtype,
-                                    quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype))
-    state = load_file(str(folder / WEIGHTS))
-    model = _empty_model(folder, meta["class_name"], dtype)
-    if fmt == "quanto-requantize":
-        from optimum.quanto import requantize
-
-        requantize(model, state, meta["quantization_map"], device=torch.device(device))
-        _restore_saved_dtypes(model, state)
-        return model
-    if fmt == "bnb-prequantized":
-        from diffquant.backends.bnb import load_prequantized
-
-        load_prequantized(model, state, spec, dtype, device)
-        _restore_saved_dtypes(model, state)
-        return model
-    if fmt == "layerwise-fp8":
-        model.load_state_dict(state)  # float8 values upcast exactly into the compute dtype
-        from diffquant.backends.base import ComponentContext
-        from diffquant.backends.layerwise import apply_casting
-
-        apply_casting(model, spec, ComponentContext(folder.name, "diffusers" if hasattr(model, "enable_layerwise_casting")
-                                                    else "transformers", meta["class_name"], str(folder),
-                                                    dtype, device, True))
-        return model
-    raise DiffquantError(f"Unknown saved component format {fmt!r} in {folder}.",
-                         hint="re-export the model with this version of diffquant")

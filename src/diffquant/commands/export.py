@@ -50,6 +50,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None,
                    help="quantize this many chunks in parallel (default: $DIFFQUANT_GGUF_THREADS or all CPUs)")
     g.add_argument("--quiet", "-q", action="store_true", help="print only the summary, not every tensor")
+    g.add_argument("--card", action="store_true",
+                   help="also write the model's config.json and a model card (README.md) beside the file, so that "
+                        "from_single_file(file, config=folder) works; needs -o in a folder of its own")
+    g.add_argument("--card-from", type=Path, default=None, metavar="F.db",
+                   help="like --card, with the measured table and samples of this model's gguf-<type> runs "
+                        "in this results database")
+    g.add_argument("--base-model", default=None, metavar="ORG/NAME",
+                   help="Hub id the card names as base_model (default: the model, if a Hub id)")
     g.set_defaults(func=run)
     parser.set_defaults(func=lambda args: _missing_format(parser))
     return parser
@@ -101,6 +109,18 @@ def run(args: argparse.Namespace) -> int:
 
     # fail fast on a typo, before any download
     qtype = args.qtype.strip().upper() if is_mix(args.qtype) else normalize_type(args.qtype)
+    card = args.card or args.card_from is not None
+    if card:
+        from diffquant.errors import DiffquantError
+        from diffquant.export.gguf_card import check_card_folder
+
+        if args.output is None:
+            raise DiffquantError("--card needs -o NEWDIR/name.gguf: the card, config.json and images/ go "
+                                 "beside the file, in a folder of its own.")
+        if args.card_from is not None and not args.card_from.is_file():
+            raise DiffquantError(f"No results database at {str(args.card_from)!r}.",
+                                 hint="give --card-from the --db file of a `diffquant bench` run")
+        check_card_folder(args.output)
     model_dir = resolve_source(args.model, args.component)
     out = args.output or default_output(args.model, args.component, qtype)
     interactive = sys.stderr.isatty() and not args.quiet
@@ -122,6 +142,14 @@ def run(args: argparse.Namespace) -> int:
         print()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if card:
+        from diffquant.export.gguf_card import write_gguf_card
+
+        path = write_gguf_card(Path(result.out_path), model_ref=args.model, model_dir=model_dir,
+                               component=args.component, qtype=qtype, keep=args.keep, layout=result.layout,
+                               bytes_written=result.bytes_written, type_counts=result.type_counts(),
+                               card_from=args.card_from, base_model=args.base_model)
+        print(f"wrote {path} and {path.parent / 'config.json'}")
     counts = ", ".join(f"{n} {t}" for t, n in sorted(result.type_counts().items(), key=lambda kv: -kv[1]))
     ratio = result.source_bytes / result.bytes_written if result.bytes_written else 0.0
     print(f"wrote {result.out_path} ({_mib(result.bytes_written)}, {ratio:.2f}x smaller than the "
