@@ -21,6 +21,7 @@ memory from NVML (``pynvml``) when importable and from ``torch.cuda.mem_get_info
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import threading
 import time
@@ -155,6 +156,7 @@ class PhasePeaks:
     rss_mib: float = 0.0
     rss_anon_mib: float = 0.0
     gpu_used_mib: float | None = None
+    loadavg_1m: float | None = None  # the host's highest 1-minute load average seen in the phase
     samples: int = 0
 
 
@@ -202,13 +204,24 @@ class Sampler:
     def _sample(self) -> None:
         status = proc_status()
         gpu = self.gpu_used() if self.gpu_used is not None else None
+        load = loadavg_1m()
         with self._lock:
             peaks = self.peaks.setdefault(self._current, PhasePeaks())
             peaks.rss_mib = max(peaks.rss_mib, status.get("rss", 0.0))
             peaks.rss_anon_mib = max(peaks.rss_anon_mib, status.get("rss_anon", 0.0))
             if gpu is not None:
                 peaks.gpu_used_mib = gpu if peaks.gpu_used_mib is None else max(peaks.gpu_used_mib, gpu)
+            if load is not None:
+                peaks.loadavg_1m = load if peaks.loadavg_1m is None else max(peaks.loadavg_1m, load)
             peaks.samples += 1
+
+
+def loadavg_1m() -> float | None:
+    """The host's 1-minute load average: how contended the CPU was (other processes included)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 # -- statistics and timing ----------------------------------------------------------------------
@@ -225,12 +238,20 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return float(ordered[low] + (ordered[high] - ordered[low]) * (pos - low))
 
 
-def latency_stats(prefix: str, values: Sequence[float]) -> dict[str, float | int | None]:
-    """``<prefix>.p50``, ``.p90``, ``.mean``, ``.min``, ``.max`` and ``<prefix>.n``."""
-    return {f"{prefix}.p50": percentile(values, 50), f"{prefix}.p90": percentile(values, 90),
-            f"{prefix}.mean": statistics.fmean(values) if values else None,
-            f"{prefix}.min": min(values) if values else None, f"{prefix}.max": max(values) if values else None,
-            f"{prefix}.n": len(values)}
+def latency_stats(prefix: str, values: Sequence[float], *, keep_samples: bool = False
+                  ) -> dict[str, Any]:
+    """``<prefix>.p50``, ``.p25``/``.p75`` (the interquartile range), ``.p90``, ``.mean``, ``.min``,
+    ``.max``, ``<prefix>.n`` and, with ``keep_samples``, every value as ``<prefix>.samples`` (the
+    results table bootstraps its latency ratios from them)."""
+    out: dict[str, Any] = {
+        f"{prefix}.p50": percentile(values, 50), f"{prefix}.p25": percentile(values, 25),
+        f"{prefix}.p75": percentile(values, 75), f"{prefix}.p90": percentile(values, 90),
+        f"{prefix}.mean": statistics.fmean(values) if values else None,
+        f"{prefix}.min": min(values) if values else None, f"{prefix}.max": max(values) if values else None,
+        f"{prefix}.n": len(values)}
+    if keep_samples:
+        out[f"{prefix}.samples"] = [round(float(v), 6) for v in values]
+    return out
 
 
 class StepClock:
