@@ -144,7 +144,13 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
 
     from diffquant.bench.env import capture_env
     from diffquant.bench.measure import Nvml, Sampler, proc_status
-    from diffquant.bench.phases import contention_counters, host_cores, import_for, take_baseline, warm_runtime
+    from diffquant.bench.phases import (
+        contention_counters,
+        host_cores,
+        import_for,
+        take_baseline,
+        warm_runtime,
+    )
     from diffquant.components import resolve_model
     from diffquant.recipes import load_recipe
 
@@ -183,7 +189,13 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
 def load_phase(ctx: Context) -> Any:
     """Load the pipeline with the recipe; memory now and at the phase's peak, whole-process and
     the model's own (minus the baseline); the weights actually held."""
-    from diffquant.bench.measure import cuda_counters, proc_status, reset_cuda_peaks, reset_peak_rss, weight_file_rss_mib
+    from diffquant.bench.measure import (
+        cuda_counters,
+        proc_status,
+        reset_cuda_peaks,
+        reset_peak_rss,
+        weight_file_rss_mib,
+    )
     from diffquant.inspect import component_stats, disk_bytes
     from diffquant.pipeline import load_info, load_pipeline
 
@@ -310,6 +322,17 @@ def generate_phase(ctx: Context, pipe: Any) -> None:
         metrics.update(cuda_counters("gen", nvml=ctx.nvml))
         metrics["gen.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
     metrics["proc.vmhwm_mib"] = status.get("vmhwm")
+
+
+def _loadavg() -> float | None:
+    from diffquant.bench.measure import loadavg_1m
+
+    return loadavg_1m()
+
+
+def _hwm(status: dict[str, float], was_reset: int) -> float:
+    """VmHWM as this phase's peak, only if it was reset at the phase's start (else 0: unknown)."""
+    return status.get("vmhwm", 0.0) if was_reset else 0.0
 
 
 def _component_metrics(stats: dict[str, Any], metrics: dict[str, Any]) -> None:
