@@ -157,6 +157,7 @@ class PhasePeaks:
     rss_anon_mib: float = 0.0
     gpu_used_mib: float | None = None
     loadavg_1m: float | None = None  # the host's highest 1-minute load average seen in the phase
+    anon_plus_files_mib: float | None = None  # anonymous RSS + resident weight-file pages, at their peak
     samples: int = 0
 
 
@@ -167,7 +168,13 @@ class Sampler:
 
     interval_s: float = 0.02
     gpu_used: Callable[[], float | None] | None = None
+    # resident weight-file pages (smaps: 10-40 ms to read, so every ``files_every`` samples only;
+    # the latest reading is added to every anonymous-RSS sample in between)
+    weight_files: Callable[[], float | None] | None = None
+    files_every: int = 50
     peaks: dict[str, PhasePeaks] = field(default_factory=dict)
+    _files_mib: float | None = None
+    _count: int = 0
     _current: str = "start"
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -187,13 +194,13 @@ class Sampler:
 
     def phase(self, name: str) -> None:
         """Start a new phase: take one sample closing the old one, then count peaks under ``name``."""
-        self._sample()
+        self._sample(files=True)
         with self._lock:
             self._current = name
-        self._sample()
+        self._sample(files=True)
 
     def peak(self, name: str) -> PhasePeaks:
-        self._sample()
+        self._sample(files=True)
         with self._lock:
             return self.peaks.get(name, PhasePeaks())
 
@@ -201,10 +208,13 @@ class Sampler:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
-    def _sample(self) -> None:
+    def _sample(self, files: bool = False) -> None:
         status = proc_status()
         gpu = self.gpu_used() if self.gpu_used is not None else None
         load = loadavg_1m()
+        self._count += 1
+        if self.weight_files is not None and (files or self._files_mib is None or self._count % self.files_every == 0):
+            self._files_mib = self.weight_files()
         with self._lock:
             peaks = self.peaks.setdefault(self._current, PhasePeaks())
             peaks.rss_mib = max(peaks.rss_mib, status.get("rss", 0.0))
@@ -213,6 +223,10 @@ class Sampler:
                 peaks.gpu_used_mib = gpu if peaks.gpu_used_mib is None else max(peaks.gpu_used_mib, gpu)
             if load is not None:
                 peaks.loadavg_1m = load if peaks.loadavg_1m is None else max(peaks.loadavg_1m, load)
+            if self._files_mib is not None and "rss_anon" in status:
+                both = status["rss_anon"] + self._files_mib
+                peaks.anon_plus_files_mib = both if peaks.anon_plus_files_mib is None else max(
+                    peaks.anon_plus_files_mib, both)
             peaks.samples += 1
 
 

@@ -6,10 +6,14 @@ The model's own memory is the process's memory minus the baseline, which is take
 diffusers, transformers, the pipeline's and components' classes and every package the recipe's
 backends use have been imported (and torch has run one tiny op), and before any weight is read:
 
-- ``baseline.rss_mib`` / ``baseline.rss_anon_mib``: the process at that moment;
-- ``load.model_rss_mib`` / ``load.model_anon_mib``: after loading, minus the baseline;
-- ``load.model_peak_rss_mib`` / ``load.model_peak_anon_mib``, ``gen.model_peak_rss_mib`` /
-  ``gen.model_peak_anon_mib``: the phase's sampled peaks minus the baseline.
+- ``baseline.rss_mib`` / ``baseline.rss_anon_mib`` / ``baseline.rss_weight_files_mib``: the
+  process at that moment;
+- ``load.model_anon_mib``: anonymous RSS after loading minus the baseline's (tensors the process
+  allocated: quantized weights, copies);
+- ``load.model_rss_mib``: that plus the resident pages of mapped weight files (bf16 safetensors
+  read lazily, GGUF files) - the model's whole resident memory. Pages of shared libraries that the
+  first calls touch (kernels' code, ~20-50 MiB) are the libraries', so they are left out;
+- ``load.model_peak_*`` and ``gen.model_peak_*``: the same at the phase's sampled peak.
 
 Host contention: the sampler reads the 1-minute load average all through the run; the run is
 ``host.contended`` when the highest value, minus the run's own compute threads, exceeds the cores
@@ -39,17 +43,21 @@ class Baseline:
     rss_mib: float
     rss_anon_mib: float
     rss_file_mib: float
+    weight_files_mib: float = 0.0
 
     def counters(self) -> dict[str, float]:
         return {"baseline.rss_mib": self.rss_mib, "baseline.rss_anon_mib": self.rss_anon_mib,
-                "baseline.rss_file_mib": self.rss_file_mib}
+                "baseline.rss_file_mib": self.rss_file_mib, "baseline.rss_weight_files_mib": self.weight_files_mib}
 
-    def model(self, prefix: str, rss_mib: float | None, anon_mib: float | None, *, peak: bool = False
-              ) -> dict[str, float | None]:
-        """``<prefix>.model_[peak_]rss_mib`` and ``..._anon_mib``: the figures minus the baseline."""
+    def model(self, prefix: str, anon_mib: float | None, anon_plus_files_mib: float | None, *,
+              peak: bool = False) -> dict[str, float | None]:
+        """``<prefix>.model_[peak_]anon_mib`` (anonymous RSS minus the baseline's) and
+        ``<prefix>.model_[peak_]rss_mib`` (anonymous + weight-file pages, minus the baseline's)."""
         kind = "peak_" if peak else ""
-        return {f"{prefix}.model_{kind}rss_mib": None if rss_mib is None else rss_mib - self.rss_mib,
-                f"{prefix}.model_{kind}anon_mib": None if anon_mib is None else anon_mib - self.rss_anon_mib}
+        base_both = self.rss_anon_mib + self.weight_files_mib
+        return {f"{prefix}.model_{kind}anon_mib": None if anon_mib is None else anon_mib - self.rss_anon_mib,
+                f"{prefix}.model_{kind}rss_mib": None if anon_plus_files_mib is None
+                else anon_plus_files_mib - base_both}
 
 
 def import_for(recipe: Any, model_dir: Path) -> list[str]:
@@ -77,18 +85,28 @@ def import_for(recipe: Any, model_dir: Path) -> list[str]:
 
 
 def warm_runtime() -> None:
-    """Run one tiny op per dtype so torch's CPU runtime (thread pool, kernel caches) exists before
-    the baseline: it belongs to the library, not to the model."""
+    """Run small ops of the kinds a diffusion pipeline runs (matmul on every thread, conv, attention,
+    norms) per dtype, so torch's CPU runtime (thread pool, kernel caches) exists before the baseline:
+    it belongs to the library, not to the model. Measured: ~4 MiB anonymous."""
     import torch
+    import torch.nn.functional as F
 
-    for dtype in (torch.float32, torch.bfloat16):
-        a = torch.ones(64, 64, dtype=dtype)
-        (a @ a).sum().item()
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            a = torch.ones(256, 256, dtype=dtype)
+            (a @ a).sum().item()
+            image = torch.ones(1, 16, 32, 32, dtype=dtype)
+            F.conv2d(image, torch.ones(16, 16, 3, 3, dtype=dtype), padding=1).sum().item()
+            F.group_norm(image, 4).sum().item()
+            q = torch.ones(1, 2, 64, 32, dtype=dtype)
+            F.scaled_dot_product_attention(q, q, q).sum().item()
+            F.gelu(F.layer_norm(q, (32,))).sum().item()
 
 
-def take_baseline(status: Callable[[], dict[str, float]]) -> Baseline:
+def take_baseline(status: Callable[[], dict[str, float]], weight_files: Callable[[], float | None]) -> Baseline:
     now = status()
-    return Baseline(now.get("rss", 0.0), now.get("rss_anon", 0.0), now.get("rss_file", 0.0))
+    return Baseline(now.get("rss", 0.0), now.get("rss_anon", 0.0), now.get("rss_file", 0.0),
+                    weight_files() or 0.0)
 
 
 def contention_counters(load_max: float | None, own_threads: int, cores: int) -> dict[str, Any]:

@@ -143,7 +143,7 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
     import torch
 
     from diffquant.bench.env import capture_env
-    from diffquant.bench.measure import Nvml, Sampler, proc_status
+    from diffquant.bench.measure import Nvml, Sampler, proc_status, weight_file_rss_mib
     from diffquant.bench.phases import (
         contention_counters,
         host_cores,
@@ -168,13 +168,14 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
     if nvml is not None and nvml.error:
         env["nvml"] = f"unavailable ({nvml.error})"
 
-    baseline = take_baseline(proc_status)
+    baseline = take_baseline(proc_status, weight_file_rss_mib)
     metrics.update(baseline.counters())
     metrics["host.loadavg_1m.before_load"] = _loadavg()
     metrics["proc.rss_mib.before_load"] = baseline.rss_mib
     metrics["proc.rss_anon_mib.before_load"] = baseline.rss_anon_mib
     own_threads = 1 if on_cuda else torch.get_num_threads()
-    with Sampler(interval_s=spec.sample_interval_s, gpu_used=nvml.used_mib if nvml else None) as sampler:
+    with Sampler(interval_s=spec.sample_interval_s, gpu_used=nvml.used_mib if nvml else None,
+                 weight_files=weight_file_rss_mib) as sampler:
         ctx = Context(spec, metrics, result, events, sampler, baseline, nvml, on_cuda,
                       torch.cuda.synchronize if on_cuda else None)
         pipe = load_phase(ctx)
@@ -219,8 +220,9 @@ def load_phase(ctx: Context) -> Any:
                     "load.rss_file_mib": status.get("rss_file"), "load.vmhwm_mib": status.get("vmhwm"),
                     "load.rss_weight_files_mib": weight_file_rss_mib(),
                     "load.peak_rss_mib": peak_rss, "load.peak_rss_anon_mib": peaks.rss_anon_mib})
-    metrics.update(ctx.baseline.model("load", status.get("rss"), status.get("rss_anon")))
-    metrics.update(ctx.baseline.model("load", peak_rss, peaks.rss_anon_mib, peak=True))
+    files = metrics["load.rss_weight_files_mib"]
+    metrics.update(ctx.baseline.model("load", status.get("rss_anon"), _plus(status.get("rss_anon"), files)))
+    metrics.update(ctx.baseline.model("load", peaks.rss_anon_mib, peaks.anon_plus_files_mib, peak=True))
     if ctx.on_cuda:
         metrics.update(cuda_counters("load", nvml=ctx.nvml))
         metrics["load.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
@@ -317,7 +319,7 @@ def generate_phase(ctx: Context, pipe: Any) -> None:
                     "gen.vmhwm_mib": gen_hwm if metrics["gen.vmhwm_reset"] else None,
                     "gen.rss_mib": status.get("rss"), "gen.rss_anon_mib": status.get("rss_anon"),
                     "gen.rss_weight_files_mib": weight_file_rss_mib()})
-    metrics.update(ctx.baseline.model("gen", peak_rss, peaks.rss_anon_mib, peak=True))
+    metrics.update(ctx.baseline.model("gen", peaks.rss_anon_mib, peaks.anon_plus_files_mib, peak=True))
     if ctx.on_cuda:
         metrics.update(cuda_counters("gen", nvml=ctx.nvml))
         metrics["gen.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
@@ -328,6 +330,10 @@ def _loadavg() -> float | None:
     from diffquant.bench.measure import loadavg_1m
 
     return loadavg_1m()
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
 
 
 def _hwm(status: dict[str, float], was_reset: int) -> float:
