@@ -273,8 +273,10 @@ def finish_line(row: Any) -> str:
         return f"[red]x {escape(row.recipe)}[/]: {escape(first_line(row.error or ''))}"
     m = row.metrics
     on_cuda = str(row.settings.get("device", "cpu")).startswith("cuda")
-    peak = m.get("gen.cuda_max_reserved_mib") if on_cuda else m.get("gen.peak_rss_mib")
+    model_peak = None if on_cuda else m.get("gen.model_peak_rss_mib")
+    peak = m.get("gen.cuda_max_reserved_mib") if on_cuda else model_peak or m.get("gen.peak_rss_mib")
     weights = m.get("weights.total_bytes")
+    flag = " · [yellow]contended[/]" if m.get("host.contended") else ""
     return (f"[green]ok {escape(row.recipe)}[/]: load {fmt_s(m.get('load.wall_s'))} · "
-            f"call p50 {fmt_s(m.get('call.latency_s.p50'))} · peak {fmt_mib(peak)} · "
-            f"weights {fmt_mib(weights / 1048576 if weights else None)}")
+            f"call p50 {fmt_s(m.get('call.latency_s.p50'))} · {'model peak' if model_peak else 'peak'} "
+            f"{fmt_mib(peak)} · weights {fmt_mib(weights / 1048576 if weights else None)}{flag}")
