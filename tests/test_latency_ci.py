@@ -157,3 +157,17 @@ def test_piped_results_table_keeps_its_columns(tmp_path: Path) -> None:
     rows = [ln for ln in out.splitlines() if "bnb-nf4" in ln and "│" in ln]
     assert len(rows) == 1, out  # one line per run: nothing wrapped onto a second line
     assert len(rows[0]) > 80 and "× [" in rows[0]
+
+
+def test_report_shows_the_model_memory_the_latency_ci_and_the_contended_flag(tmp_path: Path) -> None:
+    from diffquant.report import write_report
+
+    path = tmp_path / "r.db"
+    with ResultsDB(path) as db:
+        db.record_run(run_row("bf16", FAST), [])
+        db.record_run(run_row("bnb-nf4", SLOW, **{"host.contended": 1}), [])
+    html = write_report(path, tmp_path / "report.html").read_text(encoding="utf-8")
+    figures = html[html.index("-figures"):html.index("</table>", html.index("-figures"))]
+    assert "gen.model_peak_rss_mib" in figures and "process 520.0 MiB" in figures
+    assert "×" in figures and "× [" in figures  # the latency ratio with its CI
+    assert "badge contended" in figures and "<b>Contended:</b> bnb-nf4" in html
