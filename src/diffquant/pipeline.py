@@ -119,7 +119,6 @@ def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | No
         info = load_info(pipe)
         info.recipe, info.model_dir = recipe, model_dir
         info.notes = notes_for(recipe, device) + [f"quantized weights loaded from the cache {cached}"]
-        info.counters.update(_prepare_for_inference(pipe, recipe, read_components(model_dir), device))
         return pipe
     components = read_components(model_dir)
     pipe, quantized, cache_hits = _load_quantized(model_dir, components, recipe, device, quant_cache_dir)
@@ -130,7 +129,6 @@ def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | No
     if cached is not None:
         save_quantized(pipe, cached, link_unquantized=True)
         info.notes.append(f"quantized weights saved to the cache {cached}")
-    info.counters.update(_prepare_for_inference(pipe, recipe, components, device))
     info.notes += place_and_offload(pipe, recipe, device)
     info.notes += apply_compile(pipe, recipe, denoiser_name(components))
     info.load_seconds = time.perf_counter() - started
@@ -191,24 +189,6 @@ def _release_weight_files(pipe: Any, quantized: dict[str, str]) -> dict[str, int
     trimmed = trim_heap() if quantized else False  # the quantizers' freed bf16 temporaries
     return {"load.released_file_tensors": tensors, "load.released_file_bytes": nbytes,
             "load.heap_trimmed": int(trimmed)}
-
-
-def _prepare_for_inference(pipe: Any, recipe: Recipe, components: dict[str, Any], device: str) -> dict[str, int]:
-    """Let each backend finish its layout work at load time (``prepare_for_inference(module,
-    device)`` where a backend module has one), so the first call is not charged with it."""
-    from diffquant.backends import get_backend
-    from diffquant.components import resolve_targets
-    from diffquant.file_pages import trim_heap
-
-    done = 0
-    for name, spec in resolve_targets(recipe, components).items():
-        hook = getattr(get_backend(spec.backend), "prepare_for_inference", None)
-        module = getattr(pipe, name, None)
-        if hook is not None and module is not None:
-            done += int(hook(module, device))
-    if done:
-        trim_heap()
-    return {"load.prepared_layers": done}
 
 
 def _without_quant(recipe: Recipe) -> Recipe:

@@ -78,9 +78,6 @@ def swap_linear_layers(module: Any, spec: QuantSpec, compute_dtype: Any, device:
                                                compress_statistics=bool(spec.option("double_quant", False)))
             if bias is not None:
                 new.bias = torch.nn.Parameter(bias, requires_grad=False)
-            # A new module starts in training mode; keep the model's (eval) mode, as the libraries'
-            # own bnb loaders do: on CPU, bitsandbytes' fused 4-bit kernel is used in eval mode only.
-            new.train(child.training)
             setattr(parent, child_name, new.to(device))  # .to() is where bitsandbytes quantizes
             swapped += 1
     return swapped
@@ -120,32 +117,3 @@ def load_prequantized(module: Any, state: dict[str, Any], spec: QuantSpec, compu
             plain[key] = value
     module.load_state_dict(plain, strict=False)
     module.to(device)
-
-
-def prepare_for_inference(module: Any, device: str) -> int:
-    """Repack 4-bit weights into bitsandbytes' CPU kernel layout now, at load time, layer by layer;
-    returns how many layers were repacked.
-
-    On a CPU with AVX512-BF16, ``Linear4bit.forward`` repacks its weight on the first call, through
-    int32 temporaries 8x the 4-bit size (measured on zoo:flux-dev-slice: the first call's anonymous
-    peak rose by ~650 MiB). Done here, the transient falls in the load phase, one layer at a time,
-    and the first call runs as the later ones. Must run after the component is saved (saving
-    unpacks). Does nothing off CPU, without AVX512-BF16, or where bitsandbytes lacks the helper."""
-    if device != "cpu":
-        return 0
-    import bitsandbytes as bnb
-    import bitsandbytes.functional as bnbf
-
-    convert = getattr(bnbf, "_convert_weight_packed_for_cpu", None)
-    if convert is None:
-        return 0
-    packed = 0
-    for layer in module.modules():
-        if not isinstance(layer, bnb.nn.Linear4bit) or not getattr(layer, "support_avx512bf16_for_cpu", False):
-            continue
-        state = getattr(layer.weight, "quant_state", None)
-        if state is None or getattr(state, "packing_format_for_cpu", False) or layer.training:
-            continue
-        layer.weight.data, layer.weight.quant_state = convert(layer.weight.data, state)
-        packed += 1
-    return packed
