@@ -173,7 +173,8 @@ def counters_legend(devices: Sequence[str]) -> list[str]:
     return lines
 
 
-LATENCY_NOTE = ("Inference time = p50 of the steady calls [p25–p75], n calls; its ratio carries a bootstrap 95% CI, "
+LATENCY_NOTE = ("[p25–p75] n=N after the p50: interquartile range and number of steady calls (call.latency_s.*); "
+                "the latency ratio carries a bootstrap 95% CI, "
                 "'≈' where the CI holds 1.0; 'contended' = the host's load average (minus the run's own threads) "
                 "exceeded the cores they left free during the run (host.contended): its times are not trustworthy")
 CPU_NOTE = ("on CPU, memory is the model's own: RSS minus the worker's baseline after importing every library "
