@@ -168,6 +168,10 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
     if nvml is not None and nvml.error:
         env["nvml"] = f"unavailable ({nvml.error})"
 
+    from diffquant.file_pages import trim_heap
+
+    gc.collect()
+    trim_heap()  # what importing freed is not the baseline's
     baseline = take_baseline(proc_status, weight_file_rss_mib)
     metrics.update(baseline.counters())
     metrics["host.loadavg_1m.before_load"] = _loadavg()
