@@ -115,3 +115,26 @@ def test_baseline_imports_the_recipes_backends(tmp_path: Path) -> None:
     done = phases.import_for(parse_recipe("bnb-nf4"), tmp_path)
     assert "bitsandbytes" in done and "bitsandbytes" in sys.modules
     assert "bitsandbytes" not in phases.import_for(parse_recipe("bf16"), tmp_path)
+
+
+def test_resident_weight_file_pages_per_component(tmp_path: Path) -> None:
+    """What `load.rss_weight_files_mib.<component>` reports: pages of the component's files mapped
+    and read now; none once the mapping is gone (what a quantized component must reach)."""
+    import mmap
+
+    from diffquant.bench.worker import _files_per_component
+
+    folder = tmp_path / "transformer"
+    folder.mkdir()
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    size = 8 * 1024 * 1024
+    weights.write_bytes(b"\1" * size)
+    with open(weights, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    total = sum(mapped[i] for i in range(0, size, 4096))  # read every page through the mapping
+    assert total == size // 4096
+    held = _files_per_component(tmp_path)
+    assert held["disk.transformer.weight_file_bytes"] == size
+    assert held["load.rss_weight_files_mib.transformer"] == pytest.approx(8.0, abs=0.5)
+    mapped.close()
+    assert _files_per_component(tmp_path)["load.rss_weight_files_mib.transformer"] == 0.0

@@ -56,26 +56,34 @@ def proc_status() -> dict[str, float]:
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt")
 
 
-def weight_file_rss_mib(suffixes: tuple[str, ...] = WEIGHT_FILE_SUFFIXES) -> float | None:
-    """Resident pages of memory-mapped weight files (from ``/proc/self/smaps``), in MiB.
-
-    Splits plain RSS into "weights still mapped from files" and the rest: a bf16 model's weights
-    live here, and so does the bf16 file a quantize-on-load recipe read, as long as any tensor
-    still references the mapping. None off Linux."""
-    total_kb = 0
-    counting = False
+def weight_file_rss_by_path(suffixes: tuple[str, ...] = WEIGHT_FILE_SUFFIXES) -> dict[str, float] | None:
+    """Resident pages of each memory-mapped weight file (from ``/proc/self/smaps``), MiB by path;
+    None off Linux."""
+    totals: dict[str, int] = {}
+    current: str | None = None
     try:
         with open("/proc/self/smaps", encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 first = line.split(maxsplit=1)[0]
                 if "-" in first and not first.endswith(":"):  # a mapping header: addr-addr perms ... path
-                    parts = line.split()
-                    counting = len(parts) >= 6 and parts[-1].endswith(suffixes)
-                elif counting and first == "Rss:":
-                    total_kb += int(line.split()[1])
+                    parts = line.split(maxsplit=5)
+                    path = parts[5].strip() if len(parts) == 6 else ""
+                    current = path if path.endswith(suffixes) else None
+                elif current is not None and first == "Rss:":
+                    totals[current] = totals.get(current, 0) + int(line.split()[1])
     except OSError:
         return None
-    return total_kb / 1024.0
+    return {path: kb / 1024.0 for path, kb in totals.items()}
+
+
+def weight_file_rss_mib(suffixes: tuple[str, ...] = WEIGHT_FILE_SUFFIXES) -> float | None:
+    """Resident pages of memory-mapped weight files (from ``/proc/self/smaps``), in MiB.
+
+    Splits plain RSS into "weights still mapped from files" and the rest: a bf16 model's weights
+    live here, and so would the bf16 file a quantize-on-load recipe read, as long as any tensor
+    still referenced the mapping. None off Linux."""
+    by_path = weight_file_rss_by_path(suffixes)
+    return None if by_path is None else sum(by_path.values())
 
 
 def reset_peak_rss() -> bool:

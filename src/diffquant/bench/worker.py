@@ -237,6 +237,7 @@ def load_phase(ctx: Context) -> Any:
     metrics["load.notes"] = "; ".join(info.notes) if info.notes else None
     metrics.update(info.counters)
     _component_metrics(component_stats(pipe), metrics)
+    metrics.update(_files_per_component(Path(info.model_dir)))
     metrics["disk.model_bytes"] = disk_bytes(info.model_dir)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
@@ -334,6 +335,24 @@ def _loadavg() -> float | None:
     from diffquant.bench.measure import loadavg_1m
 
     return loadavg_1m()
+
+
+def _files_per_component(model_dir: Path) -> dict[str, float]:
+    """``load.rss_weight_files_mib.<component>`` (resident pages of the component's weight files in
+    the model folder) and ``disk.<component>.weight_file_bytes`` (their size): a quantized
+    component should keep next to none of its bf16 file resident."""
+    from diffquant.bench.measure import WEIGHT_FILE_SUFFIXES, weight_file_rss_by_path
+
+    out: dict[str, float] = {}
+    resident = weight_file_rss_by_path() or {}
+    root = model_dir.resolve()
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        files = [f for f in sub.iterdir() if f.is_file() and f.name.endswith(WEIGHT_FILE_SUFFIXES)]
+        if not files:
+            continue
+        out[f"disk.{sub.name}.weight_file_bytes"] = sum(f.stat().st_size for f in files)
+        out[f"load.rss_weight_files_mib.{sub.name}"] = sum(resident.get(str(f), 0.0) for f in files)
+    return out
 
 
 def _plus(a: float | None, b: float | None) -> float | None:
