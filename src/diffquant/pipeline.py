@@ -48,6 +48,7 @@ class LoadInfo:
     quant_cache_used: bool = False
     load_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    counters: dict[str, Any] = field(default_factory=dict)  # e.g. load.released_file_tensors
 
 
 @dataclass
@@ -126,6 +127,7 @@ def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | No
     info = LoadInfo(model_ref=model, model_dir=model_dir, recipe=recipe, device=device, quantized=quantized,
                     quant_cache_used=bool(cache_hits) and all(cache_hits), notes=notes_for(recipe, device))
     pipe._diffquant_load_info = info
+    info.counters.update(_release_weight_files(pipe, quantized))
     if cached is not None:
         save_quantized(pipe, cached, link_unquantized=True, allow_pickle=True)
         info.notes.append(f"quantized weights saved to the cache {cached}")
@@ -172,6 +174,23 @@ def _load_quantized(model_dir: Path, components: dict[str, Any], recipe: Recipe,
     pipe = DiffusionPipeline.from_pretrained(str(model_dir), **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe, {n: f"{s.backend}-{s.qtype}" for n, s in targets.items()}, cache_hits
+
+
+def _release_weight_files(pipe: Any, quantized: dict[str, str]) -> dict[str, int]:
+    """Quantized components let go of the bf16 files they were read from (see file_pages.py);
+    GGUF components hold their own quantized file, which is their weights."""
+    from diffquant.file_pages import release_weight_files, trim_heap
+
+    tensors = nbytes = 0
+    for name, kind in quantized.items():
+        module = getattr(pipe, name, None)
+        if module is None or kind.startswith("gguf-"):
+            continue
+        released = release_weight_files(module)
+        tensors, nbytes = tensors + released.tensors, nbytes + released.nbytes
+    trimmed = trim_heap() if quantized else False  # the quantizers' freed bf16 temporaries
+    return {"load.released_file_tensors": tensors, "load.released_file_bytes": nbytes,
+            "load.heap_trimmed": int(trimmed)}
 
 
 def _without_quant(recipe: Recipe) -> Recipe:

@@ -21,6 +21,7 @@ memory from NVML (``pynvml``) when importable and from ``torch.cuda.mem_get_info
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import threading
 import time
@@ -55,26 +56,34 @@ def proc_status() -> dict[str, float]:
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt")
 
 
-def weight_file_rss_mib(suffixes: tuple[str, ...] = WEIGHT_FILE_SUFFIXES) -> float | None:
-    """Resident pages of memory-mapped weight files (from ``/proc/self/smaps``), in MiB.
-
-    Splits plain RSS into "weights still mapped from files" and the rest: a bf16 model's weights
-    live here, and so does the bf16 file a quantize-on-load recipe read, as long as any tensor
-    still references the mapping. None off Linux."""
-    total_kb = 0
-    counting = False
+def weight_file_rss_by_path(suffixes: tuple[str, ...] = WEIGHT_FILE_SUFFIXES) -> dict[str, float] | None:
+    """Resident pages of each memory-mapped weight file (from ``/proc/self/smaps``), MiB by path;
+    None off Linux."""
+    totals: dict[str, int] = {}
+    current: str | None = None
     try:
         with open("/proc/self/smaps", encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 first = line.split(maxsplit=1)[0]
                 if "-" in first and not first.endswith(":"):  # a mapping header: addr-addr perms ... path
-                    parts = line.split()
-                    counting = len(parts) >= 6 and parts[-1].endswith(suffixes)
-                elif counting and first == "Rss:":
-                    total_kb += int(line.split()[1])
+                    parts = line.split(maxsplit=5)
+                    path = parts[5].strip() if len(parts) == 6 else ""
+                    current = path if path.endswith(suffixes) else None
+                elif current is not None and first == "Rss:":
+                    totals[current] = totals.get(current, 0) + int(line.split()[1])
     except OSError:
         return None
-    return total_kb / 1024.0
+    return {path: kb / 1024.0 for path, kb in totals.items()}
+
+
+def weight_file_rss_mib(suffixes: tuple[str, ...] = WEIGHT_FILE_SUFFIXES) -> float | None:
+    """Resident pages of memory-mapped weight files (from ``/proc/self/smaps``), in MiB.
+
+    Splits plain RSS into "weights still mapped from files" and the rest: a bf16 model's weights
+    live here, and so would the bf16 file a quantize-on-load recipe read, as long as any tensor
+    still referenced the mapping. None off Linux."""
+    by_path = weight_file_rss_by_path(suffixes)
+    return None if by_path is None else sum(by_path.values())
 
 
 def reset_peak_rss() -> bool:
@@ -155,6 +164,8 @@ class PhasePeaks:
     rss_mib: float = 0.0
     rss_anon_mib: float = 0.0
     gpu_used_mib: float | None = None
+    loadavg_1m: float | None = None  # the host's highest 1-minute load average seen in the phase
+    anon_plus_files_mib: float | None = None  # anonymous RSS + resident weight-file pages, at their peak
     samples: int = 0
 
 
@@ -165,7 +176,13 @@ class Sampler:
 
     interval_s: float = 0.02
     gpu_used: Callable[[], float | None] | None = None
+    # resident weight-file pages (smaps: 10-40 ms to read, so every ``files_every`` samples only;
+    # the latest reading is added to every anonymous-RSS sample in between)
+    weight_files: Callable[[], float | None] | None = None
+    files_every: int = 50
     peaks: dict[str, PhasePeaks] = field(default_factory=dict)
+    _files_mib: float | None = None
+    _count: int = 0
     _current: str = "start"
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -185,13 +202,13 @@ class Sampler:
 
     def phase(self, name: str) -> None:
         """Start a new phase: take one sample closing the old one, then count peaks under ``name``."""
-        self._sample()
+        self._sample(files=True)
         with self._lock:
             self._current = name
-        self._sample()
+        self._sample(files=True)
 
     def peak(self, name: str) -> PhasePeaks:
-        self._sample()
+        self._sample(files=True)
         with self._lock:
             return self.peaks.get(name, PhasePeaks())
 
@@ -199,16 +216,34 @@ class Sampler:
         while not self._stop.wait(self.interval_s):
             self._sample()
 
-    def _sample(self) -> None:
+    def _sample(self, files: bool = False) -> None:
         status = proc_status()
         gpu = self.gpu_used() if self.gpu_used is not None else None
+        load = loadavg_1m()
+        self._count += 1
+        if self.weight_files is not None and (files or self._files_mib is None or self._count % self.files_every == 0):
+            self._files_mib = self.weight_files()
         with self._lock:
             peaks = self.peaks.setdefault(self._current, PhasePeaks())
             peaks.rss_mib = max(peaks.rss_mib, status.get("rss", 0.0))
             peaks.rss_anon_mib = max(peaks.rss_anon_mib, status.get("rss_anon", 0.0))
             if gpu is not None:
                 peaks.gpu_used_mib = gpu if peaks.gpu_used_mib is None else max(peaks.gpu_used_mib, gpu)
+            if load is not None:
+                peaks.loadavg_1m = load if peaks.loadavg_1m is None else max(peaks.loadavg_1m, load)
+            if self._files_mib is not None and "rss_anon" in status:
+                both = status["rss_anon"] + self._files_mib
+                peaks.anon_plus_files_mib = both if peaks.anon_plus_files_mib is None else max(
+                    peaks.anon_plus_files_mib, both)
             peaks.samples += 1
+
+
+def loadavg_1m() -> float | None:
+    """The host's 1-minute load average: how contended the CPU was (other processes included)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 # -- statistics and timing ----------------------------------------------------------------------
@@ -225,12 +260,20 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return float(ordered[low] + (ordered[high] - ordered[low]) * (pos - low))
 
 
-def latency_stats(prefix: str, values: Sequence[float]) -> dict[str, float | int | None]:
-    """``<prefix>.p50``, ``.p90``, ``.mean``, ``.min``, ``.max`` and ``<prefix>.n``."""
-    return {f"{prefix}.p50": percentile(values, 50), f"{prefix}.p90": percentile(values, 90),
-            f"{prefix}.mean": statistics.fmean(values) if values else None,
-            f"{prefix}.min": min(values) if values else None, f"{prefix}.max": max(values) if values else None,
-            f"{prefix}.n": len(values)}
+def latency_stats(prefix: str, values: Sequence[float], *, keep_samples: bool = False
+                  ) -> dict[str, Any]:
+    """``<prefix>.p50``, ``.p25``/``.p75`` (the interquartile range), ``.p90``, ``.mean``, ``.min``,
+    ``.max``, ``<prefix>.n`` and, with ``keep_samples``, every value as ``<prefix>.samples`` (the
+    results table bootstraps its latency ratios from them)."""
+    out: dict[str, Any] = {
+        f"{prefix}.p50": percentile(values, 50), f"{prefix}.p25": percentile(values, 25),
+        f"{prefix}.p75": percentile(values, 75), f"{prefix}.p90": percentile(values, 90),
+        f"{prefix}.mean": statistics.fmean(values) if values else None,
+        f"{prefix}.min": min(values) if values else None, f"{prefix}.max": max(values) if values else None,
+        f"{prefix}.n": len(values)}
+    if keep_samples:
+        out[f"{prefix}.samples"] = [round(float(v), 6) for v in values]
+    return out
 
 
 class StepClock:

@@ -34,6 +34,7 @@ class BenchSettings:
     device: str = "cpu"
     repeats: int = 2  # minimum number of steady (timed) calls after the first call and warm-up
     warmup: int = 0  # extra untimed calls after the first one (e.g. for CUDA graphs)
+    min_time_s: float = 0.0  # steady calls go on until they have taken this long too (0: count-based)
     # what the model's diffquant.json fixes (e.g. true_cfg_scale); applied by pipeline.generate
     pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -42,6 +43,8 @@ class BenchSettings:
         return {"prompts": list(self.prompts), "seeds": list(self.seeds), "steps": self.steps,
                 "height": self.height, "width": self.width, "guidance_scale": self.guidance_scale,
                 "device": self.device, "repeats": self.repeats, "warmup": self.warmup,
+                # only when set, so that count-based sweeps keep the ids they had before
+                **({"min_time_s": self.min_time_s} if self.min_time_s else {}),
                 **self.pipeline_kwargs}
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +87,7 @@ class RunSpec:
     image_dir: str
     repeats: int = 2
     warmup: int = 0
+    min_time_s: float = 0.0
     save_images: bool = True
     quant_cache_dir: str | None = None
     sample_interval_s: float = 0.02
@@ -97,7 +101,8 @@ class RunSpec:
         return cls(model=model, recipe=recipe, device=settings.device, prompts=list(settings.prompts),
                    seeds=list(settings.seeds), steps=settings.steps, height=settings.height,
                    width=settings.width, guidance_scale=settings.guidance_scale,
-                   repeats=settings.repeats, warmup=settings.warmup, result_path=str(result_path),
+                   repeats=settings.repeats, warmup=settings.warmup, min_time_s=settings.min_time_s,
+                   result_path=str(result_path),
                    image_dir=str(image_dir), **kwargs)
 
     def to_json(self) -> str:

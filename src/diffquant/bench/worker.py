@@ -6,20 +6,24 @@ the file descriptor named by ``$DIFFQUANT_EVENT_FD`` (if set). The parent trusts
 the run's fate: it reads the exit status itself, and a worker that dies leaves no result.
 
 Calls, in order: the *first call* (prompt 0, seed 0: warm-up, and compilation if the recipe
-compiles), ``warmup`` untimed repeats of it, then the *steady calls*: every other (prompt, seed)
-pair, plus repeats of pair 0 until there are at least ``repeats`` of them. Every pair's image is
-saved once (PNG + final latents).
+compiles; mapped weight files are read into the page cache just before it, timed apart, so that
+disk reads are not taken for compile time), ``warmup`` untimed repeats of it, then the *steady
+calls*: every other (prompt, seed) pair, plus repeats of pair 0 until there are at least
+``repeats`` of them and they have run for ``min_time_s`` (see :mod:`diffquant.bench.phases`).
+Every pair's image is saved once (PNG + final latents).
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import os
 import signal
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,17 +120,134 @@ def save_image(output: Any, folder: Path, stem: str, meta: dict[str, str], with_
     return png, latents
 
 
+@dataclass
+class Context:
+    """What the phases share: the spec, where results go, and the measuring tools."""
+
+    spec: RunSpec
+    metrics: dict[str, Any]
+    result: dict[str, Any]
+    events: Events
+    sampler: Any  # bench.measure.Sampler
+    baseline: Any  # bench.phases.Baseline
+    nvml: Any  # bench.measure.Nvml | None
+    on_cuda: bool
+    sync: Any  # torch.cuda.synchronize | None
+
+
 def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], events: Events) -> None:
-    """Load, generate and measure; fills ``metrics`` and ``result`` as it goes (so a failure
-    part-way still reports what was measured before it)."""
+    """Import, take the baseline, load, generate: each phase fills ``metrics`` and ``result`` as it
+    goes (so a failure part-way still reports what was measured before it)."""
     started = time.perf_counter()
     events.send("phase", phase="import")
     import torch
 
     from diffquant.bench.env import capture_env
+    from diffquant.bench.measure import Nvml, Sampler, proc_status, weight_file_rss_mib
+    from diffquant.bench.phases import (
+        contention_counters,
+        host_cores,
+        import_for,
+        take_baseline,
+        warm_runtime,
+    )
+    from diffquant.components import resolve_model
+    from diffquant.recipes import load_recipe
+
+    on_cuda = spec.device.startswith("cuda")
+    if on_cuda and not torch.cuda.is_available():
+        raise DiffquantError("This run asks for device 'cuda' but torch sees no CUDA device here.",
+                             hint="run with --device cpu, or on a machine with a GPU")
+    metrics["baseline.imports"] = ", ".join(import_for(load_recipe(spec.recipe), resolve_model(spec.model)))
+    warm_runtime()
+    metrics["worker.import_s"] = time.perf_counter() - started
+    device_index = (torch.device(spec.device).index if on_cuda else None)
+    nvml = Nvml(torch.cuda.current_device() if device_index is None else device_index) if on_cuda else None
+    result["env"] = env = capture_env(gpu=True)
+    env["device"] = spec.device
+    if nvml is not None and nvml.error:
+        env["nvml"] = f"unavailable ({nvml.error})"
+
+    from diffquant.file_pages import trim_heap
+
+    gc.collect()
+    trim_heap()  # what importing freed is not the baseline's
+    baseline = take_baseline(proc_status, weight_file_rss_mib)
+    metrics.update(baseline.counters())
+    metrics["host.loadavg_1m.before_load"] = _loadavg()
+    metrics["proc.rss_mib.before_load"] = baseline.rss_mib
+    metrics["proc.rss_anon_mib.before_load"] = baseline.rss_anon_mib
+    own_threads = 1 if on_cuda else torch.get_num_threads()
+    with Sampler(interval_s=spec.sample_interval_s, gpu_used=nvml.used_mib if nvml else None,
+                 weight_files=weight_file_rss_mib) as sampler:
+        ctx = Context(spec, metrics, result, events, sampler, baseline, nvml, on_cuda,
+                      torch.cuda.synchronize if on_cuda else None)
+        pipe = load_phase(ctx)
+        generate_phase(ctx, pipe)
+        metrics["host.loadavg_1m.end"] = _loadavg()
+    metrics["sampler.interval_s"] = spec.sample_interval_s
+    metrics["sampler.samples"] = sum(p.samples for p in sampler.peaks.values())
+    loads = [p.loadavg_1m for p in sampler.peaks.values() if p.loadavg_1m is not None]
+    metrics.update(contention_counters(max(loads) if loads else None, own_threads, host_cores()))
+
+
+def load_phase(ctx: Context) -> Any:
+    """Load the pipeline with the recipe; memory now and at the phase's peak, whole-process and
+    the model's own (minus the baseline); the weights actually held."""
     from diffquant.bench.measure import (
-        Nvml,
-        Sampler,
+        cuda_counters,
+        proc_status,
+        reset_cuda_peaks,
+        reset_peak_rss,
+        weight_file_rss_mib,
+    )
+    from diffquant.inspect import component_stats, disk_bytes
+    from diffquant.pipeline import load_info, load_pipeline
+
+    spec, metrics = ctx.spec, ctx.metrics
+    ctx.events.send("phase", phase="load")
+    ctx.sampler.phase("load")
+    metrics["load.vmhwm_reset"] = int(reset_peak_rss())
+    if ctx.on_cuda:
+        reset_cuda_peaks()
+    _fault(spec, "load")
+    t0 = time.perf_counter()
+    quant_cache = Path(spec.quant_cache_dir) if spec.quant_cache_dir else None
+    pipe = load_pipeline(spec.model, spec.recipe, device=spec.device, quant_cache_dir=quant_cache)
+    if ctx.sync:
+        ctx.sync()
+    metrics["load.wall_s"] = time.perf_counter() - t0
+    gc.collect()
+    status, peaks = proc_status(), ctx.sampler.peak("load")
+    peak_rss = max(peaks.rss_mib, _hwm(status, metrics["load.vmhwm_reset"]))
+    metrics.update({"load.rss_mib": status.get("rss"), "load.rss_anon_mib": status.get("rss_anon"),
+                    "load.rss_file_mib": status.get("rss_file"), "load.vmhwm_mib": status.get("vmhwm"),
+                    "load.rss_weight_files_mib": weight_file_rss_mib(),
+                    "load.peak_rss_mib": peak_rss, "load.peak_rss_anon_mib": peaks.rss_anon_mib})
+    files = metrics["load.rss_weight_files_mib"]
+    metrics.update(ctx.baseline.model("load", status.get("rss_anon"), _plus(status.get("rss_anon"), files)))
+    metrics.update(ctx.baseline.model("load", peaks.rss_anon_mib, peaks.anon_plus_files_mib, peak=True))
+    if ctx.on_cuda:
+        metrics.update(cuda_counters("load", nvml=ctx.nvml))
+        metrics["load.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
+    info = load_info(pipe)
+    recipe = info.recipe
+    ctx.result["recipe"], ctx.result["recipe_hash"] = recipe.name, recipe.hash
+    metrics["load.quant_cache_used"] = int(bool(info.quant_cache_used))
+    metrics["load.notes"] = "; ".join(info.notes) if info.notes else None
+    metrics.update(info.counters)
+    _component_metrics(component_stats(pipe), metrics)
+    metrics.update(_files_per_component(Path(info.model_dir)))
+    metrics["disk.model_bytes"] = disk_bytes(info.model_dir)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_phase(ctx: Context, pipe: Any) -> None:
+    """The first call (compile, warm-up), ``warmup`` untimed repeats, then steady calls until there
+    are enough (count- or time-based); latencies, the phase's peaks, images saved once per pair."""
+    from diffquant.bench.measure import (
         StepClock,
         cuda_counters,
         latency_stats,
@@ -135,132 +256,107 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
         reset_peak_rss,
         weight_file_rss_mib,
     )
-    from diffquant.inspect import component_stats, disk_bytes
-    from diffquant.pipeline import default_settings, generate, load_info, load_pipeline
+    from diffquant.bench.phases import page_in_weights, steady_plan
+    from diffquant.pipeline import default_settings, generate, load_info
 
-    metrics["worker.import_s"] = time.perf_counter() - started
-    on_cuda = spec.device.startswith("cuda")
-    if on_cuda and not torch.cuda.is_available():
-        raise DiffquantError("This run asks for device 'cuda' but torch sees no CUDA device here.",
-                             hint="run with --device cpu, or on a machine with a GPU")
-    device_index = (torch.device(spec.device).index if on_cuda else None)
-    nvml = Nvml(torch.cuda.current_device() if device_index is None else device_index) if on_cuda else None
-    result["env"] = env = capture_env(gpu=True)
-    env["device"] = spec.device
-    if nvml is not None and nvml.error:
-        env["nvml"] = f"unavailable ({nvml.error})"
-    sync = torch.cuda.synchronize if on_cuda else None
-
-    before = proc_status()
-    metrics["host.loadavg_1m.before_load"] = _loadavg()
-    metrics["proc.rss_mib.before_load"] = before.get("rss")
-    metrics["proc.rss_anon_mib.before_load"] = before.get("rss_anon")
-
-    with Sampler(interval_s=spec.sample_interval_s, gpu_used=nvml.used_mib if nvml else None) as sampler:
-        # -- load ---------------------------------------------------------------------------
-        events.send("phase", phase="load")
-        sampler.phase("load")
-        metrics["load.vmhwm_reset"] = int(reset_peak_rss())
-        if on_cuda:
-            reset_cuda_peaks()
-        _fault(spec, "load")
-        t0 = time.perf_counter()
-        quant_cache = Path(spec.quant_cache_dir) if spec.quant_cache_dir else None
-        pipe = load_pipeline(spec.model, spec.recipe, device=spec.device, quant_cache_dir=quant_cache)
-        if sync:
-            sync()
-        metrics["load.wall_s"] = time.perf_counter() - t0
-        gc.collect()
-        status, peaks = proc_status(), sampler.peak("load")
-        metrics.update({"load.rss_mib": status.get("rss"), "load.rss_anon_mib": status.get("rss_anon"),
-                        "load.rss_file_mib": status.get("rss_file"), "load.vmhwm_mib": status.get("vmhwm"),
-                        "load.rss_weight_files_mib": weight_file_rss_mib(),
-                        "load.peak_rss_mib": max(peaks.rss_mib, _hwm(status, metrics["load.vmhwm_reset"])),
-                        "load.peak_rss_anon_mib": peaks.rss_anon_mib})
-        if on_cuda:
-            metrics.update(cuda_counters("load", nvml=nvml))
-            metrics["load.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
-        info = load_info(pipe)
-        recipe = info.recipe
-        result["recipe"], result["recipe_hash"] = recipe.name, recipe.hash
-        metrics["load.quant_cache_used"] = int(bool(info.quant_cache_used))
-        metrics["load.notes"] = "; ".join(info.notes) if info.notes else None
-        _component_metrics(component_stats(pipe), metrics)
-        metrics["disk.model_bytes"] = disk_bytes(info.model_dir)
-        if hasattr(pipe, "set_progress_bar_config"):
-            pipe.set_progress_bar_config(disable=True)
-
-        # -- generate -----------------------------------------------------------------------
-        events.send("phase", phase="generate")
-        sampler.phase("generate")
-        metrics["gen.vmhwm_reset"] = int(reset_peak_rss())
-        if on_cuda:
-            reset_cuda_peaks()
-        _fault(spec, "generate")
-        pairs = [(pi, prompt, seed) for pi, prompt in enumerate(spec.prompts) for seed in spec.seeds]
-        if not pairs:
-            raise DiffquantError("A run needs at least one prompt and one seed.", hint="give --prompts and --seeds")
-        plan = [("first", pairs[0], True)] + [("warmup", pairs[0], False)] * max(spec.warmup, 0)
-        plan += [("steady", pair, True) for pair in pairs[1:]]
-        plan += [("steady", pairs[0], False)] * max(spec.repeats - (len(pairs) - 1), 0)
-        model_kwargs = default_settings(spec.model).pipeline_kwargs  # generate() applies them
-        clock = StepClock(sync=sync, on_step=lambda step: events.send("step", step=step + 1, steps=spec.steps))
-        first_s, steady, steps, first_latents, repeat_diff = None, [], [], None, []
-        gen_started = time.perf_counter()
-        for index, (kind, pair, save) in enumerate(plan):
-            pi, prompt, seed = pair
-            events.send("call", index=index + 1, total=len(plan), kind=kind)
-            clock.start_call()
-            output = generate(pipe, prompt, seed=seed, steps=spec.steps, height=spec.height, width=spec.width,
-                              guidance_scale=spec.guidance_scale, step_callback=clock)
-            if sync:
-                sync()
-            elapsed = time.perf_counter() - clock.call_start
-            if kind == "first":
-                first_s, first_latents = elapsed, output.latents
-            elif kind == "steady":
-                steady.append(elapsed)
-                steps.extend(clock.step_intervals())
-                if pair == pairs[0] and first_latents is not None and output.latents is not None:
-                    repeat_diff.append(float((output.latents - first_latents).abs().max()))
-            if save and spec.save_images:
-                meta = {"prompt": prompt, "seed": str(seed), "recipe": recipe.name, "recipe_hash": recipe.hash,
-                        "model": spec.model, "steps": str(spec.steps), "size": f"{spec.width}x{spec.height}",
-                        "guidance_scale": str(spec.guidance_scale), "device": spec.device,
-                        **{k: str(v) for k, v in model_kwargs.items()}}
-                png, latents = save_image(output, Path(spec.image_dir), f"p{pi:03d}-s{seed}", meta)
-                result["images"].append({"prompt": prompt, "prompt_index": pi, "seed": seed, "path": str(png),
-                                         "latents_path": str(latents) if latents else None})
-            del output
-        metrics["gen.wall_s"] = time.perf_counter() - gen_started
-        status, peaks = proc_status(), sampler.peak("generate")
-        metrics["first_call.latency_s"] = first_s
-        metrics.update(latency_stats("call.latency_s", steady))
-        metrics.update(latency_stats("step.latency_s", steps))
-        metrics["compile.time_s"] = (first_s - metrics["call.latency_s.p50"]
-                                     if recipe.compile.enabled and steady and first_s is not None else None)
-        metrics["call.repeat_max_abs_diff"] = max(repeat_diff) if repeat_diff else None
-        gen_hwm = _hwm(status, metrics["gen.vmhwm_reset"])
-        metrics.update({"gen.peak_rss_mib": max(peaks.rss_mib, gen_hwm),
-                        "gen.peak_rss_anon_mib": peaks.rss_anon_mib,
-                        "gen.vmhwm_mib": gen_hwm if metrics["gen.vmhwm_reset"] else None,
-                        "gen.rss_mib": status.get("rss"), "gen.rss_anon_mib": status.get("rss_anon"),
-                        "gen.rss_weight_files_mib": weight_file_rss_mib()})
-        if on_cuda:
-            metrics.update(cuda_counters("gen", nvml=nvml))
-            metrics["gen.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
-        metrics["proc.vmhwm_mib"] = status.get("vmhwm")
-        metrics["host.loadavg_1m.end"] = _loadavg()
-    metrics["sampler.interval_s"] = spec.sample_interval_s
-    metrics["sampler.samples"] = sum(p.samples for p in sampler.peaks.values())
+    spec, metrics, result = ctx.spec, ctx.metrics, ctx.result
+    recipe = load_info(pipe).recipe
+    ctx.events.send("phase", phase="generate")
+    ctx.sampler.phase("generate")
+    metrics["gen.vmhwm_reset"] = int(reset_peak_rss())
+    if ctx.on_cuda:
+        reset_cuda_peaks()
+    _fault(spec, "generate")
+    pairs = [(pi, prompt, seed) for pi, prompt in enumerate(spec.prompts) for seed in spec.seeds]
+    if not pairs:
+        raise DiffquantError("A run needs at least one prompt and one seed.", hint="give --prompts and --seeds")
+    model_kwargs = default_settings(spec.model).pipeline_kwargs  # generate() applies them
+    clock = StepClock(sync=ctx.sync, on_step=lambda step: ctx.events.send("step", step=step + 1, steps=spec.steps))
+    first_s, steady, steps, first_latents, repeat_diff = None, [], [], None, []
+    metrics.update(page_in_weights())  # disk reads of mapped weights are not compile time
+    gen_started = time.perf_counter()
+    steady_started: list[float] = []
+    prelude = [("first", pairs[0], True)] + [("warmup", pairs[0], False)] * max(spec.warmup, 0)
+    steady_calls = (("steady", pair, save) for pair, save in steady_plan(
+        pairs, spec.repeats, spec.min_time_s,
+        lambda: time.perf_counter() - steady_started[0] if steady_started else 0.0))
+    planned = len(prelude) + max(len(pairs) - 1, spec.repeats)
+    for index, (kind, pair, save) in enumerate(itertools.chain(prelude, steady_calls)):
+        pi, prompt, seed = pair
+        if kind == "steady" and not steady_started:
+            steady_started.append(time.perf_counter())
+        ctx.events.send("call", index=index + 1, total=max(planned, index + 1), kind=kind)
+        clock.start_call()
+        output = generate(pipe, prompt, seed=seed, steps=spec.steps, height=spec.height, width=spec.width,
+                          guidance_scale=spec.guidance_scale, step_callback=clock)
+        if ctx.sync:
+            ctx.sync()
+        elapsed = time.perf_counter() - clock.call_start
+        if kind == "first":
+            first_s, first_latents = elapsed, output.latents
+        elif kind == "steady":
+            steady.append(elapsed)
+            steps.extend(clock.step_intervals())
+            if pair == pairs[0] and first_latents is not None and output.latents is not None:
+                repeat_diff.append(float((output.latents - first_latents).abs().max()))
+        if save and spec.save_images:
+            meta = {"prompt": prompt, "seed": str(seed), "recipe": recipe.name, "recipe_hash": recipe.hash,
+                    "model": spec.model, "steps": str(spec.steps), "size": f"{spec.width}x{spec.height}",
+                    "guidance_scale": str(spec.guidance_scale), "device": spec.device,
+                    **{k: str(v) for k, v in model_kwargs.items()}}
+            png, latents = save_image(output, Path(spec.image_dir), f"p{pi:03d}-s{seed}", meta)
+            result["images"].append({"prompt": prompt, "prompt_index": pi, "seed": seed, "path": str(png),
+                                     "latents_path": str(latents) if latents else None})
+        del output
+    metrics["gen.wall_s"] = time.perf_counter() - gen_started
+    metrics["call.steady_rule"] = (f"at least {spec.repeats} calls and {spec.min_time_s:g} s" if spec.min_time_s
+                                   else f"at least {spec.repeats} calls")
+    status, peaks = proc_status(), ctx.sampler.peak("generate")
+    metrics["first_call.latency_s"] = first_s
+    metrics.update(latency_stats("call.latency_s", steady, keep_samples=True))
+    metrics.update(latency_stats("step.latency_s", steps))
+    metrics["compile.time_s"] = (first_s - metrics["call.latency_s.p50"]
+                                 if recipe.compile.enabled and steady and first_s is not None else None)
+    metrics["call.repeat_max_abs_diff"] = max(repeat_diff) if repeat_diff else None
+    gen_hwm = _hwm(status, metrics["gen.vmhwm_reset"])
+    peak_rss = max(peaks.rss_mib, gen_hwm)
+    metrics.update({"gen.peak_rss_mib": peak_rss, "gen.peak_rss_anon_mib": peaks.rss_anon_mib,
+                    "gen.vmhwm_mib": gen_hwm if metrics["gen.vmhwm_reset"] else None,
+                    "gen.rss_mib": status.get("rss"), "gen.rss_anon_mib": status.get("rss_anon"),
+                    "gen.rss_weight_files_mib": weight_file_rss_mib()})
+    metrics.update(ctx.baseline.model("gen", peaks.rss_anon_mib, peaks.anon_plus_files_mib, peak=True))
+    if ctx.on_cuda:
+        metrics.update(cuda_counters("gen", nvml=ctx.nvml))
+        metrics["gen.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
+    metrics["proc.vmhwm_mib"] = status.get("vmhwm")
 
 
 def _loadavg() -> float | None:
-    """The host's 1-minute load average: how contended the CPU was (other processes included)."""
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return None
+    from diffquant.bench.measure import loadavg_1m
+
+    return loadavg_1m()
+
+
+def _files_per_component(model_dir: Path) -> dict[str, float]:
+    """``load.rss_weight_files_mib.<component>`` (resident pages of the component's weight files in
+    the model folder) and ``disk.<component>.weight_file_bytes`` (their size): a quantized
+    component should keep next to none of its bf16 file resident."""
+    from diffquant.bench.measure import WEIGHT_FILE_SUFFIXES, weight_file_rss_by_path
+
+    out: dict[str, float] = {}
+    resident = weight_file_rss_by_path() or {}
+    root = model_dir.resolve()
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        files = [f for f in sub.iterdir() if f.is_file() and f.name.endswith(WEIGHT_FILE_SUFFIXES)]
+        if not files:
+            continue
+        out[f"disk.{sub.name}.weight_file_bytes"] = sum(f.stat().st_size for f in files)
+        out[f"load.rss_weight_files_mib.{sub.name}"] = sum(resident.get(str(f), 0.0) for f in files)
+    return out
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
 
 
 def _hwm(status: dict[str, float], was_reset: int) -> float:

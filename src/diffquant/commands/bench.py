@@ -37,8 +37,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--size", default=None, help="WIDTHxHEIGHT, e.g. 1024x1024 (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="at least this many steady (timed) calls after the first call (default: 2)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="at least this many steady (timed) calls after the first call; their p50, IQR "
+                             "and the bootstrap CI of the ratio to the reference come from them (default: 5)")
+    parser.add_argument("--min-time", type=float, default=0.0,
+                        help="and go on with steady calls until they have taken this many seconds "
+                             "(time-based; default 0: count-based, --repeats calls)")
     parser.add_argument("--warmup", type=int, default=0,
                         help="extra untimed calls after the first one, e.g. for CUDA graphs (default: 0)")
     parser.add_argument("--timeout", type=float, default=3600.0,
@@ -138,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
     settings = resolve_settings(args.model, prompts=prompts or None, seeds=parse_seeds(args.seeds),
                                 steps=args.steps, height=height, width=width, guidance_scale=args.guidance,
                                 device=args.device, repeats=args.repeats, warmup=args.warmup)
+    if args.min_time > 0:
+        import dataclasses
+
+        settings = dataclasses.replace(settings, min_time_s=float(args.min_time))
     options = SweepOptions(
         model=args.model, recipes=recipes, settings=settings, db_path=args.db, image_root=args.images,
         reference=args.reference, timeout_s=args.timeout, force=args.force, retry_errors=args.retry_errors,
@@ -274,8 +282,10 @@ def finish_line(row: Any) -> str:
         return f"[red]x {escape(row.recipe)}[/]: {escape(first_line(row.error or ''))}"
     m = row.metrics
     on_cuda = str(row.settings.get("device", "cpu")).startswith("cuda")
-    peak = m.get("gen.cuda_max_reserved_mib") if on_cuda else m.get("gen.peak_rss_mib")
+    model_peak = None if on_cuda else m.get("gen.model_peak_rss_mib")
+    peak = m.get("gen.cuda_max_reserved_mib") if on_cuda else model_peak or m.get("gen.peak_rss_mib")
     weights = m.get("weights.total_bytes")
+    flag = " · [yellow]contended[/]" if m.get("host.contended") else ""
     return (f"[green]ok {escape(row.recipe)}[/]: load {fmt_s(m.get('load.wall_s'))} · "
-            f"call p50 {fmt_s(m.get('call.latency_s.p50'))} · peak {fmt_mib(peak)} · "
-            f"weights {fmt_mib(weights / 1048576 if weights else None)}")
+            f"call p50 {fmt_s(m.get('call.latency_s.p50'))} · {'model peak' if model_peak else 'peak'} "
+            f"{fmt_mib(peak)} · weights {fmt_mib(weights / 1048576 if weights else None)}{flag}")

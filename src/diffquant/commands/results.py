@@ -56,12 +56,23 @@ def _print_arena(db_path: Path) -> None:
     from diffquant.arena.summary import print_section
 
     print_section(db_path)
+# Piped or captured output has no terminal width; rich would then wrap tables at 80 columns.
+PIPE_WIDTH = 400
+
+
+def table_console() -> Any:
+    """A rich Console for tables: the terminal's width, or wide enough to keep every column on one
+    line when stdout is not a terminal (tables take their natural width, not this one)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
 
 
 def print_results(db_path: Path, runs: Sequence[Any], fmt: str, reference: str, *,
                   wall_s: float | None = None) -> None:
     """The seed's table, one per sweep, with the counters named and errors spelled out."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -72,7 +83,7 @@ def print_results(db_path: Path, runs: Sequence[Any], fmt: str, reference: str, 
         with ResultsDB(db_path) as db:
             print(render(db, runs, fmt, reference), end="")
         return
-    console = Console()
+    console = table_console()
     if not runs:
         console.print("No runs.")
         return
@@ -91,7 +102,8 @@ def print_results(db_path: Path, runs: Sequence[Any], fmt: str, reference: str, 
         for line in cells:
             status = line[1]
             line = [escape(c) for c in line]
-            line[1] = "[green]ok[/]" if status == "ok" else f"[red]{escape(status)}[/]"
+            color = "red" if not status.startswith("ok") else "yellow" if "contended" in status else "green"
+            line[1] = f"[{color}]{escape(status)}[/]"
             grid.add_row(*line)
         console.print(grid)
         console.print(f"[dim](n×) = ratio to {reference!r} in the same sweep. "
@@ -102,6 +114,10 @@ def print_results(db_path: Path, runs: Sequence[Any], fmt: str, reference: str, 
             from diffquant.bench.sweep import environment_summary
 
             console.print(f"[dim]Machine: {escape(environment_summary(env))}[/]")
+        contended = [m.recipe for m in members if m.ok and m.metrics.get("host.contended")]
+        if contended:
+            console.print(f"[yellow]contended:[/] {escape(', '.join(contended))} ran while other work loaded the "
+                          "host; re-run them on an idle machine before trusting their times")
         errors = [m for m in members if not m.ok]
         for m in errors:
             console.print(f"[red]{escape(m.recipe)}[/]: {escape(first_line(m.error or '', 400))}")

@@ -84,3 +84,30 @@ def _row_inf_means(samples: object) -> object:
     with np.errstate(invalid="ignore"):
         plain = arr.mean(axis=1)
     return np.where(pos & ~neg, np.inf, np.where(neg & ~pos, -np.inf, plain))
+
+
+def bootstrap_ratio(values: Sequence[float], reference: Sequence[float], *, q: float = 50.0,
+                    level: float = DEFAULT_LEVEL, resamples: int = DEFAULT_RESAMPLES,
+                    seed: int = DEFAULT_SEED) -> Estimate | None:
+    """``percentile(values, q) / percentile(reference, q)`` with a percentile-bootstrap CI,
+    resampling the two samples independently (two runs' call latencies: unpaired). ``n`` is the
+    smaller sample's size; None when either side is empty or the reference's statistic is 0."""
+    import numpy as np
+
+    a = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    b = np.asarray([v for v in reference if math.isfinite(v)], dtype=np.float64)
+    if a.size == 0 or b.size == 0:
+        return None
+    denominator = float(np.percentile(b, q))
+    if denominator == 0:
+        return None
+    point = float(np.percentile(a, q)) / denominator
+    rng = np.random.default_rng(seed)
+    sa = np.percentile(a[rng.integers(0, a.size, size=(resamples, a.size))], q, axis=1)
+    sb = np.percentile(b[rng.integers(0, b.size, size=(resamples, b.size))], q, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = sa / sb
+    ratios = ratios[np.isfinite(ratios)]
+    alpha = (1.0 - level) / 2.0
+    low, high = (float(x) for x in np.quantile(ratios, [alpha, 1.0 - alpha], method="inverted_cdf"))
+    return Estimate(int(min(a.size, b.size)), point, min(low, point), max(high, point), level)

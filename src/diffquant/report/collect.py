@@ -42,6 +42,7 @@ class Column:
     label: str  # e.g. "peak RSS"
     unit: str  # display unit: "GiB" | "MiB" | "s"
     kind: str  # "mib" | "s"
+    process_counter: str | None = None  # CPU memory: the whole process's figure, shown beside
 
     @property
     def heading(self) -> str:
@@ -54,6 +55,7 @@ class Cell:
     text: str
     ratio: float | None = None
     ratio_text: str = ""
+    extra: str = ""  # beside the value: the whole process's memory, or the latency's IQR and n
 
 
 @dataclass
@@ -64,6 +66,8 @@ class RunView:
     cells: dict[str, Cell] = field(default_factory=dict)
     quality: dict[str, QualityRow] = field(default_factory=dict)
     image_quality: dict[Any, dict[str, float | None]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)  # the run's row of the seed's table
+    contended: bool = False  # the host was busy with other work during the run: times unreliable
 
     @property
     def recipe(self) -> str:
@@ -108,6 +112,10 @@ class SweepView:
     @property
     def label(self) -> str:
         return f"{self.model} · {self.device} · {settings_label(self.settings)}"
+
+    @property
+    def contended(self) -> list[str]:
+        return [r.recipe for r in self.runs if r.contended]
 
     @property
     def reference(self) -> RunView | None:
@@ -184,6 +192,8 @@ def collect(db_path: Path, reference: str | None = None) -> ReportData:
                        quality=quality.get(run.id, {}),
                        image_quality={im.id: image_quality.get(im.id, {}) for im in run.images})
         summ = summary.get(run.id, {})
+        view.contended = bool(summ.get("contended"))
+        view.summary = summ
         for key in TABLE_KEYS:
             view.cells[key] = Cell(value=summ.get(key), text="", ratio=summ.get(f"{key}.ratio"))
         sweep.runs.append(view)
@@ -204,25 +214,40 @@ def collect(db_path: Path, reference: str | None = None) -> ReportData:
 
 
 def _fill_columns(sweep: SweepView, store_columns: dict[str, Any]) -> None:
+    from diffquant.store.summary import fmt_ratio_ci
+
     for key in TABLE_KEYS:
         spec = store_columns.get(key)
         if spec is None:
             continue
         counter = spec.counter(sweep.device)
+        process = spec.process_counter(sweep.device)
+        if process and all(r.summary.get(f"{key}.fallback") for r in sweep.runs):
+            counter, process = process, None  # runs recorded before the model's own counters
         values = [r.cells[key].value for r in sweep.runs]
         if spec.kind == "mib":
             unit = memory_unit(values)
         else:
             unit = counter_unit(counter) if counter else "s"
         label = counter_label(counter) if counter else ""
-        sweep.columns.append(Column(key, spec.title, counter, label, unit, spec.kind))
+        sweep.columns.append(Column(key, spec.title, counter, label, unit, spec.kind, process))
         for run in sweep.runs:
-            cell = run.cells[key]
+            cell, summ = run.cells[key], run.summary
             cell.text = fmt_memory(cell.value, unit) if spec.kind == "mib" else fmt_seconds(cell.value)
             if run.is_reference or cell.ratio is None or not math.isfinite(cell.ratio):
                 cell.ratio_text = ""
+            elif key == "inference_s" and summ.get("inference_s.ratio_low") is not None:
+                cell.ratio_text = fmt_ratio_ci(cell.ratio, summ["inference_s.ratio_low"],
+                                               summ["inference_s.ratio_high"])
             else:
                 cell.ratio_text = fmt_ratio(cell.ratio)
+            if process and summ.get(f"{key}.process") is not None and not summ.get(f"{key}.fallback"):
+                cell.extra = f"process {fmt_memory(summ[f'{key}.process'], memory_unit([summ[f'{key}.process']]))}"
+            elif process and summ.get(f"{key}.fallback"):
+                cell.extra = "whole process"
+            elif key == "inference_s" and summ.get("inference_s.p25") is not None and (summ.get("inference_s.n") or 0) > 1:
+                cell.extra = (f"IQR {fmt_seconds(summ['inference_s.p25'])}–{fmt_seconds(summ['inference_s.p75'])}, "
+                              f"n={summ['inference_s.n']}")
 
 
 def _fill_metrics(sweep: SweepView) -> None:

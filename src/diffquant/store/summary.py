@@ -3,19 +3,26 @@ Compile time (plus weight bytes and load peak), with ratios against a reference 
 
 Which counter fills a column depends on the device the run used, and the table says which:
 
-========================  ==============================  ==================================
-column                    CPU run                         CUDA run
-========================  ==============================  ==================================
-Memory after loading      ``load.rss_mib``                ``load.cuda_reserved_mib``
-Peak memory               ``gen.peak_rss_mib``            ``gen.cuda_max_reserved_mib``
-Load peak                 ``load.peak_rss_mib``           ``load.cuda_max_reserved_mib``
-Inference time            ``call.latency_s.p50``          ``call.latency_s.p50``
-Compile time              ``compile.time_s``              ``compile.time_s``
-Weights                   ``weights.total_bytes``         ``weights.total_bytes``
-========================  ==============================  ==================================
+========================  ===================================  ==================================
+column                    CPU run (whole process beside)       CUDA run
+========================  ===================================  ==================================
+Memory after loading      ``load.model_rss_mib`` (load.rss_mib)   ``load.cuda_reserved_mib``
+Peak memory               ``gen.model_peak_rss_mib`` (gen.peak_rss_mib)  ``gen.cuda_max_reserved_mib``
+Load peak                 ``load.model_peak_rss_mib`` (load.peak_rss_mib)  ``load.cuda_max_reserved_mib``
+Inference time            ``call.latency_s.p50`` [p25–p75]     ``call.latency_s.p50`` [p25–p75]
+Compile time              ``compile.time_s``                    ``compile.time_s``
+Weights                   ``weights.total_bytes``               ``weights.total_bytes``
+========================  ===================================  ==================================
 
-Ratios (in brackets after a value) compare runs of the same sweep (same model, device and settings) with the reference
-recipe's run of that sweep. No torch import here.
+On CPU the memory columns show the *model's own* memory: the process's RSS minus the baseline the
+worker took after importing every library and before reading a weight (bench/phases.py). A run
+recorded before those counters existed shows its whole-process figure instead, marked "process".
+
+Ratios (in brackets after a value) compare runs of the same sweep (same model, device and
+settings) with the reference recipe's run of that sweep. The latency ratio is the ratio of p50s
+with a bootstrap 95% CI over both runs' steady calls; "≈" marks a ratio whose CI holds 1.0.
+A run whose host was busy with other work is marked "contended" (``host.contended``). No torch
+import here (numpy, for the bootstrap, only when latency samples are present).
 """
 
 from __future__ import annotations
@@ -36,28 +43,35 @@ class Column:
     kind: str  # "mib" | "s" | "ratio" | "text"
     cpu_counter: str | None = None
     cuda_counter: str | None = None
+    cpu_process_counter: str | None = None  # CPU: the whole process's figure, shown beside
 
     def counter(self, device: str) -> str | None:
         return self.cuda_counter if device.startswith("cuda") else self.cpu_counter
 
+    def process_counter(self, device: str) -> str | None:
+        return None if device.startswith("cuda") else self.cpu_process_counter
+
 
 COLUMNS: tuple[Column, ...] = (
-    Column("after_load_mib", "Memory after loading", "mib", "load.rss_mib", "load.cuda_reserved_mib"),
-    Column("peak_mib", "Peak memory", "mib", "gen.peak_rss_mib", "gen.cuda_max_reserved_mib"),
+    Column("after_load_mib", "Memory after loading", "mib", "load.model_rss_mib", "load.cuda_reserved_mib",
+           "load.rss_mib"),
+    Column("peak_mib", "Peak memory", "mib", "gen.model_peak_rss_mib", "gen.cuda_max_reserved_mib",
+           "gen.peak_rss_mib"),
     Column("inference_s", "Inference time", "s", "call.latency_s.p50", "call.latency_s.p50"),
     Column("compile_s", "Compile time", "s", "compile.time_s", "compile.time_s"),
     Column("weights_mib", "Weights", "mib", "weights.total_bytes", "weights.total_bytes"),
-    Column("load_peak_mib", "Load peak", "mib", "load.peak_rss_mib", "load.cuda_max_reserved_mib"),
+    Column("load_peak_mib", "Load peak", "mib", "load.model_peak_rss_mib", "load.cuda_max_reserved_mib",
+           "load.peak_rss_mib"),
 )
 RATIO_KEYS = ("after_load_mib", "peak_mib", "inference_s", "weights_mib")
+LATENCY_SAMPLES = "call.latency_s.samples"
 
 
 def run_device(run: RunRow) -> str:
     return str(run.settings.get("device") or run.env.get("device") or "cpu")
 
 
-def _value(run: RunRow, column: Column) -> float | None:
-    name = column.counter(run_device(run))
+def _number(run: RunRow, name: str | None) -> float | None:
     if name is None:
         return None
     value = run.metrics.get(name)
@@ -66,9 +80,32 @@ def _value(run: RunRow, column: Column) -> float | None:
     return value / MIB if name.endswith("_bytes") else float(value)
 
 
+def _value(run: RunRow, column: Column) -> tuple[float | None, bool]:
+    """The column's figure for ``run`` and whether it is the whole-process fallback (a CPU run
+    recorded before the model's own counters existed)."""
+    device = run_device(run)
+    value = _number(run, column.counter(device))
+    if value is None and column.process_counter(device):
+        fallback = _number(run, column.process_counter(device))
+        return fallback, fallback is not None
+    return value, False
+
+
+def is_contended(run: RunRow) -> bool:
+    return bool(run.metrics.get("host.contended"))
+
+
+def latency_samples(run: RunRow) -> list[float]:
+    values = run.metrics.get(LATENCY_SAMPLES)
+    return [float(v) for v in values if isinstance(v, (int, float))] if isinstance(values, list) else []
+
+
 def summary_rows(runs: Sequence[RunRow], reference: str = "bf16") -> list[dict[str, Any]]:
     """One dict per run: recipe, status, the seed's columns and ``<key>.ratio`` against the
-    reference recipe's ok run of the same sweep (None where either side is missing)."""
+    reference recipe's ok run of the same sweep (None where either side is missing); on CPU
+    ``<key>.process`` (the whole process's figure) and ``<key>.fallback``; the latency's IQR
+    (``inference_s.p25``/``.p75``, ``.n``) and the ratio's CI (``inference_s.ratio_low``/``_high``);
+    ``contended``."""
     refs: dict[str, RunRow] = {}
     for run in runs:
         if run.ok and run.recipe == reference:
@@ -77,32 +114,72 @@ def summary_rows(runs: Sequence[RunRow], reference: str = "bf16") -> list[dict[s
     for run in runs:
         row: dict[str, Any] = {"id": run.id, "sweep_id": run.sweep_id, "model": run.model,
                                "recipe": run.recipe, "device": run_device(run), "status": run.status,
-                               "error": first_line(run.error) if run.error else None}
+                               "error": first_line(run.error) if run.error else None,
+                               "contended": is_contended(run) if run.ok else None,
+                               "is_reference": bool(refs.get(run.sweep_id) is run)}
         ref = refs.get(run.sweep_id)
+        device = run_device(run)
         for column in COLUMNS:
-            row[column.key] = _value(run, column) if run.ok else None
+            value, fallback = _value(run, column) if run.ok else (None, False)
+            row[column.key], row[f"{column.key}.fallback"] = value, fallback
+            if column.process_counter(device):
+                row[f"{column.key}.process"] = _number(run, column.process_counter(device)) if run.ok else None
         for key in RATIO_KEYS:
             column = next(c for c in COLUMNS if c.key == key)
-            mine, theirs = row[key], (_value(ref, column) if ref else None)
-            row[f"{key}.ratio"] = (mine / theirs) if (mine is not None and theirs) else None
+            mine = row[key]
+            theirs, their_fallback = _value(ref, column) if ref else (None, False)
+            same_kind = their_fallback == row[f"{key}.fallback"]  # model over model, process over process
+            row[f"{key}.ratio"] = (mine / theirs) if (mine is not None and theirs and same_kind) else None
+        _latency(row, run, ref)
         rows.append(row)
     return rows
 
 
+def _latency(row: dict[str, Any], run: RunRow, ref: RunRow | None) -> None:
+    """The latency's IQR and sample count, and the bootstrap CI of its ratio to the reference."""
+    row["inference_s.p25"] = _number(run, "call.latency_s.p25") if run.ok else None
+    row["inference_s.p75"] = _number(run, "call.latency_s.p75") if run.ok else None
+    n = run.metrics.get("call.latency_s.n")
+    row["inference_s.n"] = int(n) if isinstance(n, (int, float)) and run.ok else None
+    row["inference_s.ratio_low"] = row["inference_s.ratio_high"] = None
+    if not run.ok or ref is None or ref is run or row.get("inference_s.ratio") is None:
+        return
+    mine, theirs = latency_samples(run), latency_samples(ref)
+    if len(mine) < 2 or len(theirs) < 2:
+        return
+    from diffquant.quality.bootstrap import bootstrap_ratio
+
+    estimate = bootstrap_ratio(mine, theirs)
+    if estimate is not None:
+        row["inference_s.ratio_low"], row["inference_s.ratio_high"] = estimate.ci_low, estimate.ci_high
+
+
 def counters_legend(devices: Sequence[str]) -> list[str]:
-    """'Memory after loading = load.rss_mib (cpu)' lines for the devices present."""
+    """'Memory after loading = load.model_rss_mib (cpu; process: load.rss_mib)' lines for the
+    devices present, then what the brackets and flags mean."""
     lines = []
     kinds = sorted({"cuda" if d.startswith("cuda") else "cpu" for d in devices})
     for column in COLUMNS:
-        names = [f"{column.counter(k)} ({k})" for k in kinds if column.counter(k)]
+        names = []
+        for k in kinds:
+            if column.counter(k):
+                process = column.process_counter(k)
+                names.append(f"{column.counter(k)} ({k}; process: {process})" if process
+                             else f"{column.counter(k)} ({k})")
         lines.append(f"{column.title} = {', '.join(names)}")
+    lines.append(LATENCY_NOTE)
     if "cpu" in kinds:
         lines.append(CPU_NOTE)
     return lines
 
 
-CPU_NOTE = ("on CPU, memory-mapped bf16 weights become resident only when first read, so an unquantized run's "
-            "after-loading RSS leaves most of its weights out: compare Peak memory and Weights")
+LATENCY_NOTE = ("[p25–p75] n=N after the p50: interquartile range and number of steady calls (call.latency_s.*); "
+                "the latency ratio carries a bootstrap 95% CI, "
+                "'≈' where the CI holds 1.0; 'contended' = the host's load average (minus the run's own threads) "
+                "exceeded the cores they left free during the run (host.contended): its times are not trustworthy")
+CPU_NOTE = ("on CPU, memory is the model's own: RSS minus the worker's baseline after importing every library "
+            "(baseline.rss_mib), with the whole process's figure beside ('proc'); memory-mapped bf16 weights "
+            "become resident only when first read, so compare Peak memory and Weights")
 
 
 def first_line(text: str, limit: int = 160) -> str:
@@ -128,6 +205,27 @@ def fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}×"
 
 
+def fmt_ratio_ci(value: float | None, low: float | None, high: float | None) -> str:
+    """``1.34× [1.30, 1.38]``; ``≈1.01× [0.97, 1.05]`` when the interval holds 1.0."""
+    if value is None:
+        return "-"
+    if low is None or high is None:
+        return fmt_ratio(value)
+    mark = "≈" if low <= 1.0 <= high else ""
+    return f"{mark}{value:.2f}× [{low:.2f}, {high:.2f}]"
+
+
+def fmt_latency(row: dict[str, Any]) -> str:
+    """``7.35 s [7.20–7.51] n=5``: p50, interquartile range and the number of steady calls."""
+    text = fmt_s(row.get("inference_s"))
+    low, high, n = row.get("inference_s.p25"), row.get("inference_s.p75"), row.get("inference_s.n")
+    if row.get("inference_s") is not None and low is not None and high is not None and n and n > 1:
+        text += f" [{fmt_s(low)}–{fmt_s(high)}]"
+    if n:
+        text += f" n={n}"
+    return text
+
+
 def format_cell(column_kind: str, value: Any) -> str:
     if column_kind == "mib":
         return fmt_mib(value)
@@ -138,18 +236,30 @@ def format_cell(column_kind: str, value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def status_text(row: dict[str, Any]) -> str:
+    return f"{row['status']} · contended" if row.get("contended") else str(row["status"])
+
+
 def table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells of the summary: recipe, status, then each column's value with
-    its ratio to the reference in brackets, e.g. ``12.58 GiB (0.40×)``."""
+    its ratio to the reference in brackets, e.g. ``12.58 GiB (0.40×) · proc 13.1 GiB``."""
     headers = ["Recipe", "Status"] + [c.title for c in COLUMNS]
     cells = []
     for row in rows:
-        line = [row["recipe"], row["status"]]
+        line = [row["recipe"], status_text(row)]
         for column in COLUMNS:
-            text = format_cell(column.kind, row[column.key])
+            value = row[column.key]
+            text = fmt_latency(row) if column.key == "inference_s" else format_cell(column.kind, value)
             ratio = row.get(f"{column.key}.ratio")
-            if ratio is not None and row[column.key] is not None:
-                text += f" ({fmt_ratio(ratio)})"
+            if ratio is not None and value is not None:
+                if column.key == "inference_s":
+                    text += f" ({fmt_ratio_ci(ratio, row.get('inference_s.ratio_low'), row.get('inference_s.ratio_high'))})"
+                else:
+                    text += f" ({fmt_ratio(ratio)})"
+            if row.get(f"{column.key}.fallback"):
+                text += " process"
+            elif row.get(f"{column.key}.process") is not None and value is not None:
+                text += f" · proc {fmt_mib(row[f'{column.key}.process'])}"
             line.append(text)
         cells.append(line)
     return headers, cells
