@@ -56,6 +56,8 @@ def _print_arena(db_path: Path) -> None:
     from diffquant.arena.summary import print_section
 
     print_section(db_path)
+
+
 # Piped or captured output has no terminal width; rich would then wrap tables at 80 columns.
 PIPE_WIDTH = 400
 
