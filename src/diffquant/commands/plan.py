@@ -61,8 +61,8 @@ def render_table(result: Any, *, components: bool = False) -> str:
     from diffquant.plan import format_bytes
 
     s = result.shape
-    lines = [f"{result.model} ({result.pipeline_class}) on {result.device}, {s.width}x{s.height}, "
-             f"batch {s.batch}, {s.steps} steps"]
+    lines = [(f"{result.model} ({result.pipeline_class}) on {result.device}, {s.width}x{s.height}, "
+             f"batch {s.batch}, {s.steps} steps")]
     header = ("recipe", "weights", "resident", "after load", "peak", "note")
     rows = []
     for r in result.recipes:

@@ -96,8 +96,8 @@ def _only_model(db_path: Path | None) -> str:
 def render(result: Any) -> str:
     from diffquant.plan import format_bytes
 
-    lines = [f"{result.model} on {result.device}, budget {format_bytes(result.budget_bytes)}"
-             f" ({result.budget_bytes / 1e9:.3g} GB)"]
+    lines = [(f"{result.model} on {result.device}, budget {format_bytes(result.budget_bytes)}"
+             f" ({result.budget_bytes / 1e9:.3g} GB)")]
     if not result.fits:
         lines.append("Nothing fits in this budget.")
         if result.smallest is not None:
