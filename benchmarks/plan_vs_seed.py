@@ -47,10 +47,12 @@ def explain(recipe: str, plan: dict, diff: float) -> str:
                 f"so its transformer and T5 stayed resident: {quantized:.3f} GiB by the plan's bytes, plus the "
                 "allocator reserve of the bnb-nf4 row (below)")
     if recipe.split("-")[0] in QUANTIZE_ON_LOAD:
-        return ("the seed measured torch.cuda.max_memory_reserved() after loading: these backends quantize on "
-                "the GPU while loading (bf16 tensors copied in, converted, freed), and the caching allocator "
-                "keeps that reserve; the plan counts the stored tensors (what memory_allocated() holds). "
-                "GGUF and layerwise rows, which do not quantize on the GPU, agree within 4%")
+        return ("most likely the allocator's reserve: the seed measured torch.cuda.max_memory_reserved() after "
+                "loading, and these backends quantize on the GPU while loading (bf16 tensors copied in, "
+                "converted, freed), which the caching allocator keeps reserved; the plan counts the stored "
+                "tensors (what memory_allocated() holds). The GGUF and layerwise rows, which do not quantize "
+                "on the GPU, agree within 4%. To confirm on a GPU: load.cuda_allocated_mib vs "
+                "load.cuda_max_reserved_mib from benchmarks/bench_flux_dev_cuda.py")
     return "not explained yet: measure load.cuda_allocated_mib vs load.cuda_max_reserved_mib on a GPU"
 
 
