@@ -154,3 +154,22 @@ def test_offload_keeps_weights_off_the_device() -> None:
     leaf, stream = plans["bf16+offload-group-leaf"], plans["bf16+offload-group-leaf(stream)"]
     assert leaf is not None and stream is not None
     assert stream.peak_weights_bytes == 2 * leaf.peak_weights_bytes < model.peak_weights_bytes
+
+
+def test_activation_model_reads_dit_and_unet_configs() -> None:
+    from diffquant.plan.runtime import RunShape, _activations
+    from diffquant.plan.weights import ComponentBytes
+
+    vae = {"block_out_channels": [128, 256, 512, 512]}
+    shape = RunShape(height=1024, width=1024, steps=28, text_tokens=512)
+    unet = ComponentBytes("unet", "UNet2DConditionModel", "", 1, 1, 1)
+    sdxl = {"unet": {"attention_head_dim": [5, 10, 20], "num_attention_heads": None,
+                     "block_out_channels": [320, 640, 1280]}, "vae": vae}
+    acts = _activations(sdxl, {"unet": unet}, shape, 2, "unet")
+    assert acts["activations.denoiser"] == 128 * 128 * 1280 * 2 * 20  # latent pixels x widest level
+    flux = {"transformer": {"num_attention_heads": 24, "attention_head_dim": 128, "patch_size": 1,
+                            "joint_attention_dim": 4096}, "vae": vae}
+    tr = ComponentBytes("transformer", "FluxTransformer2DModel", "", 1, 1, 1)
+    acts = _activations(flux, {"transformer": tr}, shape, 2, "transformer")
+    assert acts["activations.denoiser"] == (64 * 64 + 512) * 3072 * 2 * 20  # packed 2x2 latents + text
+    assert acts["activations.vae_decode"] == 1024 * 1024 * 128 * 2 * 6

@@ -111,8 +111,11 @@ def _activations(configs: dict[str, Any], components: dict[str, ComponentBytes],
     levels = len(vae.get("block_out_channels", [1, 2, 3, 4]))
     scale = 2 ** (levels - 1)
     den = configs.get(denoiser, {})
-    width = int(den.get("num_attention_heads", 0) * den.get("attention_head_dim", 0)
-                or max(den.get("block_out_channels", [1280])))
+    heads, head_dim = den.get("num_attention_heads"), den.get("attention_head_dim")
+    if isinstance(heads, int) and isinstance(head_dim, int):
+        width = heads * head_dim  # a DiT: tokens x inner dim
+    else:  # a UNet (attention_head_dim may be a list): its widest level
+        width = int(max(den.get("block_out_channels") or [1280]))
     patch = int(den.get("patch_size", 1) or 1) * (2 if components[denoiser].class_name.startswith("Flux") else 1)
     tokens = (shape.height // scale // patch) * (shape.width // scale // patch)
     if "joint_attention_dim" in den or "caption_projection_dim" in den:
