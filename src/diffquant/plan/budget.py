@@ -28,6 +28,8 @@ def parse_budget(text: str) -> int:
 
 def format_bytes(n: float) -> str:
     """Bytes in GiB (MiB below one GiB), the units the seed's and diffquant's tables use."""
+    if n == 0:
+        return "0"
     if abs(n) >= 1024**3:
         return f"{n / 1024**3:.2f} GiB"
     return f"{n / 1024**2:.1f} MiB" if abs(n) < 100 * 1024**2 else f"{n / 1024**2:.0f} MiB"

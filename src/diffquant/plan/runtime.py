@@ -92,7 +92,7 @@ def _largest_group(model: Any, mode: str, blocks: int) -> int:
     for child in model.children():
         if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
             sizes = [plain_bytes(b) for b in child]
-            for i in range(len(sizes)):
+            for i in range(0, len(sizes), blocks):  # diffusers groups blocks [0, n), [n, 2n), ...
                 largest = max(largest, sum(sizes[i:i + blocks]))
         else:
             outside += plain_bytes(child)
