@@ -19,7 +19,13 @@ from diffquant.recipes.model import Recipe
 
 MIB = 1024 * 1024
 CUDA_CONTEXT_BYTES = 500 * MIB  # CUDA context + cuBLAS workspace: outside torch's counters, in nvidia-smi
-CPU_PROCESS_BYTES = 400 * MIB  # torch + diffusers + transformers imported (CPU-FACTS: ~400 MiB RSS)
+CPU_PROCESS_BYTES = 440 * MIB  # a worker with torch + diffusers + transformers imported and a pipeline loaded
+CPU_CALL_BYTES = 75 * MIB  # a first generation call on CPU: lazily imported code, allocator arenas
+BACKEND_IMPORT_BYTES = {"bnb": 40 * MIB}  # importing the backend's library adds this much RSS (CPU)
+# Backends that load the unquantized weights (memory-mapped safetensors) and convert them in RAM:
+# the source pages they read stay resident while the mapping lives (measured on zoo:flux-dev-slice).
+QUANTIZE_FROM_SOURCE = ("bnb", "torchao", "quanto", "layerwise")
+LOAD_TEMPORARIES = 3  # float32 copies of one layer alive while it is quantized
 ACTIVATION_BYTES_PER_TOKEN_WIDTH = 20  # x dtype bytes: live activations of one DiT block per token and channel
 VAE_DECODE_MAPS = 6  # full-resolution feature maps alive in the VAE decoder's last up-block
 TEXT_ENCODER_MAPS = 12  # x seq x width: a text encoder layer's live activations
@@ -55,15 +61,20 @@ class MemoryPlan:
     modelled: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
+    def _sum(self, prefix: str) -> int:
+        return sum(v for k, v in self.modelled.items() if k.startswith(prefix))
+
     @property
     def after_load_bytes(self) -> int:
-        return self.resident_weights_bytes + self.modelled.get("process", 0)
+        """Resident weights + the process + what stays resident from loading ("resident.*")."""
+        return self.resident_weights_bytes + self.modelled.get("process", 0) + self._sum("resident.")
 
     @property
     def peak_bytes(self) -> int:
+        """Weights at the busiest moment + the process + "resident.*" + "call.*" + the largest phase."""
         extra = max((v for k, v in self.modelled.items() if k.startswith("activations.")), default=0)
-        return (self.peak_weights_bytes + self.modelled.get("process", 0) + extra
-                + self.modelled.get("offload_page_cache", 0))
+        return (self.peak_weights_bytes + self.modelled.get("process", 0) + self._sum("resident.")
+                + self._sum("call.") + extra)
 
     @property
     def load_peak_bytes(self) -> int:
@@ -131,7 +142,10 @@ def _activations(configs: dict[str, Any], components: dict[str, ComponentBytes],
         if name.startswith("text_encoder"):
             d = int(cfg.get("d_model") or cfg.get("hidden_size") or 0)
             seq = shape.text_tokens if "d_model" in cfg else int(cfg.get("max_position_embeddings", 77))
-            text = max(text, shape.batch * seq * d * dtype_bytes * TEXT_ENCODER_MAPS)
+            scores = 0
+            if "d_model" in cfg:  # T5: explicit attention scores + position bias + softmax, float32
+                scores = shape.batch * int(cfg.get("num_heads", 0)) * seq * seq * 4 * 3
+            text = max(text, shape.batch * seq * d * dtype_bytes * TEXT_ENCODER_MAPS + scores)
     out["activations.text_encoders"] = text
     return out
 
@@ -162,19 +176,47 @@ def memory_plan(recipe: Recipe, device: str, components: dict[str, ComponentByte
         resident = 0
         peak_weights = max(groups.values()) * (2 if mem.use_stream else 1)
         if not cuda:
-            modelled["offload_page_cache"] = int(weights * DISK_OFFLOAD_RESIDENT_FRACTION)
+            modelled["call.offload_page_cache"] = int(weights * DISK_OFFLOAD_RESIDENT_FRACTION)
             notes.append("group offload to disk: weights are read back from files; part of their pages "
                          "stay resident (modelled)")
         else:
             notes.append("group offload: one group on the GPU at a time" + (" (two with stream)" if mem.use_stream else ""))
     elif mem.offload.startswith("group"):
         notes.append("group offload CPU->CPU keeps every weight in RAM: no saving")
-    # Quantize-on-load holds a component's unquantized weights while converting them.
-    transient = [c.plain_bytes - c.stored_bytes for c in components.values() if c.quant and not c.quant.startswith("gguf")]
-    if transient:
-        modelled["load_transient"] = max(transient) if not cuda else 0
+    if not cuda:
+        _cpu_pages(recipe, components, modelled)
+        if mem.offload == "none" or (mem.offload.startswith("group") and not mem.offload_to_disk):
+            # Unquantized components stay memory-mapped after loading; a call pages them in.
+            resident = sum(c.stored_bytes for c in components.values() if c.quant)
+    gguf = [c for c in components.values() if c.quant.startswith("gguf")]
+    if gguf and models:
+        # GGUF dequantizes each layer's weight to the compute dtype as it runs it.
+        modelled["call.gguf_dequantized_layer"] = max(_largest_group(models[c.name], "group-leaf", 1) for c in gguf)
+    # Quantizing on load works one layer at a time in float32 temporaries (about three of them: measured
+    # 507 MiB for bnb-nf4 on zoo:flux-dev-slice, whose largest layer has 37.7M weights).
+    converted = [models[c.name] for c in components.values()
+                 if c.quant and c.quant.split("-")[0] in QUANTIZE_FROM_SOURCE[:3] and c.name in models]
+    if converted and not cuda:
+        largest = max(_largest_group(m, "group-leaf", 1) // max(m.dtype.itemsize, 1) for m in converted)
+        modelled["load_transient"] = largest * 4 * LOAD_TEMPORARIES
+    if gguf and not cuda:
+        # The .gguf file is memory-mapped while its blocks are copied out (measured on zoo:flux-dev-slice).
+        modelled["load_transient"] = modelled.get("load_transient", 0) + sum(c.stored_bytes for c in gguf)
     return MemoryPlan(weights_bytes=weights, resident_weights_bytes=int(resident),
                       peak_weights_bytes=int(peak_weights), modelled=modelled, notes=tuple(notes))
+
+
+def _cpu_pages(recipe: Recipe, components: dict[str, ComponentBytes], modelled: dict[str, int]) -> None:
+    """CPU RSS beyond the tensors: backend imports, source pages read while quantizing, a call's code."""
+    backends = {s.backend for s in recipe.quant}
+    imports = sum(BACKEND_IMPORT_BYTES.get(b, 0) for b in backends)
+    if imports:
+        modelled["resident.backend_import"] = imports
+    sources = sum(c.plain_bytes for c in components.values()
+                  if c.quant and c.quant.split("-")[0] in QUANTIZE_FROM_SOURCE)
+    if sources:
+        modelled["resident.source_pages"] = sources
+    modelled["call.runtime"] = CPU_CALL_BYTES
 
 
 def run_shapes(pipeline_class: str, height: int, width: int, steps: int, batch: int,
