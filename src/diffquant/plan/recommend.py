@@ -42,11 +42,13 @@ class Candidate:
     run_id: int | None = None
     excluded: str | None = None  # why it is not recommended
     tradeoff: str | None = None  # against the first recommendation
+    weights_bytes: int | None = None  # stored weights (predicted): more means closer to unquantized
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "source": self.source, "memory_bytes": self.memory_bytes,
                 "latency_s": self.latency_s, "quality": self.quality.to_dict() if self.quality else None,
-                "run_id": self.run_id, "excluded": self.excluded, "tradeoff": self.tradeoff}
+                "run_id": self.run_id, "excluded": self.excluded, "tradeoff": self.tradeoff,
+                "weights_bytes": self.weights_bytes}
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,8 @@ def predicted_candidates(model: str, device: str, recipes: Sequence[str] | None)
             out.append(Candidate(r.recipe, "predicted", r.memory.peak_bytes if r.memory else None,
                                  excluded=f"cannot run on {device}: {r.why_not}"))
             continue
-        out.append(Candidate(r.recipe, "predicted", max(r.memory.peak_bytes, r.memory.load_peak_bytes)))
+        out.append(Candidate(r.recipe, "predicted", max(r.memory.peak_bytes, r.memory.load_peak_bytes),
+                             weights_bytes=r.memory.weights_bytes))
     return out
 
 
@@ -214,7 +217,7 @@ def recommend(model: str, budget_bytes: int, *, device: str = "cuda", db_path: P
     front.sort(key=_rank)
     if front and front[0].source == "predicted":
         notes.append("nothing measured fits: predicted recipes are ranked without offload first, then by "
-                     "the most memory that fits (more bits per weight); measure them with `diffquant bench`")
+                     "the most weight bytes (more bits per weight); measure them with `diffquant bench`")
     best = front[0] if front else None
     recommended = [c if c is best else replace(c, tradeoff=_tradeoff(c, best)) for c in front]
     excluded = [c for c in judged if c.excluded is not None] + losers
@@ -227,10 +230,10 @@ def recommend(model: str, budget_bytes: int, *, device: str = "cuda", db_path: P
 def _rank(c: Candidate) -> tuple[int, float, float, float]:
     """Measured before predicted. Measured: the best quality, then the lowest latency, then the least
     memory. Predicted (no quality or latency known): a prior -- no offload first (offload costs time),
-    then the most memory that fits (more bits per weight, closer to the unquantized model)."""
+    then the most stored weight bytes (more bits per weight, closer to the unquantized model)."""
     if c.source == "predicted":
         offload = int("offload" in c.recipe)
-        return (1, float(offload), -float(c.memory_bytes or 0), 0.0)
+        return (1, float(offload), -float(c.weights_bytes or 0), float(c.memory_bytes or 0))
     q = c.quality
     quality = -(q.mean if q.higher_is_better else -q.mean) if q else 0.0
     return (0, quality, c.latency_s or 0.0, float(c.memory_bytes or 0))
