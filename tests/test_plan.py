@@ -173,3 +173,9 @@ def test_activation_model_reads_dit_and_unet_configs() -> None:
     acts = _activations(flux, {"transformer": tr}, shape, 2, "transformer")
     assert acts["activations.denoiser"] == (64 * 64 + 512) * 3072 * 2 * 20  # packed 2x2 latents + text
     assert acts["activations.vae_decode"] == 1024 * 1024 * 128 * 2 * 6
+
+
+def test_hub_id_offline_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "nobody-here/no-such-model"]) == 2  # HF_HUB_OFFLINE=1 in the tests
+    err = capsys.readouterr().err
+    assert "Hugging Face Hub" in err and "local pipeline folder" in err
