@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from diffquant.errors import DiffquantError
+from diffquant.plan.runtime import CUDA_CONTEXT_BYTES
 
 MIB = 1024 * 1024
 
@@ -126,11 +127,13 @@ def _measured_memory(metrics: dict[str, Any], cuda: bool) -> int | None:
                 ("load.cuda_max_reserved_mib", "gen.cuda_max_reserved_mib"))
     else:
         keys = (("load.peak_rss_mib", "gen.peak_rss_mib"),)
-    for pair in keys:
+    for i, pair in enumerate(keys):
         values = [_num(metrics.get(k)) for k in pair]
         known = [v for v in values if v is not None]
         if known:
-            return int(max(known) * MIB)
+            # torch's counters leave out the CUDA context, which a device budget must hold too
+            extra = CUDA_CONTEXT_BYTES if cuda and i > 0 else 0
+            return int(max(known) * MIB) + extra
     return None
 
 
