@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 LEGEND = ("Weights: exact, every component's stored bytes in the backend's own format (from the configs "
-          "on the meta device). Resident: weights held in {mem} once loaded (offload moves some out). "
-          "After load: resident + {proc} (modelled). Peak: weights in {mem} at the busiest moment + {proc} "
-          "+ the largest activation phase (denoiser, VAE decode, text encoders; modelled). GiB = 2^30 bytes.")
+          "on the meta device). Resident: weights held in {mem} once loaded (offload moves some out{cpu}). "
+          "After load: resident + {proc} + what loading leaves resident (modelled). Peak: weights in {mem} at "
+          "the busiest moment + the same + a call's extras + the largest activation phase (denoiser, VAE "
+          "decode, text encoders; modelled). `--format json` names every modelled part. GiB = 2^30 bytes.")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -87,7 +88,9 @@ def render_table(result: Any, *, components: bool = False) -> str:
     cuda = result.device.startswith("cuda")
     lines.append("")
     lines.append(LEGEND.format(mem="GPU memory" if cuda else "RAM",
-                               proc="the CUDA context" if cuda else "the process (imports)"))
+                               proc="the CUDA context" if cuda else "the process",
+                               cpu="" if cuda else "; unquantized components stay memory-mapped until a call "
+                                                   "reads them"))
     return "\n".join(lines)
 
 

@@ -26,6 +26,8 @@ BACKEND_IMPORT_BYTES = {"bnb": 40 * MIB}  # importing the backend's library adds
 # the source pages they read stay resident while the mapping lives (measured on zoo:flux-dev-slice).
 QUANTIZE_FROM_SOURCE = ("bnb", "torchao", "quanto", "layerwise")
 LOAD_TEMPORARIES = 3  # float32 copies of one layer alive while it is quantized
+# Bytes per weight of the full-precision copies a CPU forward pass makes of the largest layer.
+CPU_DEQUANTIZED_COPIES = {"bnb-int8": 12, "quanto-int4": 6, "quanto-int2": 6}
 ACTIVATION_BYTES_PER_TOKEN_WIDTH = 20  # x dtype bytes: live activations of one DiT block per token and channel
 VAE_DECODE_MAPS = 6  # full-resolution feature maps alive in the VAE decoder's last up-block
 TEXT_ENCODER_MAPS = 12  # x seq x width: a text encoder layer's live activations
@@ -192,6 +194,14 @@ def memory_plan(recipe: Recipe, device: str, components: dict[str, ComponentByte
     if gguf and models:
         # GGUF dequantizes each layer's weight to the compute dtype as it runs it.
         modelled["call.gguf_dequantized_layer"] = max(_largest_group(models[c.name], "group-leaf", 1) for c in gguf)
+    unpacked = [c for c in components.values() if c.quant in CPU_DEQUANTIZED_COPIES]
+    if unpacked and models and not cuda:
+        # On CPU these run each layer through full-precision copies of its weight (LLM.int8's
+        # float32 dequantization, quanto's unpacked 4/2-bit values): fitted to CPU-FACTS' peak
+        # ratios on zoo:flux-dev-slice (bnb-int8 1.49x bf16, quanto-int4 1.27x).
+        modelled["call.dequantized_layer"] = max(
+            _largest_group(models[c.name], "group-leaf", 1) // max(models[c.name].dtype.itemsize, 1)
+            * CPU_DEQUANTIZED_COPIES[c.quant] for c in unpacked)
     # Quantizing on load works one layer at a time in float32 temporaries (about three of them: measured
     # 507 MiB for bnb-nf4 on zoo:flux-dev-slice, whose largest layer has 37.7M weights).
     converted = [models[c.name] for c in components.values()
