@@ -18,7 +18,7 @@ from diffquant.errors import DiffquantError
 # Order here is the order in --help.
 COMMAND_MODULES = (
     "recipes", "generate", "quantize", "bench", "results", "matrix",
-    "score", "report", "grid", "export", "card", "sensitivity",
+    "score", "report", "grid", "export", "card", "plan", "recommend", "sensitivity",
     "arena",
 )
 

@@ -60,3 +60,57 @@ def load_plain(ctx: ComponentContext) -> Any:
     library = diffusers if ctx.library == "diffusers" else transformers
     cls = getattr(library, ctx.class_name)
     return cls.from_pretrained(ctx.model_dir, subfolder=ctx.name, torch_dtype=ctx.dtype)
+
+
+def count_stored_bytes(model: Any, converted: Any) -> int:
+    """Bytes of every parameter and buffer of ``model`` once a backend has converted it.
+
+    ``model`` is the plain component on the meta device, in the dtypes loading gives it (nothing is
+    allocated). ``converted(name, module)`` returns the bytes of ``module``'s whole subtree once the
+    backend has converted it, or None to leave the module as it is (its own tensors count as they
+    are and its children are asked in turn). Shared (tied) tensors count once, as in
+    ``diffquant.inspect.module_stats``.
+    """
+    seen: set[int] = set()
+    total = 0
+
+    def walk(name: str, module: Any) -> None:
+        nonlocal total
+        replaced = converted(name, module)
+        if replaced is not None:
+            total += int(replaced)
+            seen.update(id(t) for t in module.parameters())
+            seen.update(id(t) for t in module.buffers())
+            return
+        for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+        for child_name, child in module.named_children():
+            walk(f"{name}.{child_name}" if name else child_name, child)
+
+    walk("", model)
+    return total
+
+
+def dtype_size(dtype: Any) -> int:
+    """Bytes per element of a torch dtype."""
+    import torch
+
+    return int(torch.empty((), dtype=dtype, device="meta").element_size())
+
+
+def count_param_bytes(model: Any, param_bytes: Any) -> int:
+    """Like :func:`count_stored_bytes`, one parameter at a time: ``param_bytes(full_name, param)``
+    gives each parameter's stored bytes; buffers count as they are."""
+    seen: set[int] = set()
+    total = 0
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += int(param_bytes(name, param))
+    for buf in model.buffers():
+        if id(buf) not in seen:
+            seen.add(id(buf))
+            total += buf.numel() * buf.element_size()
+    return total

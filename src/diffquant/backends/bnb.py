@@ -154,3 +154,43 @@ def keep_precise(spec: QuantSpec, keep: dict[str, str | None], model: Any) -> Qu
 
 def upgrade_type(spec: QuantSpec) -> str | None:
     return None  # one bnb type per component: a kept module goes back to full precision
+# bitsandbytes' storage: 4-bit values packed two per byte, one float32 absmax per block of 64 weights
+# and the 16-entry float32 code book per layer; with double quantization the absmax values become
+# uint8 with one float32 absmax per 256 of them and a 256-entry code book. LLM.int8(): int8 weights
+# and one float32 scale per output row (SCB).
+BLOCKSIZE_4BIT = 64
+NESTED_BLOCKSIZE = 256
+
+
+def linear_bytes(qtype: str, out_features: int, in_features: int, double_quant: bool) -> int:
+    """Bytes bitsandbytes stores for one ``Linear`` weight (without the bias)."""
+    n = out_features * in_features
+    if qtype == "int8":
+        return n + 4 * out_features
+    blocks = -(-n // BLOCKSIZE_4BIT)
+    packed = -(-n // 2) + 16 * 4
+    if double_quant:
+        return packed + blocks + 4 * -(-blocks // NESTED_BLOCKSIZE) + 256 * 4
+    return packed + 4 * blocks
+
+
+def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
+    """Bytes this component holds once loaded with ``spec`` (``model``: the plain meta-device model).
+    Same layer choice as :func:`swap_linear_layers`: exact ``nn.Linear`` layers, minus ``skip`` and
+    the model's ``_keep_in_fp32_modules``; biases in the compute dtype."""
+    import torch
+
+    from diffquant.backends.base import count_stored_bytes, dtype_size
+
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    patterns = tuple(spec.skip_modules) + keep
+    bias_size = dtype_size(_compute_dtype(spec, ctx))
+    double_quant = bool(spec.option("double_quant", False))
+
+    def converted(name: str, module: Any) -> int | None:
+        if not name or type(module) is not torch.nn.Linear or _skipped(name, patterns):
+            return None
+        bias = module.bias.numel() * bias_size if module.bias is not None else 0
+        return linear_bytes(spec.qtype, module.out_features, module.in_features, double_quant) + bias
+
+    return count_stored_bytes(model, converted)

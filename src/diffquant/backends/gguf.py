@@ -154,3 +154,37 @@ def keep_precise(spec: QuantSpec, keep: dict[str, str | None], model: Any) -> Qu
 
 def upgrade_type(spec: QuantSpec) -> str | None:
     return NEXT_TYPE.get(spec.qtype)
+def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
+    """Bytes this component holds once loaded with ``spec`` (``model``: the plain meta-device model).
+
+    Each weight gets the type our writer would give it (``gguf_writer.policy``: 1-D and tiny tensors
+    F32, convolutions F32/F16, the default keep list in the source's half precision, row fallbacks).
+    diffusers keeps quantized and BF16 tensors as raw GGUF blocks and loads F32/F16 ones as plain
+    tensors in the model's dtype. With ``path=`` the file's own tensor types are read from its header.
+    """
+    from diffquant.backends.base import count_param_bytes
+    from diffquant.gguf_writer.policy import TypePolicy
+    from diffquant.gguf_writer.quantize import nbytes
+
+    if not ctx.is_denoiser or ctx.library != "diffusers":
+        raise DiffquantError(f"GGUF recipes quantize the denoiser only; {ctx.name!r} is a {ctx.library} "
+                             f"{ctx.class_name}.", hint="use another backend for text encoders")
+    file_types = _file_types(Path(str(spec.option("path")))) if spec.option("path") else None
+    keep = spec.option("keep")
+    policy = TypePolicy(spec.qtype.upper(), keep=str(keep).replace("|", ",") if keep else None)
+    source = {"bfloat16": "BF16", "float16": "F16"}.get(str(ctx.dtype).removeprefix("torch."), "F32")
+
+    def param_bytes(name: str, param: Any) -> int:
+        shape = tuple(param.shape)
+        qtype = (file_types or {}).get(name) or policy.choose(name, shape, source).qtype
+        return param.numel() * param.element_size() if qtype in ("F32", "F16") else nbytes(qtype, shape)
+
+    return count_param_bytes(model, param_bytes)
+
+
+def _file_types(path: Path) -> dict[str, str]:
+    """Tensor name -> GGUF type name, from a .gguf file's header (the data is not read)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    return {t.name: t.tensor_type.name for t in reader.tensors}

@@ -95,3 +95,36 @@ def keep_precise(spec: QuantSpec, keep: dict[str, str | None], model: Any) -> Qu
 
 def upgrade_type(spec: QuantSpec) -> str | None:
     return None
+def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
+    """Bytes this component holds once loaded with ``spec`` (``model``: the plain meta-device model).
+
+    The same walk as diffusers' ``_apply_layerwise_casting``: a module whose path matches a skip
+    pattern (``re.search``) is left whole; a Linear/Conv/Embedding layer has all its floating-point
+    tensors (bias included) stored in float8; other modules are searched further. Patterns are
+    :func:`apply_casting`'s: diffusers' defaults plus the model's ``_keep_in_fp32_modules`` and
+    ``_skip_layerwise_casting_patterns`` ("norm" among them, so AdaLN ``norm1.linear`` stays)."""
+    import re
+
+    from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    from diffquant.backends.base import count_stored_bytes
+
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    if spec.skip_modules:
+        patterns: tuple[str, ...] = tuple(spec.skip_modules)
+    elif ctx.library == "diffusers":  # enable_layerwise_casting's own list
+        patterns = (DEFAULT_SKIP_MODULES_PATTERN + keep
+                    + tuple(getattr(model, "_skip_layerwise_casting_patterns", None) or ()))
+    else:
+        patterns = tuple(DEFAULT_SKIP_MODULES_PATTERN) + keep
+
+    def converted(name: str, module: Any) -> int | None:
+        if any(re.search(p, name) for p in patterns):
+            return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+        if not isinstance(module, _GO_LC_SUPPORTED_PYTORCH_LAYERS):
+            return None
+        return sum(t.numel() * (1 if t.is_floating_point() else t.element_size())
+                   for t in [*module.parameters(), *module.buffers()])
+
+    return count_stored_bytes(model, converted)

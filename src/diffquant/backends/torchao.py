@@ -134,3 +134,51 @@ def keep_precise(spec: QuantSpec, keep: dict[str, str | None], model: Any) -> Qu
 
 def upgrade_type(spec: QuantSpec) -> str | None:
     return None
+def weight_bytes(qtype: str, out_features: int, in_features: int, group_size: int | None,
+                 dtype_bytes: int) -> int:
+    """Bytes torchao (0.18) stores for one ``Linear`` weight of this type.
+
+    int8wo/int8dq: int8 values, a float32 scale and an int8 zero point per output row.
+    fp8wo: float8 values and a float32 scale per row; fp8dq: one float32 scale per tensor.
+    intx4wo: int4 values held in int8 (no packing), a scale (weight dtype) and an int8 zero point
+    per group. int4wo: two values per byte, a scale and a zero point (weight dtype) per group.
+    """
+    n = out_features * in_features
+    if qtype in ("int8wo", "int8dq"):
+        return n + 5 * out_features
+    if qtype == "fp8wo":
+        return n + 4 * out_features
+    if qtype == "fp8dq":
+        return n + 4
+    groups = out_features * -(-in_features // (group_size or (32 if qtype == "intx4wo" else 128)))
+    if qtype == "intx4wo":
+        return n + groups * (dtype_bytes + 1)
+    if qtype == "int4wo":
+        return -(-n // 2) + groups * 2 * dtype_bytes
+    raise AssertionError(f"unhandled torchao type {qtype}")
+
+
+def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
+    """Bytes this component holds once loaded with ``spec`` (``model``: the plain meta-device model).
+    torchao's default filter: every ``nn.Linear`` not named by ``skip`` (``modules_to_not_convert``);
+    transformers' ``_keep_in_fp32_modules`` are quantized too (T5's ``wo`` is)."""
+    import torch
+
+    from diffquant.backends.base import count_stored_bytes
+
+    patterns = tuple(spec.skip_modules)
+    group = spec.option("group_size")
+
+    def converted(name: str, module: Any) -> int | None:
+        if not name or not isinstance(module, torch.nn.Linear) or _skipped(name, patterns):
+            return None
+        bias = module.bias.numel() * module.bias.element_size() if module.bias is not None else 0
+        return weight_bytes(spec.qtype, module.out_features, module.in_features, group,
+                            module.weight.element_size()) + bias
+
+    return count_stored_bytes(model, converted)
+
+
+def _skipped(name: str, patterns: tuple[str, ...]) -> bool:
+    # A module named by a pattern, or inside one (modules_to_not_convert names modules by their path).
+    return any(p in name.split(".") or name == p or name.startswith(p + ".") for p in patterns)

@@ -67,6 +67,7 @@ class SweepOptions:
     worker_argv: Sequence[str] | None = None  # test-only: replaces `python -m diffquant.bench.worker`
     executor: str | Executor = "local"  # "local" | "ray" | "ray:ADDRESS" (see bench/executors.py)
     cpus_per_run: float | None = None  # Ray only: CPUs a run asks for (default: see executor_ray.py)
+    budget_bytes: int | None = None  # plan first: refuse recipes predicted over it, offload the reference
 
 
 @dataclass
@@ -81,6 +82,7 @@ class PlannedRun:
     existing: RunRow | None = None
     action: str = "run"  # "run" | "skip"
     compiled: bool = False
+    note: str | None = None  # e.g. why the reference runs with offload (--budget)
 
 
 @dataclass
@@ -157,6 +159,14 @@ def plan_sweep(options: SweepOptions, db: ResultsDB) -> list[PlannedRun]:
     from diffquant.recipes import parse_recipe
 
     reference = parse_recipe(options.reference)
+    fit = None
+    if options.budget_bytes:
+        from diffquant.plan.fit import fit_sweep
+
+        fit = fit_sweep(options.model, reference.name, list(options.recipes), options.budget_bytes,
+                        device=options.settings.device, height=options.settings.height,
+                        width=options.settings.width)
+        reference = parse_recipe(fit.reference)
     if reference.compile.enabled:
         raise DiffquantError(f"The reference recipe {reference.name!r} compiles; ratios need an uncompiled "
                              "baseline.", hint="give --reference without +compile (e.g. bf16)")
@@ -173,6 +183,8 @@ def plan_sweep(options: SweepOptions, db: ResultsDB) -> list[PlannedRun]:
             reason = _why_not_here(recipe, settings.device)
             if reason:
                 problem, kind = f"Recipe {name!r} cannot run on {settings.device}: {reason}", "unavailable"
+            elif fit is not None and name in fit.refused:
+                problem, kind = fit.refused[name], "over-budget"
         except DiffquantError as exc:
             name = text
             recipe_hash = "invalid-" + hashlib.sha256(text.encode()).hexdigest()[:8]
@@ -186,7 +198,7 @@ def plan_sweep(options: SweepOptions, db: ResultsDB) -> list[PlannedRun]:
         if existing is not None and not options.force and (existing.ok or not options.retry_errors):
             action = "skip"
         planned.append(PlannedRun(len(planned), text, name, recipe_hash, key, problem, kind, existing, action,
-                                  compiled))
+                                  compiled, note=fit.reference_note if fit and not planned else None))
     return planned
 
 
@@ -287,6 +299,8 @@ def _finish(options: SweepOptions, db: ResultsDB, sid: str, job: Job, outcome: W
     recorded = False
     try:
         outcome.metrics["run.outcome"] = _outcome_kind(outcome)
+        if item.note:
+            outcome.metrics["run.note"] = item.note
         if item.compiled:
             outcome.metrics["compile.cache"] = "cold" if job.cold_compile else "shared"
         images = [ImageRow(0, 0, im["prompt"], int(im["prompt_index"]), int(im["seed"]), str(im["path"]),

@@ -4,6 +4,7 @@ with a live progress display, then print the seed's table and write the report."
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--no-report", action="store_true", help="skip quality scoring, report.html and grid.png")
     parser.add_argument("--format", choices=("table", "md", "csv", "json"), default="table",
                         help="how to print the final results (default: table)")
+    parser.add_argument("--budget", default=None, metavar="BYTES",
+                        help="memory budget, e.g. 16GB or 16GiB: plan first, skip recipes predicted not to fit "
+                             "(an error row says why) and run the reference with the lightest offload that fits")
     parser.set_defaults(func=run)
     return parser
 
@@ -150,16 +154,26 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, recipes=recipes, settings=settings, db_path=args.db, image_root=args.images,
         reference=args.reference, timeout_s=args.timeout, force=args.force, retry_errors=args.retry_errors,
         warm_compile_cache=args.warm_compile_cache, executor=args.executor, cpus_per_run=args.cpus_per_run,
-        quant_cache_dir=None if args.no_quant_cache else (args.quant_cache or default_quant_cache()))
+        quant_cache_dir=None if args.no_quant_cache else (args.quant_cache or default_quant_cache()),
+        budget_bytes=_budget(args.budget))
     from diffquant.commands.results import print_results
 
     with SweepDisplay() as display:
         report = run_sweep(options, on_event=display.on_event)
     rows = report.ordered_rows()
     print_results(report.db_path, rows, args.format, report.reference, wall_s=report.wall_s)
+    for item in report.planned:
+        if item.note:  # e.g. the reference runs with offload (--budget); on stderr beside json/csv output
+            print(f"note: {item.note}", file=sys.stdout if args.format == "table" else sys.stderr)
     if not args.no_report:
         write_reports(report.db_path, report.reference)
     return 0
+
+
+def _budget(text: str | None) -> int | None:
+    from diffquant.plan import parse_budget
+
+    return parse_budget(text) if text else None
 
 
 def write_reports(db_path: Path, reference: str) -> None:

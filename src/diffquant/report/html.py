@@ -111,6 +111,13 @@ def _sweep_context(sweep: SweepView, assets: Assets, index: int) -> dict[str, An
     svg = memory_latency_svg(sweep)
     if svg:
         plots.append({"title": "Peak memory vs latency", "svg": svg})
+    from diffquant.report.fits import fits_rows
+    from diffquant.report.plots import pareto3_svg
+
+    if sweep.primary_metric is not None:
+        svg = pareto3_svg(sweep, sweep.primary_metric)
+        if svg:
+            plots.append({"title": "Memory × latency × quality: the Pareto-optimal recipes", "svg": svg})
     quality_plots = []
     for metric in sweep.metrics:
         svg = quality_memory_svg(sweep, metric)
@@ -133,7 +140,7 @@ def _sweep_context(sweep: SweepView, assets: Assets, index: int) -> dict[str, An
                      "settings": json.dumps(run.run.settings, indent=1, sort_keys=True, default=str)})
     failed = [{"run": f, "first_line": (f.error or "no error text recorded").strip().splitlines()[0][:300],
                "error": f.error or ""} for f in sweep.failed]
-    return {"view": sweep, "grid": grid, "plots": plots, "quality_plots": quality_plots, "runs": runs,
+    return {"view": sweep, "grid": grid, "plots": plots, "fits": fits_rows(sweep), "quality_plots": quality_plots, "runs": runs,
             "failed": failed, "metrics": [{"info": m, "title": metric_title(m.name)} for m in sweep.metrics],
             "unavailable": [{"title": metric_title(k), "name": k, "reasons": v} for k, v in sweep.unavailable.items()],
             "notes": [{"title": metric_title(k), "reasons": v} for k, v in sweep.notes.items()]}

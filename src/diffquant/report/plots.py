@@ -184,3 +184,51 @@ def quality_memory_svg(sweep: SweepView, metric: MetricInfo) -> str | None:
     if len(front) > 1:
         ax.legend(loc="best", fontsize=8, frameon=False)
     return _svg(fig, f"quality-{metric.name}-{sweep.anchor}")
+
+
+def pareto3_svg(sweep: SweepView, metric: MetricInfo) -> str | None:
+    """Memory (x) x latency (y) x quality (colour): runs no other run beats on all three are ringed."""
+    mem = _memory(sweep)
+    lat = sweep.column("inference_s")
+    if mem is None or lat is None:
+        return None
+    title, _, scale = mem
+    pts: list[tuple[Point, float]] = []  # (point, quality: higher is better, inf for the reference)
+    for run in sweep.runs:
+        peak, latency = run.cells["peak_mib"].value, run.cells["inference_s"].value
+        row = run.quality.get(metric.name)
+        if peak is None or latency is None:
+            continue
+        if run.is_reference:
+            quality = math.inf
+        elif row is not None and row.status == "ok" and row.mean is not None:
+            quality = row.mean if metric.higher_is_better else -row.mean
+        else:
+            continue
+        pts.append((Point(run.recipe, peak / scale, latency, run.is_reference), quality))
+    if len(pts) < 2:
+        return None
+
+    def dominated(a: tuple[Point, float]) -> bool:
+        return any(b is not a and b[0].x <= a[0].x and b[0].y <= a[0].y and b[1] >= a[1]
+                   and (b[0].x < a[0].x or b[0].y < a[0].y or b[1] > a[1]) for b in pts)
+
+    finite = [q for _, q in pts if math.isfinite(q)] or [0.0]
+    top = max(finite) + (max(finite) - min(finite) or 1.0) * 0.1
+    fig, ax = _figure()
+    colours = [min(q, top) for _, q in pts]
+    scatter = ax.scatter([p.x for p, _ in pts], [p.y for p, _ in pts], c=colours, cmap="viridis", s=50,
+                         edgecolors="white", linewidths=0.6, zorder=3)
+    front = [p for p, q in pts if not dominated((p, q))]
+    ax.scatter([p.x for p in front], [p.y for p in front], s=160, facecolors="none", edgecolors=FRONT_COLOUR,
+               linewidths=1.4, zorder=4, label="Pareto-optimal (memory, latency, quality)")
+    _annotate(ax, [p for p, _ in pts])
+    bar = fig.colorbar(scatter, ax=ax)
+    sign = "" if metric.higher_is_better else "−"
+    bar.set_label(f"{sign}{metric_title(metric.name)} (reference drawn at the top)", fontsize=8)
+    ax.set_xlabel(title)
+    ax.set_ylabel(f"{lat.title} ({lat.label}, {lat.unit})")
+    ax.set_title(f"Memory × latency × {metric_title(metric.name)} (Pareto-optimal ringed)", fontsize=10)
+    ax.margins(x=0.2, y=0.2)
+    ax.legend(loc="best", fontsize=8, frameon=False)
+    return _svg(fig, f"pareto3-{metric.name}-{sweep.anchor}")
