@@ -11,7 +11,12 @@ class OptionDef:
     name: str
     kind: type  # bool | int | str
     help: str
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()  # str options: the values allowed
+    types: tuple[str, ...] = ()  # quant options: the backend types that use it (empty: every type)
+    applies_to: str = ""  # those types in words, for the error when another type is given it
+    int_choices: tuple[int, ...] = ()  # int options: the values allowed (empty: see minimum/maximum)
+    minimum: int | None = None
+    maximum: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,8 @@ BACKENDS: dict[str, BackendDef] = {
                ("fp4", "4-bit float, blockwise absmax (64)", 4.5),
                ("int8", "LLM.int8() 8-bit rows with outlier handling", 8.0)),
         {"compute_dtype": _COMPUTE,
-         "double_quant": OptionDef("double_quant", bool, "quantize the absmax scales too (4-bit only)"),
+         "double_quant": OptionDef("double_quant", bool, "quantize the absmax scales too (4-bit only)",
+                                   types=("nf4", "fp4"), applies_to="bnb 4-bit types (nf4, fp4)"),
          "skip": _SKIP},
     ),
     "torchao": BackendDef(
@@ -59,7 +65,10 @@ BACKENDS: dict[str, BackendDef] = {
                ("fp8wo", "float8 e4m3 weight-only (Float8WeightOnlyConfig)", 8.0),
                ("int8dq", "int8 dynamic activations + int8 weights", 8.0),
                ("fp8dq", "float8 dynamic activations + float8 weights (CUDA, SM 8.9+)", 8.0)),
-        {"group_size": OptionDef("group_size", int, "weights per scale group (int4wo/intx4wo)"),
+        {"group_size": OptionDef("group_size", int, "weights per scale group (int4wo/intx4wo)",
+                                 types=("int4wo", "intx4wo"), int_choices=(32, 64, 128, 256),
+                                 applies_to="torchao int4wo and intx4wo (the other torchao types have no "
+                                            "groups)"),
          "skip": _SKIP},
     ),
     "quanto": BackendDef(
@@ -102,7 +111,7 @@ OFFLOAD_TOKENS = {
     "offload-group-leaf": "group-leaf", "offload-group-block": "group-block",
 }
 OFFLOAD_OPTIONS: dict[str, OptionDef] = {
-    "blocks": OptionDef("blocks", int, "blocks per group (offload-group-block)"),
+    "blocks": OptionDef("blocks", int, "blocks per group (offload-group-block)", minimum=1, maximum=1024),
     "stream": OptionDef("stream", bool, "overlap transfers with compute on a CUDA stream"),
     "disk": OptionDef("disk", bool, "keep offloaded weights in files instead of RAM"),
 }
@@ -112,7 +121,13 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 COMPILE_OPTIONS: dict[str, OptionDef] = {
     "mode": OptionDef("mode", str, "torch.compile mode", choices=COMPILE_MODES),
     "fullgraph": OptionDef("fullgraph", bool, "fail instead of graph-breaking"),
+    "components": OptionDef("components", str, "what to compile, '|' separated: denoiser (the default) "
+                                               "or component names, e.g. denoiser|vae"),
 }
+DEFAULT_COMPILE_COMPONENTS = ("denoiser",)
+# Types a GGUF keep pattern may ask for (the writer's types: gguf_writer.quantize.SUPPORTED_TYPES).
+GGUF_KEEP_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0",
+                   "Q3_K", "Q2_K")
 
 # The recipes of the seed ("Exploring Quantization Backends in Diffusers"), in its order.
 SEED_RECIPES: tuple[str, ...] = (
