@@ -41,6 +41,9 @@ SEED_PROMPTS: tuple[str, ...] = (
      "rain-soaked cobblestones and darkened storefronts."),
 )
 
+# run.outcome of a run refused before starting because this machine cannot run it: not a failure.
+REFUSED = frozenset({"unavailable"})
+
 SweepEventHandler = Callable[[str, "PlannedRun", dict[str, Any]], None]
 
 
@@ -101,6 +104,17 @@ class SweepReport:
 
     def ordered_rows(self) -> list[RunRow]:
         return [self.rows[p.index] for p in self.planned if p.index in self.rows]
+
+    @property
+    def broken(self) -> list[RunRow]:
+        """Runs that crashed, timed out, failed or did not parse (kept rows of earlier sweeps too);
+        not those refused before starting because this machine cannot run them."""
+        return [r for r in self.ordered_rows() if not r.ok and r.metrics.get("run.outcome") not in REFUSED]
+
+    @property
+    def exit_status(self) -> int:
+        """0 when every run succeeded or was refused as unable to run here, else 1."""
+        return 1 if self.broken else 0
 
 
 def now_iso() -> str:

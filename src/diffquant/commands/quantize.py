@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from diffquant.arguments import argtype, parse_device
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("quantize", help="quantize a pipeline and save it to a folder",
@@ -16,7 +18,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("model", help="Hub id, local pipeline folder, or zoo:NAME")
     parser.add_argument("--recipe", required=True, help="recipe string or .toml file (quantization part is saved)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="new folder to write")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--device", type=argtype(parse_device), default=None,
+                        help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.set_defaults(func=run)
     return parser
 
