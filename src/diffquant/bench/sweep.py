@@ -123,16 +123,11 @@ def now_iso() -> str:
 
 def default_prompts(model: str) -> tuple[str, ...]:
     """Prompts a model folder suggests (``diffquant.json`` "prompts"), else the seed's three."""
-    import json
-
     from diffquant.components import resolve_model
+    from diffquant.zoo.meta import read_model_meta
 
-    meta = resolve_model(model) / "diffquant.json"
-    if meta.is_file():
-        prompts = json.loads(meta.read_text()).get("prompts")
-        if prompts:
-            return tuple(str(p) for p in prompts)
-    return SEED_PROMPTS
+    meta = read_model_meta(resolve_model(model))
+    return meta.prompts if meta is not None and meta.prompts else SEED_PROMPTS
 
 
 def resolve_settings(model: str, *, prompts: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
