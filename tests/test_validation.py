@@ -91,7 +91,8 @@ def test_same_meaning_same_recipe() -> None:
     pairs = [("bnb-nf4(double_quant=false)", "bnb-nf4"), ("bnb-nf4(double_quant=yes)", "bnb-nf4(double_quant)"),
              ("gguf-q4_k(keep=norm=q8_0)", "gguf-q4_k(keep=norm=Q8_0)"),
              ("offload-group-block(blocks=1)", "offload-group-block"), ("compile(mode=default)", "compile"),
-             ("compile(components=denoiser)", "compile"), ("offload-sequential", "offload-seq")]
+             ("compile(components=denoiser)", "compile"), ("offload-sequential", "offload-seq"),
+             ("gguf-q4_k(layout=diffusers)", "gguf-q4_k")]
     for a, b in pairs:
         assert parse_recipe(a) == parse_recipe(b) and parse_recipe(a).hash == parse_recipe(b).hash, (a, b)
 

@@ -17,6 +17,7 @@ class OptionDef:
     int_choices: tuple[int, ...] = ()  # int options: the values allowed (empty: see minimum/maximum)
     minimum: int | None = None
     maximum: int | None = None
+    default: str | int | None = None  # a value that means the same as leaving the option out (dropped)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ BACKENDS: dict[str, BackendDef] = {
         {"path": OptionDef("path", str, "a .gguf file to load; without it diffquant writes (and caches) one"),
          "keep": OptionDef("keep", str, "name patterns written at higher precision, '|' separated "
                                         "(pattern or pattern=TYPE)"),
-         "layout": OptionDef("layout", str, "key layout of a written file", choices=("diffusers", "bfl"))},
+         "layout": OptionDef("layout", str, "key layout of a written file", choices=("diffusers", "bfl"),
+                             default="diffusers")},
         denoiser_only=True,
     ),
     "layerwise": BackendDef(
