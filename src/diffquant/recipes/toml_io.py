@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from diffquant.errors import DiffquantError
+from diffquant.recipes.dict_form import recipe_from_dict
 from diffquant.recipes.model import Recipe
-from diffquant.recipes.validate import recipe_from_dict
 
 if sys.version_info >= (3, 11):
     import tomllib
