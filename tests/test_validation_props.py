@@ -257,7 +257,10 @@ def test_raw_toml_text_never_tracebacks(text: str) -> None:
 
 
 @FAST
-@given(st.one_of(ANY, st.none(), st.tuples(NAME), st.just({"quant": [None]}), st.just({"memory": None})))
+@given(st.one_of(ANY, st.none(), st.tuples(NAME), st.just({"quant": [None]}), st.just({"memory": None}),
+                 st.dictionaries(st.integers() | st.none(), ANY, max_size=2),
+                 st.dictionaries(st.integers() | NAME, SCALAR, max_size=2).map(
+                     lambda o: {"quant": [{"backend": "bnb", "type": "nf4", "options": o}]})))
 def test_any_object_as_dict_never_tracebacks(data: Any) -> None:
     check_dict(data)
 

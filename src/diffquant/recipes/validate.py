@@ -169,6 +169,7 @@ def quant_options(token: str, backend: cat.BackendDef, qtype: str,
     """Typed options of one quant token, checked and normalised (flags left off when false)."""
     out: dict[str, OptionValue] = {}
     for key, value in opts.items():
+        key = str(key)
         odef = backend.options.get(key)
         if odef is None or key == "skip":
             if not backend.options:
