@@ -29,7 +29,7 @@ def test_fits_rows_follow_each_runs_need(scored_db: Path) -> None:
     need = {r: max(load * 1.2, peak) * MIB for r, (_, _, load, peak, _, _) in RUNS.items()}
     assert rows, "no size fits anything"
     for row in rows:
-        size = float(row["budget"].split()[0]) * 1e9
+        size = float(row["budget"].split()[0]) * 2**30
         assert set(row["recipes"].split(", ")) == {r for r, n in need.items() if n <= size}
     assert rows[-1]["count"] == rows[-1]["total"] == len(RUNS)
     # the reference, or bf16+compile: identical images (PSNR inf) and faster

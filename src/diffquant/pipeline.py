@@ -12,6 +12,7 @@ from typing import Any
 
 from diffquant.errors import BackendUnavailable, DiffquantError
 from diffquant.recipes import Recipe, load_recipe
+from diffquant.zoo.meta import MODEL_PIPELINE_KWARGS  # noqa: F401 - what diffquant.json may fix; importable here
 
 # Defaults for pipelines we know; zoo models are tiny so their defaults are small.
 _CLASS_DEFAULTS = {
@@ -22,11 +23,6 @@ _ZOO_DEFAULTS = {
     "tiny-flux": (4, 64, 64, 3.5), "tiny-sd3": (4, 64, 64, 5.0), "flux-dev-slice": (4, 256, 256, 3.5),
     "flux-dev-random": (28, 1024, 1024, 3.5),
 }
-
-
-# Pipeline arguments a model folder's diffquant.json may fix (under "pipeline_kwargs"), because the
-# model was trained for them: e.g. true classifier-free guidance, a short T5 sequence.
-MODEL_PIPELINE_KWARGS = ("true_cfg_scale", "negative_prompt", "max_sequence_length")
 
 
 @dataclass(frozen=True)
@@ -66,25 +62,16 @@ def default_device() -> str:
 def default_settings(model: str) -> GenerationSettings:
     """Model-appropriate generation defaults (a diffquant.json in the folder wins)."""
     from diffquant.components import pipeline_class_name, resolve_model
+    from diffquant.zoo.meta import read_model_meta
 
     model_dir = resolve_model(model)
-    meta = model_dir / "diffquant.json"
-    if meta.is_file():
-        data = json.loads(meta.read_text())
-        size = data.get("size") or [data.get("height"), data.get("width")]
-        return GenerationSettings(data.get("steps"), size[0], size[1], data.get("guidance_scale"),
-                                  _pipeline_kwargs(data.get("pipeline_kwargs") or {}, meta))
+    meta = read_model_meta(model_dir)  # validated: a malformed file is a DiffquantError
+    if meta is not None:
+        return GenerationSettings(meta.steps, meta.height, meta.width, meta.guidance_scale,
+                                  dict(meta.pipeline_kwargs))
     name = model.removeprefix("zoo:") if model.startswith("zoo:") else None
     values = _ZOO_DEFAULTS.get(name or "") or _CLASS_DEFAULTS.get(pipeline_class_name(model_dir))
     return GenerationSettings(*values) if values else GenerationSettings(None, None, None, None)
-
-
-def _pipeline_kwargs(values: dict[str, Any], source: Path) -> dict[str, Any]:
-    unknown = sorted(set(values) - set(MODEL_PIPELINE_KWARGS))
-    if unknown:
-        raise DiffquantError(f"{source}: unknown pipeline_kwargs {unknown}.",
-                             hint=f"valid keys: {', '.join(MODEL_PIPELINE_KWARGS)}")
-    return dict(values)
 
 
 def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | None = None,

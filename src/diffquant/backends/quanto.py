@@ -1,14 +1,29 @@
-"""optimum-quanto int8/int4/int2/fp8 weights, through diffusers'/transformers' QuantoConfig."""
+"""optimum-quanto int8/int4/int2/fp8 weights, through diffusers'/transformers' QuantoConfig.
+
+quanto builds a C++ extension on first use (``torch.utils.cpp_extension.load`` into its package's
+``library/extensions/<kind>/build``), guarded by torch's ``FileBaton``: a ``build/lock`` file that
+waiters poll forever. A worker killed mid-build (a timeout, an OOM kill) leaves that file behind and
+every later worker would hang. Before quanto is used, ``prepare_extension_builds`` removes a lock
+no live process holds, and fails with the reason after waiting ``LOCK_WAIT_S`` for a live one.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from diffquant.backends.base import ComponentContext, package_missing
+from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec
 
 name = "quanto"
 _WEIGHTS = {"int8": "int8", "int4": "int4", "int2": "int2", "fp8": "float8"}
+# How long a worker waits for another process's extension build before failing (seconds).
+LOCK_WAIT_S = float(os.environ.get("DIFFQUANT_QUANTO_LOCK_WAIT_S", "600"))
+_EXTENSIONS = ("quanto_cpp", "quanto_cuda", "quanto_hip", "quanto_mps")
 
 
 def why_not_here(spec: QuantSpec, device: str) -> str | None:
@@ -19,6 +34,8 @@ def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any:
     import diffusers
     import transformers
 
+    for note in prepare_extension_builds():
+        print(f"diffquant: {note}", file=sys.stderr)
     skip = list(spec.skip_modules) or None
     if ctx.library == "diffusers":
         return diffusers.QuantoConfig(weights_dtype=_WEIGHTS[spec.qtype], modules_to_not_convert=skip)
@@ -109,3 +126,64 @@ def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
 def _skipped(name: str, patterns: tuple[str, ...]) -> bool:
     # A module named by a pattern, or inside one (modules_to_not_convert names modules by their path).
     return any(p in name.split(".") or name == p or name.startswith(p + ".") for p in patterns)
+def extension_build_dirs() -> list[Path]:
+    """The build folders of quanto's registered extensions (where torch puts its ``lock``)."""
+    from optimum.quanto.library.extensions import get_extension, is_extension_available
+
+    return [Path(get_extension(n).build_directory) for n in _EXTENSIONS if is_extension_available(n)]
+
+
+def prepare_extension_builds(wait_s: float | None = None) -> list[str]:
+    """Clear stale build locks of quanto's extensions; returns a note per lock removed."""
+    return [note for d in extension_build_dirs() if (note := clear_stale_lock(d / "lock", wait_s))]
+
+
+def lock_holders(lock: Path) -> list[int] | None:
+    """PIDs that have ``lock`` open (torch's baton keeps it open while building), from /proc;
+    None where that cannot be told (no /proc)."""
+    proc = Path("/proc")
+    if not (proc / "self" / "fd").is_dir():
+        return None
+    try:
+        target = lock.stat()
+    except FileNotFoundError:
+        return []
+    holders = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:  # gone, or another user's process
+            continue
+        for fd in fds:
+            try:
+                st = fd.stat()
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                holders.append(int(entry.name))
+                break
+    return holders
+
+
+def clear_stale_lock(lock: Path, wait_s: float | None = None, poll_s: float = 0.5) -> str | None:
+    """Remove ``lock`` if no live process holds it; wait up to ``wait_s`` (default ``LOCK_WAIT_S``)
+    while one does, then fail with the reason instead of hanging in torch's endless wait."""
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    while lock.exists():
+        holders = lock_holders(lock)
+        if holders == []:
+            lock.unlink(missing_ok=True)
+            return f"removed a stale optimum-quanto build lock {lock} (its builder is gone)"
+        if time.monotonic() >= deadline:
+            who = f"held by pid {', '.join(map(str, holders))}" if holders else "whose owner cannot be told here"
+            raise DiffquantError(
+                f"optimum-quanto's C++ extension build lock {lock} ({who}) was not released within "
+                f"{wait_s:g} s; a worker would otherwise wait for it forever.",
+                hint=(f"let that build finish, or stop pid {holders[0]} and delete {lock}" if holders else
+                      f"if no quanto build is running, delete {lock}")
+                     + "; DIFFQUANT_QUANTO_LOCK_WAIT_S sets how long to wait")
+        time.sleep(poll_s)
+    return None

@@ -45,6 +45,9 @@ SEED_PROMPTS: tuple[str, ...] = (
      "rain-soaked cobblestones and darkened storefronts."),
 )
 
+# run.outcome of a run refused before starting because this machine cannot run it: not a failure.
+REFUSED = frozenset({"unavailable"})
+
 SweepEventHandler = Callable[[str, "PlannedRun", dict[str, Any]], None]
 
 
@@ -110,6 +113,17 @@ class SweepReport:
     def ordered_rows(self) -> list[RunRow]:
         return [self.rows[p.index] for p in self.planned if p.index in self.rows]
 
+    @property
+    def broken(self) -> list[RunRow]:
+        """Runs that crashed, timed out, failed or did not parse (kept rows of earlier sweeps too);
+        not those refused before starting because this machine cannot run them."""
+        return [r for r in self.ordered_rows() if not r.ok and r.metrics.get("run.outcome") not in REFUSED]
+
+    @property
+    def exit_status(self) -> int:
+        """0 when every run succeeded or was refused as unable to run here, else 1."""
+        return 1 if self.broken else 0
+
 
 def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -117,16 +131,11 @@ def now_iso() -> str:
 
 def default_prompts(model: str) -> tuple[str, ...]:
     """Prompts a model folder suggests (``diffquant.json`` "prompts"), else the seed's three."""
-    import json
-
     from diffquant.components import resolve_model
+    from diffquant.zoo.meta import read_model_meta
 
-    meta = resolve_model(model) / "diffquant.json"
-    if meta.is_file():
-        prompts = json.loads(meta.read_text()).get("prompts")
-        if prompts:
-            return tuple(str(p) for p in prompts)
-    return SEED_PROMPTS
+    meta = read_model_meta(resolve_model(model))
+    return meta.prompts if meta is not None and meta.prompts else SEED_PROMPTS
 
 
 def resolve_settings(model: str, *, prompts: Sequence[str] | None = None, seeds: Sequence[int] | None = None,

@@ -8,6 +8,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diffquant.arguments import (
+    argtype,
+    parse_count,
+    parse_device,
+    parse_guidance,
+    parse_seeds,
+    parse_size,
+    parse_steps,
+    parse_timeout,
+)
+
 if TYPE_CHECKING:  # pragma: no cover
     from typing_extensions import Self
 
@@ -33,20 +44,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--prompts", type=Path, default=None,
                         help="text file, one prompt per line (blank lines and lines starting with # skipped)")
     parser.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    parser.add_argument("--size", default=None, help="WIDTHxHEIGHT, e.g. 1024x1024 (default: the model's)")
-    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--repeats", type=int, default=5,
+    parser.add_argument("--seeds", type=argtype(parse_seeds), default="0", help="comma-separated seeds (default: 0)")
+    parser.add_argument("--steps", type=argtype(parse_steps), default=None,
+                        help="denoising steps (default: the model's)")
+    parser.add_argument("--size", type=argtype(parse_size), default=None,
+                        help="WIDTHxHEIGHT, e.g. 1024x1024, or one number for a square (default: the model's)")
+    parser.add_argument("--guidance", type=argtype(parse_guidance), default=None,
+                        help="guidance scale (default: the model's)")
+    parser.add_argument("--device", type=argtype(parse_device), default=None,
+                        help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--repeats", type=argtype(parse_count), default=5,
                         help="at least this many steady (timed) calls after the first call; their p50, IQR "
                              "and the bootstrap CI of the ratio to the reference come from them (default: 5)")
     parser.add_argument("--min-time", type=float, default=0.0,
                         help="and go on with steady calls until they have taken this many seconds "
                              "(time-based; default 0: count-based, --repeats calls)")
-    parser.add_argument("--warmup", type=int, default=0,
+    parser.add_argument("--warmup", type=argtype(parse_count), default=0,
                         help="extra untimed calls after the first one, e.g. for CUDA graphs (default: 0)")
-    parser.add_argument("--timeout", type=float, default=3600.0,
+    parser.add_argument("--timeout", type=argtype(parse_timeout), default=3600.0,
                         help="seconds before a run's worker is killed and recorded as timed out (default: 3600)")
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"results database (default: {DEFAULT_DB})")
     parser.add_argument("--images", type=Path, default=None,
@@ -88,32 +103,6 @@ def split_recipes(text: str) -> list[str]:
     return [i for i in items if i]
 
 
-def parse_size(text: str | None) -> tuple[int | None, int | None]:
-    from diffquant.errors import DiffquantError
-
-    if not text:
-        return None, None
-    parts = text.lower().replace("*", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) <= 0:
-        raise DiffquantError(f"Cannot read image size {text!r}.", hint="write WIDTHxHEIGHT, e.g. 1024x1024")
-    return values[0], values[1]  # width, height
-
-
-def parse_seeds(text: str) -> list[int]:
-    from diffquant.errors import DiffquantError
-
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError as exc:
-        raise DiffquantError(f"Cannot read seeds {text!r}.", hint="write e.g. --seeds 0,1,2") from exc
-
-
 def read_prompts(path: Path) -> list[str]:
     from diffquant.errors import DiffquantError
 
@@ -134,16 +123,16 @@ def default_quant_cache() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffquant.arguments import check_size_for_model
     from diffquant.bench import SweepOptions, resolve_settings, run_sweep
-    from diffquant.errors import DiffquantError
+    from diffquant.components import resolve_model
     from diffquant.recipes import SEED_RECIPES
 
-    width, height = parse_size(args.size)
+    width, height = args.size or (None, None)
     prompts = list(args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
     recipes = split_recipes(args.recipes) if args.recipes else list(SEED_RECIPES)
-    if args.timeout <= 0:
-        raise DiffquantError(f"--timeout must be positive, got {args.timeout:g}.")
-    settings = resolve_settings(args.model, prompts=prompts or None, seeds=parse_seeds(args.seeds),
+    check_size_for_model(resolve_model(args.model), width, height)
+    settings = resolve_settings(args.model, prompts=prompts or None, seeds=args.seeds,
                                 steps=args.steps, height=height, width=width, guidance_scale=args.guidance,
                                 device=args.device, repeats=args.repeats, warmup=args.warmup)
     if args.min_time > 0:
@@ -167,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {item.note}", file=sys.stdout if args.format == "table" else sys.stderr)
     if not args.no_report:
         write_reports(report.db_path, report.reference)
-    return 0
+    if report.broken:  # exit 1: a script or CI job must not read a failed sweep as a good one
+        names = ", ".join(f"{r.recipe} ({r.metrics.get('run.outcome', r.status)})" for r in report.broken)
+        print(f"{len(report.broken)} of {len(rows)} runs failed: {names}; exit status 1", file=sys.stderr)
+    return report.exit_status
 
 
 def _budget(text: str | None) -> int | None:

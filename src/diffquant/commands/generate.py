@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from diffquant.arguments import argtype, parse_device, parse_guidance, parse_seed, parse_size, parse_steps
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("generate", help="generate one image with a recipe applied",
@@ -15,37 +17,32 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--recipe", default="bf16", help="recipe string or .toml file (default: bf16)")
     parser.add_argument("--prompt", required=True)
     parser.add_argument("-o", "--output", type=Path, default=Path("out.png"), help="PNG path (default: out.png)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    parser.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's)")
-    parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--seed", type=argtype(parse_seed), default=0, help="seed (default: 0)")
+    parser.add_argument("--steps", type=argtype(parse_steps), default=None,
+                        help="denoising steps (default: the model's)")
+    parser.add_argument("--size", type=argtype(parse_size), default=None,
+                        help="WIDTHxHEIGHT, or one number for a square (default: the model's)")
+    parser.add_argument("--guidance", type=argtype(parse_guidance), default=None)
+    parser.add_argument("--device", type=argtype(parse_device), default=None,
+                        help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.set_defaults(func=run)
     return parser
-
-
-def parse_size(text: str | None) -> tuple[int | None, int | None]:
-    """'WIDTHxHEIGHT' -> (height, width)."""
-    from diffquant.errors import DiffquantError
-
-    if not text:
-        return None, None
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise DiffquantError(f"Cannot read size {text!r}.", hint="write WIDTHxHEIGHT, e.g. 1024x1024") from None
-    return height, width
 
 
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from diffquant.arguments import check_size_for_model
+    from diffquant.components import resolve_model
     from diffquant.images import save_png
     from diffquant.pipeline import generate, load_info, load_pipeline
+    from diffquant.recipes import load_recipe
 
-    height, width = parse_size(args.size)
+    recipe = load_recipe(args.recipe)  # a bad recipe or size is refused before anything loads
+    width, height = args.size or (None, None)
+    check_size_for_model(resolve_model(args.model), width, height)
     started = time.perf_counter()
-    pipe = load_pipeline(args.model, args.recipe, device=args.device)
+    pipe = load_pipeline(args.model, recipe, device=args.device)
     info = load_info(pipe)
     out = generate(pipe, args.prompt, seed=args.seed, steps=args.steps, height=height, width=width,
                    guidance_scale=args.guidance)

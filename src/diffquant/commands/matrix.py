@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from diffquant.arguments import argtype, parse_device, parse_size, parse_steps, parse_timeout
+
 DEFAULT_MODEL = "zoo:tiny-flux"
 
 
@@ -27,10 +29,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              f"(default: {';'.join(DEFAULT_OFFLOAD)})")
     parser.add_argument("--compile", choices=("both", "on", "off"), default="both",
                         help="compile axis (default: both)")
-    parser.add_argument("--steps", type=int, default=2, help="denoising steps per call (default: 2)")
-    parser.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per cell (default: 300)")
+    parser.add_argument("--steps", type=argtype(parse_steps), default=2,
+                        help="denoising steps per call (default: 2)")
+    parser.add_argument("--size", type=argtype(parse_size), default=None,
+                        help="WIDTHxHEIGHT, or one number for a square (default: the model's)")
+    parser.add_argument("--device", type=argtype(parse_device), default=None,
+                        help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--timeout", type=argtype(parse_timeout), default=300.0,
+                        help="seconds per cell (default: 300)")
     parser.add_argument("--format", choices=("table", "md", "json"), default="table", help="output format")
     parser.add_argument("-o", "--output", type=Path, default=None, help="also write the matrix to this file")
     parser.set_defaults(func=run)
@@ -40,12 +46,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from diffquant.arguments import check_size_for_model
     from diffquant.bench.matrix import cells_json, matrix_table, plan_cells, run_matrix
     from diffquant.bench.sweep import resolve_settings
-    from diffquant.commands.bench import default_quant_cache, parse_size
+    from diffquant.commands.bench import default_quant_cache
+    from diffquant.components import resolve_model
     from diffquant.store import write_atomic
 
-    width, height = parse_size(args.size)
+    width, height = args.size or (None, None)
+    check_size_for_model(resolve_model(args.model), width, height)
     settings = resolve_settings(args.model, prompts=["a red circle on a blue background"], seeds=[0],
                                 steps=args.steps, height=height, width=width, device=args.device, repeats=0)
     quant = [q.strip() for q in args.quant.split(",") if q.strip()]

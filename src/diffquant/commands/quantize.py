@@ -8,6 +8,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from diffquant.arguments import argtype, parse_device
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("quantize", help="quantize a pipeline and save it to a folder",
@@ -17,7 +19,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("model", help="Hub id, local pipeline folder, or zoo:NAME")
     parser.add_argument("--recipe", required=True, help="recipe string or .toml file (quantization part is saved)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="new folder to write")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--device", type=argtype(parse_device), default=None,
+                        help="cpu, cuda or cuda:N (default: cuda if available)")
     add_card_arguments(parser)
     parser.add_argument("--allow-pickle", action="store_true",
                         help="let a backend with no safe format for these library versions write a pickle "

@@ -11,7 +11,13 @@ class OptionDef:
     name: str
     kind: type  # bool | int | str
     help: str
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] = ()  # str options: the values allowed
+    types: tuple[str, ...] = ()  # quant options: the backend types that use it (empty: every type)
+    applies_to: str = ""  # those types in words, for the error when another type is given it
+    int_choices: tuple[int, ...] = ()  # int options: the values allowed (empty: see minimum/maximum)
+    minimum: int | None = None
+    maximum: int | None = None
+    default: str | int | None = None  # a value that means the same as leaving the option out (dropped)
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,8 @@ BACKENDS: dict[str, BackendDef] = {
                ("fp4", "4-bit float, blockwise absmax (64)", 4.5),
                ("int8", "LLM.int8() 8-bit rows with outlier handling", 8.0)),
         {"compute_dtype": _COMPUTE,
-         "double_quant": OptionDef("double_quant", bool, "quantize the absmax scales too (4-bit only)"),
+         "double_quant": OptionDef("double_quant", bool, "quantize the absmax scales too (4-bit only)",
+                                   types=("nf4", "fp4"), applies_to="bnb 4-bit types (nf4, fp4)"),
          "skip": _SKIP},
     ),
     "torchao": BackendDef(
@@ -63,7 +70,10 @@ BACKENDS: dict[str, BackendDef] = {
                ("nvfp4", "NVFP4 activations + weights, fp8 scale per 16 (Blackwell, SM 10.0+)", 4.5),
                ("mxfp8", "MXFP8 activations + weights, e8m0 scale per 32 (Blackwell, SM 10.0+)", 8.25)),
         {"group_size": OptionDef("group_size", int, "weights per scale group (int4wo/intx4wo; int8wo: "
-                                                    "grouped int8, e.g. 128)"),
+                                                    "grouped int8, e.g. 128)",
+                                 types=("int4wo", "intx4wo", "int8wo"), int_choices=(32, 64, 128, 256),
+                                 applies_to="torchao int4wo, intx4wo and int8wo (the other torchao types have "
+                                            "no groups)"),
          "skip": _SKIP},
     ),
     "quanto": BackendDef(
@@ -95,7 +105,8 @@ BACKENDS: dict[str, BackendDef] = {
         {"path": OptionDef("path", str, "a .gguf file to load; without it diffquant writes (and caches) one"),
          "keep": OptionDef("keep", str, "name patterns written at higher precision, '|' separated "
                                         "(pattern or pattern=TYPE)"),
-         "layout": OptionDef("layout", str, "key layout of a written file", choices=("diffusers", "bfl"))},
+         "layout": OptionDef("layout", str, "key layout of a written file", choices=("diffusers", "bfl"),
+                             default="diffusers")},
         denoiser_only=True,
     ),
     "layerwise": BackendDef(
@@ -144,7 +155,7 @@ OFFLOAD_TOKENS = {
     "offload-group-leaf": "group-leaf", "offload-group-block": "group-block",
 }
 OFFLOAD_OPTIONS: dict[str, OptionDef] = {
-    "blocks": OptionDef("blocks", int, "blocks per group (offload-group-block)"),
+    "blocks": OptionDef("blocks", int, "blocks per group (offload-group-block)", minimum=1, maximum=1024),
     "stream": OptionDef("stream", bool, "overlap transfers with compute on a CUDA stream"),
     "disk": OptionDef("disk", bool, "keep offloaded weights in files instead of RAM"),
 }
@@ -156,7 +167,13 @@ COMPILE_OPTIONS: dict[str, OptionDef] = {
     "fullgraph": OptionDef("fullgraph", bool, "fail instead of graph-breaking"),
     "regional": OptionDef("regional", bool, "compile only the repeated transformer blocks "
                                             "(diffusers' compile_repeated_blocks)"),
+    "components": OptionDef("components", str, "what to compile, '|' separated: denoiser (the default) "
+                                               "or component names, e.g. denoiser|vae"),
 }
+DEFAULT_COMPILE_COMPONENTS = ("denoiser",)
+# Types a GGUF keep pattern may ask for (the writer's types: gguf_writer.quantize.SUPPORTED_TYPES).
+GGUF_KEEP_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0",
+                   "Q3_K", "Q2_K")
 
 # The recipes of the seed ("Exploring Quantization Backends in Diffusers"), in its order.
 SEED_RECIPES: tuple[str, ...] = (

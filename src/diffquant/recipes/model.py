@@ -110,7 +110,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        from diffquant.recipes.validate import recipe_from_dict
+        from diffquant.recipes.dict_form import recipe_from_dict
 
         return recipe_from_dict(data)
 

@@ -13,10 +13,20 @@ from dataclasses import replace
 from diffquant.errors import DiffquantError, unknown_choice
 from diffquant.recipes import catalog as cat
 from diffquant.recipes.model import DEFAULT_TARGET, CompileSpec, MemorySpec, OptionValue, QuantSpec, Recipe
-from diffquant.recipes.validate import check_options, check_recipe
+from diffquant.recipes.validate import (
+    check_recipe,
+    check_value,
+    compile_components,
+    option_from_text,
+    quant_options,
+    quant_token,
+    skip_patterns,
+)
 
 _TOKEN = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?:\((?P<opts>[^()]*)\))?(?:@(?P<target>[A-Za-z0-9_]+))?$")
 _HINT = "run `diffquant recipes` to see every recipe token and its options"
+
+RawOptions = dict[str, "str | None"]  # key -> text after '=', None for a bare flag
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -36,19 +46,8 @@ def _split_top_level(text: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def _parse_value(raw: str) -> OptionValue:
-    low = raw.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if re.fullmatch(r"-?\d+", raw):
-        return int(raw)
-    return raw
-
-
-def _parse_options(raw: str | None, token: str) -> dict[str, OptionValue]:
-    options: dict[str, OptionValue] = {}
+def _parse_options(raw: str | None, token: str) -> RawOptions:
+    options: RawOptions = {}
     if not raw:
         return options
     for item in raw.split(","):
@@ -59,8 +58,25 @@ def _parse_options(raw: str | None, token: str) -> dict[str, OptionValue]:
         key = key.strip()
         if key in options:
             raise DiffquantError(f"Option {key!r} given twice in {token!r}.", hint="give each option once")
-        options[key] = _parse_value(value.strip()) if sep else True
+        options[key] = value.strip() if sep else None
     return options
+
+
+def _typed(name: str, opts: RawOptions, allowed: dict[str, cat.OptionDef], *,
+           check: bool = True) -> dict[str, OptionValue]:
+    """Raw option text -> typed values by each option's declared kind (never by guessing)."""
+    typed: dict[str, OptionValue] = {}
+    for key, raw in opts.items():
+        odef = allowed.get(key)
+        if odef is None:
+            if not allowed:
+                raise DiffquantError(f"{name!r} takes no options (got {key!r}).", hint=f"write just {name}")
+            raise unknown_choice(f"option for {name!r}", key, allowed,
+                                 hint="options go in parentheses: token(key=value,flag)")
+        typed[key] = option_from_text(name, key, raw, odef)
+        if check:  # quant options are checked by quant_options, once it knows the type uses them
+            check_value(name, key, typed[key], odef)
+    return typed
 
 
 def parse_recipe(text: str) -> Recipe:
@@ -72,6 +88,7 @@ def parse_recipe(text: str) -> Recipe:
     compile_spec = CompileSpec()
     dtype: str | None = None
     seen_offload: str | None = None
+    seen: set[str] = set()
     for token in _split_top_level(text.strip()):
         match = _TOKEN.match(token)
         if not token or not match:
@@ -84,8 +101,12 @@ def parse_recipe(text: str) -> Recipe:
         if target and not _is_quant_name(name):
             raise DiffquantError(f"'@{target}' only applies to quantization tokens, not {name!r}.",
                                  hint="write e.g. bnb-nf4@transformer")
+        if name in seen and not _is_quant_name(name) and name not in cat.DTYPES:
+            raise DiffquantError(f"{name!r} is given twice in {text!r}; a recipe says each thing once.",
+                                 hint=f"keep one {name} token (with all its options)")
+        seen.add(name)
         if name in cat.DTYPES:
-            _no_options(name, opts)
+            _typed(name, opts, {})
             if dtype is not None:
                 raise DiffquantError(f"Two dtypes in {text!r}.", hint="give one of bf16, fp16, fp32")
             dtype = cat.DTYPES[name]
@@ -94,15 +115,17 @@ def parse_recipe(text: str) -> Recipe:
                 raise DiffquantError(f"Contradictory offload options {seen_offload!r} and {name!r}.",
                                      hint="choose one offload mode per recipe")
             seen_offload = name
-            memory = _parse_offload(name, opts, memory)
+            memory = _parse_offload(name, _typed(name, opts, cat.OFFLOAD_OPTIONS), memory)
         elif name in cat.VAE_TOKENS:
-            _no_options(name, opts)
+            _typed(name, opts, {})
             memory = replace(memory, **{cat.VAE_TOKENS[name]: True})
         elif name == cat.COMPILE_TOKEN:
-            check_options(name, opts, cat.COMPILE_OPTIONS)
-            compile_spec = CompileSpec(enabled=True, mode=str(opts.get("mode", "default")),
-                                       fullgraph=bool(opts.get("fullgraph", False)),
-                                       regional=bool(opts.get("regional", False)))
+            typed = _typed(name, opts, cat.COMPILE_OPTIONS)
+            components = (compile_components(str(typed["components"])) if "components" in typed
+                          else cat.DEFAULT_COMPILE_COMPONENTS)
+            compile_spec = CompileSpec(enabled=True, mode=str(typed.get("mode", "default")),
+                                       fullgraph=bool(typed.get("fullgraph", False)), components=components,
+                                       regional=bool(typed.get("regional", False)))
         elif _is_quant_name(name):
             quant.append(_parse_quant(name, opts, target or DEFAULT_TARGET))
         else:
@@ -124,12 +147,7 @@ def _is_quant_name(name: str) -> bool:
     return prefix in cat.BACKENDS and prefix != "layerwise"
 
 
-def _no_options(name: str, opts: dict[str, OptionValue]) -> None:
-    if opts:
-        raise DiffquantError(f"{name!r} takes no options (got {', '.join(opts)}).", hint=f"write just {name}")
-
-
-def _parse_quant(name: str, opts: dict[str, OptionValue], target: str) -> QuantSpec:
+def _parse_quant(name: str, opts: RawOptions, target: str) -> QuantSpec:
     if name in cat.LAYERWISE_TOKENS:
         backend, qtype = cat.BACKENDS["layerwise"], cat.LAYERWISE_TOKENS[name]
     else:
@@ -138,14 +156,15 @@ def _parse_quant(name: str, opts: dict[str, OptionValue], target: str) -> QuantS
         if qtype not in backend.types:
             raise unknown_choice(f"{backend.title} type", qtype, backend.types,
                                  hint=f"write {prefix}-<type>, e.g. {prefix}-{next(iter(backend.types))}")
-    check_options(name, opts, backend.options)
-    skip = tuple(p for p in str(opts.pop("skip", "")).split("|") if p) if "skip" in opts else ()
+    token = quant_token(QuantSpec(backend.name, qtype))
+    typed = _typed(name, opts, backend.options, check=False)
+    skip = typed.pop("skip", None)
     return QuantSpec(backend=backend.name, qtype=qtype, target=target,
-                     options=tuple(sorted(opts.items())), skip_modules=skip)
+                     options=quant_options(token, backend, qtype, typed),
+                     skip_modules=skip_patterns(token, str(skip)) if skip else ())
 
 
 def _parse_offload(name: str, opts: dict[str, OptionValue], memory: MemorySpec) -> MemorySpec:
-    check_options(name, opts, cat.OFFLOAD_OPTIONS)
     mode = cat.OFFLOAD_TOKENS[name]
     if not mode.startswith("group") and opts:
         raise DiffquantError(f"{name!r} takes no options; stream/disk/blocks belong to group offload.",
@@ -165,10 +184,7 @@ def _format_options(pairs: list[tuple[str, OptionValue]]) -> str:
 
 
 def _format_quant(spec: QuantSpec) -> str:
-    if spec.backend == "layerwise":
-        name = "fp8-layerwise" if spec.qtype == "e4m3" else f"fp8-layerwise-{spec.qtype}"
-    else:
-        name = f"{spec.backend}-{spec.qtype}"
+    name = quant_token(spec)
     pairs = list(spec.options)
     if spec.skip_modules:
         pairs.append(("skip", "|".join(spec.skip_modules)))
@@ -203,5 +219,7 @@ def format_recipe(recipe: Recipe) -> str:
             pairs.append(("mode", recipe.compile.mode))
         if recipe.compile.regional:
             pairs.append(("regional", True))
+        if recipe.compile.components != cat.DEFAULT_COMPILE_COMPONENTS:
+            pairs.append(("components", "|".join(recipe.compile.components)))
         tokens.append("compile" + _format_options(pairs))
     return "+".join(tokens)

@@ -10,7 +10,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from diffquant.report.collect import RunView, SweepView
 
 MIB = 2**20
-# Common GPU and RAM sizes, in GB (10^9 bytes), as vendors state them.
+# Common GPU and RAM sizes in GB, read as --budget reads them: 2^30 bytes (GPU memory is binary).
 SIZES_GB = (0.5, 1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 141)
 
 
@@ -32,7 +32,7 @@ def fits_rows(sweep: SweepView) -> list[dict[str, Any]]:
     metric = sweep.primary_metric
     rows = []
     for size in SIZES_GB:
-        fitting = [r for r in sized if (needs[r.recipe] or 0) <= size * 1e9]
+        fitting = [r for r in sized if (needs[r.recipe] or 0) <= size * 2**30]
         if not fitting:
             continue
         best = _best(fitting, metric.name if metric else None, bool(metric and metric.higher_is_better))

@@ -8,7 +8,7 @@ Modules (imported lazily; this package itself imports nothing heavy):
 - ``tokenizer``: word-level CLIP-like and T5-like tokenizers
 - ``model``: the architecture, :func:`model.shipped_folder`, :func:`model.build_random`
 - ``train``: flow-matching training of the VAE, text encoder and transformer, and of the scorer
-  (run it with ``python scripts/train_shapes.py``)
+  (run it with ``python scripts/train_shapes.py --out DIR``)
 - ``scorer``: :func:`scorer.load_scorer`, :func:`scorer.score_images`, the evaluation prompts
 """
 

@@ -140,7 +140,7 @@ def shipped_folder() -> Path:
     if not (PIPELINE_DIR / "model_index.json").is_file():
         raise DiffquantError(
             f"The shapes model's weights are missing from {PIPELINE_DIR}.",
-            hint="reinstall diffquant, or train them with `python scripts/train_shapes.py`",
+            hint=f"reinstall diffquant, or train them with `python scripts/train_shapes.py --out {WEIGHTS_DIR}`",
         )
     return PIPELINE_DIR
 

@@ -92,7 +92,7 @@ def load_scorer(path: str | Path | None = None) -> Any:
     path = Path(path or SCORER_FILE)
     if not path.is_file():
         raise DiffquantError(f"The shapes scorer's weights are missing ({path}).",
-                             hint="train them with `python scripts/train_shapes.py`")
+                             hint=f"train them with `python scripts/train_shapes.py --out {path.parent}`")
     net = build_network()
     net.load_state_dict(load_file(str(path)))
     return net.eval()

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from diffquant.zoo.shapes import DEFAULT_PIPELINE_KWARGS, DEFAULT_T5_LENGTH, data
-from diffquant.zoo.shapes.model import WEIGHTS_DIR, default_meta, new_pipeline, save_pipeline
+from diffquant.zoo.shapes.model import default_meta, new_pipeline, save_pipeline
 
 
 @dataclass(frozen=True)
@@ -490,8 +490,10 @@ def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR,
-                        help="output folder (pipeline/ and scorer.safetensors); default: the package's")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="output folder for pipeline/ and scorer.safetensors (required: nothing is "
+                             "written inside the installed package; to replace the shipped weights give "
+                             "src/diffquant/zoo/shapes/weights of a source checkout)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of a tiny model (seconds)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
