@@ -177,11 +177,13 @@ def render(data: dict[str, Any]) -> str:
         f"{', ' + note if note else ''}); server: {data['server']}; each round's images fetched: "
         f"{'yes' if data['images_fetched'] else 'no'}. Data: `docs/arena-load.json`."),
         "",
+        "<!-- table:arena_load source=docs/arena-load.json view=script script=benchmarks/arena_load.py -->",
         "| clients × votes | votes stored | duplicates | wall time | vote p50 | vote p95 | vote p99 | round p95 |",
         "|---|---|---|---|---|---|---|---|",
         (f"| {data['clients']} × {data['votes_per_client']} | {data['votes_stored']} of {data['votes_sent']} | "
         f"{data['duplicates']} | {data['wall_s']:.1f} s | {v['p50']:.0f} ms | {v['p95']:.0f} ms | {v['p99']:.0f} ms | "
         f"{r['p95']:.0f} ms |"),
+        "<!-- /table -->",
         END])
 
 

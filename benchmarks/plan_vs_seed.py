@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         text = args.update_doc.read_text()
         head, _, rest = text.partition(START)
         _, _, tail = rest.partition(END)
-        args.update_doc.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+        marker = ("<!-- table:plan_vs_seed source=docs/data/plan_vs_seed.json view=script "
+                  "script=benchmarks/plan_vs_seed.py arg=rows -->")
+        args.update_doc.write_text(f"{head}{START}\n{marker}\n{table}\n<!-- /table -->\n{END}{tail}")
     return 0
 
 

@@ -20,6 +20,8 @@ Views (how a data file becomes rows):
 - ``cpu_recipes``: ``benchmarks/bench_recipes_cpu.py``'s table of a ``runs`` file.
 - ``shapes_eval``: the adherence table of ``python -m diffquant.zoo.shapes.evaluate --json``.
 - ``gpu_check``: the table of a ``benchmarks/gpu_check.py`` result JSON.
+- ``sensitivity_mix``: the table of ``benchmarks/sensitivity_mix.py``'s result JSON.
+- ``script``: the table a benchmark script's own ``render()`` makes of its data (``script=``, ``arg=``).
 """
 
 from __future__ import annotations
@@ -306,9 +308,52 @@ def view_gpu_check(data: Mapping[str, Any], block: Block) -> Table:
     return headers, rows
 
 
+def view_sensitivity_mix(data: Mapping[str, Any], block: Block) -> Table:
+    """Uniform vs rule-based vs sensitivity mixes from ``benchmarks/sensitivity_mix.py``."""
+    import math
+
+    rows_in = [r for r in data.get("rows") or [] if "recipe" in r]
+    if not rows_in:
+        raise DocsError(f"{block.where}: {block.attrs['source']} is not a benchmarks/sensitivity_mix.py result")
+    uniform = {r["base"]: r for r in rows_in if r["kind"] == "uniform"}
+    rows = []
+    for r in rows_in:
+        u = uniform[r["base"]]
+        psnr = r["quality"].get("psnr") or {}
+        u_psnr = (u["quality"].get("psnr") or {}).get("mean")
+        extra = (r["transformer_bytes"] - u["transformer_bytes"]) / u["transformer_bytes"]
+        removed = "" if r is u or u_psnr is None or psnr.get("mean") is None else \
+            f"{100 * (1 - math.pow(10, -(psnr['mean'] - u_psnr) / 10)):.1f}%"
+        rows.append([r["base"], r["kind"], f"{r['transformer_bytes'] / MIB:.2f}", f"{100 * extra:+.1f}%",
+                     (f"{psnr.get('mean', float('nan')):.2f} [{psnr.get('ci_low', float('nan')):.2f}, "
+                      f"{psnr.get('ci_high', float('nan')):.2f}]"), removed])
+    return ["base recipe", "mix", "transformer MiB", "bytes vs uniform", "PSNR vs bf16, dB [95% CI]",
+            "error removed"], rows
+
+
+def view_script(data: Mapping[str, Any], block: Block) -> Table:
+    """The table a benchmark script renders itself: ``script=benchmarks/X.py`` whose ``render()``
+    takes the data file (or its ``arg=`` key) and returns Markdown; its table lines are used."""
+    path = ROOT / block.attrs.get("script", "")
+    if not block.attrs.get("script") or not path.is_file():
+        raise DocsError(f"{block.where}: view=script needs script=PATH of an existing benchmark script")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    arg = block.attrs.get("arg")
+    text = module.render(data[arg] if arg else data)
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    if len(lines) < 2:
+        raise DocsError(f"{block.where}: {path.name}'s render() gave no table")
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+    return cells[0], cells[2:]
+
+
 VIEWS: dict[str, Callable[[Mapping[str, Any], Block], Table]] = {
+    "script": view_script,
     "rows": view_rows, "runs": view_runs, "cpu_recipes": view_cpu_recipes, "shapes_eval": view_shapes_eval,
-    "gpu_check": view_gpu_check,
+    "gpu_check": view_gpu_check, "sensitivity_mix": view_sensitivity_mix,
 }
 
 
