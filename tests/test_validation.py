@@ -53,9 +53,11 @@ def test_toml_strings_are_never_booleans_or_letters() -> None:
     ("torchao-int4wo(group_size=0)", ["group_size", "0 is not allowed", "32, 64, 128, 256",
                                       "torchao-int4wo(group_size=128)"]),
     ("torchao-intx4wo(group_size=-32)", ["group_size", "-32 is not allowed", "group_size=128"]),
-    ("torchao-int8wo(group_size=0)", ["group_size only applies to torchao int4wo and intx4wo",
+    # int8wo takes group_size since its grouped form (issue 14); types without groups refuse it
+    ("torchao-int8wo(group_size=0)", ["group_size", "0 is not allowed", "32, 64, 128, 256"]),
+    ("torchao-int8dq(group_size=0)", ["group_size only applies to torchao int4wo, intx4wo and int8wo",
                                       "drop group_size"]),
-    ("torchao-int8wo(group_size=64)", ["would only change the recipe's hash", "drop group_size"]),
+    ("torchao-fp8wo(group_size=64)", ["would only change the recipe's hash", "drop group_size"]),
     ("compile(mode=max-autotune)+compile", ["'compile' is given twice", "keep one compile token"]),
     ("vae-tiling+vae-tiling", ["'vae-tiling' is given twice"]),
     ("offload-model+offload-model", ["given twice"]),

@@ -142,13 +142,14 @@ def recipe_from_dict(data: object) -> Recipe:
                         vae_tiling=_bool("memory", mem, "vae_tiling", False),
                         vae_slicing=_bool("memory", mem, "vae_slicing", False))
     comp = _table("compile", data.get("compile", {}), "[compile] then enabled = true")
-    _known("compile", comp, list(CompileSpec().to_dict()))
+    _known("compile", comp, [*CompileSpec().to_dict(), "regional"])  # regional: written only when set
     components = _names("compile.components", comp.get("components", list(cat.DEFAULT_COMPILE_COMPONENTS)),
                         'components = ["denoiser"]')
     compile_spec = CompileSpec(
         enabled=_bool("compile", comp, "enabled", False),
         mode=_str("compile.mode", comp.get("mode", "default"), cat.COMPILE_MODES, 'mode = "max-autotune"'),
         fullgraph=_bool("compile", comp, "fullgraph", False),
+        regional=_bool("compile", comp, "regional", False),
         components=compile_components("|".join(components)) if components else ())
     recipe = Recipe(quant=tuple(sorted(quant, key=lambda q: (q.target != DEFAULT_TARGET, q.target))),
                     memory=memory, compile=compile_spec, dtype=dtype, schema_version=SCHEMA_VERSION)
