@@ -118,7 +118,7 @@ def test_compile_components_round_trip() -> None:
     ('[compile]\nmode = "max-autotune"', "compile is not enabled"),
     ("[memory]\nblocks_per_group = 3", "only applies to offload-group-block"),
     (BNB + "options = { skip = \"proj_out\" }", "skip_modules in TOML"),
-    ('[[quant]]\nbackend = "torchao"\ntype = "int8wo"\noptions = { group_size = 64 }', "group_size only applies"),
+    ('[[quant]]\nbackend = "torchao"\ntype = "int8dq"\noptions = { group_size = 64 }', "group_size only applies"),
     ('[[quant]]\nbackend = "gguf"\ntype = "q4_k"\noptions = { keep = "norm=Q9_9" }', "unknown GGUF type"),
     (BNB + 'target = "text encoder"', "component name"),
     ('dtype = "bf16"', "Did you mean: 'bfloat16'"),
@@ -139,7 +139,7 @@ def test_from_dict_refuses_non_tables_and_checks_api_built_recipes() -> None:
     from diffquant.recipes import QuantSpec
     from diffquant.recipes.validate import check_recipe
 
-    bad = Recipe(quant=(QuantSpec("torchao", "int8wo", options=(("group_size", 64),)),))
+    bad = Recipe(quant=(QuantSpec("torchao", "fp8wo", options=(("group_size", 64),)),))
     assert "group_size only applies" in refused(check_recipe, bad)
 
 
