@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from diffquant.arguments import argtype, parse_size, parse_steps
+
 LEGEND = ("Weights: exact, every component's stored bytes in the backend's own format (from the configs "
           "on the meta device). Resident: weights held in {mem} once loaded (offload moves some out{cpu}). "
           "After load: resident + {proc} + what loading leaves resident (modelled). Peak: weights in {mem} at "
@@ -30,8 +32,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="the device the recipes would run on (default: cuda)")
     parser.add_argument("--recipes", default=None,
                         help="comma-separated recipes (default: the seed's list on cuda, a CPU list on cpu)")
-    parser.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the model's)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    parser.add_argument("--size", type=argtype(parse_size), default=None,
+                        help="WIDTHxHEIGHT, or one number for a square (default: the model's)")
+    parser.add_argument("--steps", type=argtype(parse_steps), default=None,
+                        help="denoising steps (default: the model's)")
     parser.add_argument("--batch", type=int, default=1, help="images per call (default: 1)")
     parser.add_argument("--components", action="store_true", help="also print each component's bytes")
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format")
@@ -40,13 +44,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diffquant.commands.bench import parse_size, split_recipes
+    from diffquant.commands.bench import split_recipes
     from diffquant.errors import DiffquantError
     from diffquant.plan import plan_model
 
     if args.batch < 1:
         raise DiffquantError(f"--batch must be at least 1, got {args.batch}.")
-    width, height = parse_size(args.size)
+    width, height = args.size or (None, None)
     recipes = split_recipes(args.recipes) if args.recipes else None
     result = plan_model(args.model, recipes, device=args.device, height=height, width=width,
                         steps=args.steps, batch=args.batch)

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from diffquant.arguments import argtype, parse_device, parse_seed, parse_steps
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -20,12 +22,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--recipe", required=True, help="a quantizing recipe, e.g. bnb-nf4 or gguf-q4_k")
     parser.add_argument("--groups", default="layer", help="layer | block | kind (default: layer)")
     parser.add_argument("--prompts", default=None, help="a text file, one prompt per line (default: the model's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    parser.add_argument("--seed", type=argtype(parse_seed), default=0)
+    parser.add_argument("--steps", type=argtype(parse_steps), default=None,
+                        help="denoising steps (default: the model's)")
     parser.add_argument("--calls", type=int, default=4,
                         help="denoiser calls kept per prompt, spread over the schedule (default: 4)")
     parser.add_argument("--psnr-top", type=int, default=3, help="end-image PSNR for the N top groups (default: 3)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--device", type=argtype(parse_device), default=None,
+                        help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--db", type=Path, default=None, help="append the ranking to this results database")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--extra-memory", default=None,

@@ -106,7 +106,10 @@ def measured_metadata(m: Measured) -> dict[str, Any]:
     for column in COLUMNS:
         value = m.row.get(column.key)
         if value is not None:
-            columns[column.key] = {"value": value, "counter": column.counter(m.device),
+            # a CPU run recorded before the model's own counters shows the whole-process figure
+            counter = column.process_counter(m.device) if m.row.get(f"{column.key}.fallback") \
+                else column.counter(m.device)
+            columns[column.key] = {"value": value, "counter": counter,
                                    "ratio_to_reference": m.row.get(f"{column.key}.ratio")}
     quality = {name: {"mean": q.mean, "ci_low": q.ci_low, "ci_high": q.ci_high, "unit": q.unit, "n": q.n,
                       "ci_level": q.ci_level, "delta_mean": q.delta_mean, "higher_is_better": q.higher_is_better}
