@@ -34,9 +34,12 @@ using dq::f16;
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi2,prefer-vector-width=512")
+#include <immintrin.h>
 namespace dq_avx512 {
 using dq::f16;
+#define DQ_EMIT_AVX512 1
 #include "dequant_body.h"
+#undef DQ_EMIT_AVX512
 }  // namespace dq_avx512
 #pragma GCC pop_options
 #endif

@@ -4,6 +4,7 @@
 // gguf.quants.dequantize (numpy, no FMA: the build uses -ffp-contract=off), then stored as
 // float32 or rounded to bfloat16 (round-to-nearest-even, as c10::BFloat16).
 
+// Store n float32 values t[] as float32 or as bfloat16 (round-to-nearest-even, NaN -> 0x7FC0).
 static inline void put(float* o, const float* t, int n) {
   for (int i = 0; i < n; ++i) o[i] = t[i];
 }
@@ -17,60 +18,109 @@ static inline void put(uint16_t* o, const float* t, int n) {
   }
 }
 
+// The three affine forms of GGUF blocks, over n (a multiple of 16) quantized values q:
+//   mul:    d * q          (q signed)
+//   mulsub: d * q - m      (K-quants with mins)
+//   muladd: d * q + m      (Q4_1, Q5_1)
+#ifdef DQ_EMIT_AVX512
+static inline __m512 dq_cvt_u8(const uint8_t* q) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
+}
+static inline __m512 dq_cvt_i8(const int8_t* q) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
+}
+static inline void dq_store(float* o, __m512 v) { _mm512_storeu_ps(o, v); }
+static inline void dq_store(uint16_t* o, __m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtepi32_epi16(r));
+}
+template <class O> static inline void emit_mul(O* o, const int8_t* q, int n, float d) {
+  const __m512 vd = _mm512_set1_ps(d);
+  for (int i = 0; i < n; i += 16) dq_store(o + i, _mm512_mul_ps(vd, dq_cvt_i8(q + i)));
+}
+template <class O> static inline void emit_mulsub(O* o, const uint8_t* q, int n, float d, float m) {
+  const __m512 vd = _mm512_set1_ps(d), vm = _mm512_set1_ps(m);
+  for (int i = 0; i < n; i += 16) dq_store(o + i, _mm512_sub_ps(_mm512_mul_ps(vd, dq_cvt_u8(q + i)), vm));
+}
+template <class O> static inline void emit_muladd(O* o, const uint8_t* q, int n, float d, float m) {
+  const __m512 vd = _mm512_set1_ps(d), vm = _mm512_set1_ps(m);
+  for (int i = 0; i < n; i += 16) dq_store(o + i, _mm512_add_ps(_mm512_mul_ps(vd, dq_cvt_u8(q + i)), vm));
+}
+#else
+template <class O> static inline void emit_mul(O* o, const int8_t* q, int n, float d) {
+  alignas(64) float t[16];
+  for (int k = 0; k < n; k += 16) {
+    for (int i = 0; i < 16; ++i) t[i] = d * float(q[k + i]);
+    put(o + k, t, 16);
+  }
+}
+template <class O> static inline void emit_mulsub(O* o, const uint8_t* q, int n, float d, float m) {
+  alignas(64) float t[16];
+  for (int k = 0; k < n; k += 16) {
+    for (int i = 0; i < 16; ++i) t[i] = d * float(q[k + i]) - m;
+    put(o + k, t, 16);
+  }
+}
+template <class O> static inline void emit_muladd(O* o, const uint8_t* q, int n, float d, float m) {
+  alignas(64) float t[16];
+  for (int k = 0; k < n; k += 16) {
+    for (int i = 0; i < 16; ++i) t[i] = d * float(q[k + i]) + m;
+    put(o + k, t, 16);
+  }
+}
+#endif
+
+// Each block: unpack the quantized integers (byte loops the compiler vectorises), then one
+// affine form per sub-block with its scale (and min) computed as numpy does.
 template <class O> static inline void blk_q8_0(const uint8_t* b, O* o) {
-  const float d = f16(b);
-  const int8_t* x = reinterpret_cast<const int8_t*>(b + 2);
-  alignas(64) float t[32];
-  for (int i = 0; i < 32; ++i) t[i] = float(x[i]) * d;
-  put(o, t, 32);
+  emit_mul(o, reinterpret_cast<const int8_t*>(b + 2), 32, f16(b));
 }
 
 template <class O> static inline void blk_q4_0(const uint8_t* b, O* o) {
-  const float d = f16(b);
   const uint8_t* qs = b + 2;
-  alignas(64) float t[32];
+  alignas(64) int8_t q[32];
   for (int i = 0; i < 16; ++i) {
-    t[i] = d * float(int(qs[i] & 0xF) - 8);
-    t[i + 16] = d * float(int(qs[i] >> 4) - 8);
+    q[i] = int8_t((qs[i] & 0xF) - 8);
+    q[i + 16] = int8_t((qs[i] >> 4) - 8);
   }
-  put(o, t, 32);
+  emit_mul(o, q, 32, f16(b));
 }
 
 template <class O> static inline void blk_q4_1(const uint8_t* b, O* o) {
-  const float d = f16(b), m = f16(b + 2);
   const uint8_t* qs = b + 4;
-  alignas(64) float t[32];
+  alignas(64) uint8_t q[32];
   for (int i = 0; i < 16; ++i) {
-    t[i] = d * float(qs[i] & 0xF) + m;
-    t[i + 16] = d * float(qs[i] >> 4) + m;
+    q[i] = qs[i] & 0xF;
+    q[i + 16] = qs[i] >> 4;
   }
-  put(o, t, 32);
+  emit_muladd(o, q, 32, f16(b), f16(b + 2));
 }
 
 template <class O> static inline void blk_q5_0(const uint8_t* b, O* o) {
-  const float d = f16(b);
   uint32_t qh;
   std::memcpy(&qh, b + 2, 4);
   const uint8_t* qs = b + 6;
-  alignas(64) float t[32];
+  alignas(64) int8_t q[32];
   for (int i = 0; i < 16; ++i) {
-    t[i] = d * float(int((qs[i] & 0xF) | (((qh >> i) & 1u) << 4)) - 16);
-    t[i + 16] = d * float(int((qs[i] >> 4) | (((qh >> (i + 16)) & 1u) << 4)) - 16);
+    q[i] = int8_t(int((qs[i] & 0xF) | (((qh >> i) & 1u) << 4)) - 16);
+    q[i + 16] = int8_t(int((qs[i] >> 4) | (((qh >> (i + 16)) & 1u) << 4)) - 16);
   }
-  put(o, t, 32);
+  emit_mul(o, q, 32, f16(b));
 }
 
 template <class O> static inline void blk_q5_1(const uint8_t* b, O* o) {
-  const float d = f16(b), m = f16(b + 2);
   uint32_t qh;
   std::memcpy(&qh, b + 4, 4);
   const uint8_t* qs = b + 8;
-  alignas(64) float t[32];
+  alignas(64) uint8_t q[32];
   for (int i = 0; i < 16; ++i) {
-    t[i] = d * float((qs[i] & 0xF) | (((qh >> i) & 1u) << 4)) + m;
-    t[i + 16] = d * float((qs[i] >> 4) | (((qh >> (i + 16)) & 1u) << 4)) + m;
+    q[i] = uint8_t((qs[i] & 0xF) | (((qh >> i) & 1u) << 4));
+    q[i + 16] = uint8_t((qs[i] >> 4) | (((qh >> (i + 16)) & 1u) << 4));
   }
-  put(o, t, 32);
+  emit_muladd(o, q, 32, f16(b), f16(b + 2));
 }
 
 // Q2_K: scales[16] qs[64] d dmin; value e: 2 bits at shift 2*((e/32)%4) of qs[(e/128)*32 + e%32].
@@ -78,14 +128,12 @@ template <class O> static inline void blk_q2_k(const uint8_t* b, O* o) {
   const uint8_t* sc = b;
   const uint8_t* qs = b + 16;
   const float d = f16(b + 80), dmin = f16(b + 82);
-  alignas(64) float t[256];
-  for (int j = 0; j < 16; ++j) {
-    const float dl = d * float(sc[j] & 0xF), ml = dmin * float(sc[j] >> 4);
-    const uint8_t* q = qs + (j / 8) * 32 + (j % 2) * 16;
-    const int shift = 2 * ((j / 2) % 4);
-    for (int i = 0; i < 16; ++i) t[j * 16 + i] = dl * float((q[i] >> shift) & 3) - ml;
-  }
-  put(o, t, 256);
+  alignas(64) uint8_t q[256];
+  for (int h = 0; h < 2; ++h)
+    for (int s = 0; s < 4; ++s)
+      for (int l = 0; l < 32; ++l) q[h * 128 + s * 32 + l] = (qs[h * 32 + l] >> (2 * s)) & 3;
+  for (int j = 0; j < 16; ++j)
+    emit_mulsub(o + j * 16, q + j * 16, 16, d * float(sc[j] & 0xF), dmin * float(sc[j] >> 4));
 }
 
 // Q3_K: hmask[32] qs[64] scales[12] d; 6-bit signed scales per 16 values; high bit inverted.
@@ -94,19 +142,16 @@ template <class O> static inline void blk_q3_k(const uint8_t* b, O* o) {
   const uint8_t* qs = b + 32;
   const uint8_t* sc = b + 96;
   const float d = f16(b + 108);
-  alignas(64) float t[256];
+  alignas(64) int8_t q[256];
+  for (int h = 0; h < 2; ++h)
+    for (int s = 0; s < 4; ++s)
+      for (int l = 0; l < 32; ++l)
+        q[h * 128 + s * 32 + l] = int8_t(((qs[h * 32 + l] >> (2 * s)) & 3) -
+                                         ((((hm[l] >> (h * 4 + s)) & 1) ^ 1) << 2));
   for (int j = 0; j < 16; ++j) {
     const int low = (sc[j % 8] >> (4 * (j / 8))) & 0xF, high = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
-    const float dl = d * float((low | (high << 4)) - 32);
-    const uint8_t* q = qs + (j / 8) * 32 + (j % 2) * 16;
-    const uint8_t* h = hm + (j % 2) * 16;
-    const int shift = 2 * ((j / 2) % 4), hbit = j / 2;
-    for (int i = 0; i < 16; ++i) {
-      const int v = int((q[i] >> shift) & 3) - int((((h[i] >> hbit) & 1) ^ 1) << 2);
-      t[j * 16 + i] = dl * float(v);
-    }
+    emit_mul(o + j * 16, q + j * 16, 16, d * float((low | (high << 4)) - 32));
   }
-  put(o, t, 256);
 }
 
 // The 6-bit scale and min of sub-block j (0..7) of Q4_K/Q5_K (ggml's get_scale_min_k4).
@@ -124,16 +169,17 @@ template <class O> static inline void blk_q4_k(const uint8_t* b, O* o) {
   const float d = f16(b), dmin = f16(b + 2);
   const uint8_t* s = b + 4;
   const uint8_t* qs = b + 16;
-  alignas(64) float t[256];
+  alignas(64) uint8_t q[256];
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) {
+      q[c * 64 + l] = qs[c * 32 + l] & 0xF;
+      q[c * 64 + 32 + l] = qs[c * 32 + l] >> 4;
+    }
   for (int j = 0; j < 8; ++j) {
     int sc, m;
     scale_min_k4(s, j, sc, m);
-    const float dd = d * float(sc), dm = dmin * float(m);
-    const uint8_t* q = qs + (j / 2) * 32;
-    const int shift = 4 * (j % 2);
-    for (int i = 0; i < 32; ++i) t[j * 32 + i] = dd * float((q[i] >> shift) & 0xF) - dm;
+    emit_mulsub(o + j * 32, q + j * 32, 32, d * float(sc), dmin * float(m));
   }
-  put(o, t, 256);
 }
 
 template <class O> static inline void blk_q5_k(const uint8_t* b, O* o) {
@@ -141,37 +187,37 @@ template <class O> static inline void blk_q5_k(const uint8_t* b, O* o) {
   const uint8_t* s = b + 4;
   const uint8_t* qh = b + 16;
   const uint8_t* qs = b + 48;
-  alignas(64) float t[256];
+  alignas(64) uint8_t q[256];
+  for (int c = 0; c < 4; ++c)
+    for (int l = 0; l < 32; ++l) {
+      q[c * 64 + l] = (qs[c * 32 + l] & 0xF) | (((qh[l] >> (2 * c)) & 1) << 4);
+      q[c * 64 + 32 + l] = (qs[c * 32 + l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
+    }
   for (int j = 0; j < 8; ++j) {
     int sc, m;
     scale_min_k4(s, j, sc, m);
-    const float dd = d * float(sc), dm = dmin * float(m);
-    const uint8_t* q = qs + (j / 2) * 32;
-    const int shift = 4 * (j % 2);
-    for (int i = 0; i < 32; ++i)
-      t[j * 32 + i] = dd * float(((q[i] >> shift) & 0xF) | (((qh[i] >> j) & 1) << 4)) - dm;
+    emit_mulsub(o + j * 32, q + j * 32, 32, d * float(sc), dmin * float(m));
   }
-  put(o, t, 256);
 }
 
+// Q6_K: ql[128] qh[64] scales[16] (int8) d; value h*128 + r: low nibble of ql[h*64 + r%64] at
+// shift 4*(r/64), high two bits of qh[h*32 + r%32] at shift 2*(r/32).
 template <class O> static inline void blk_q6_k(const uint8_t* b, O* o) {
   const uint8_t* ql = b;
   const uint8_t* qh = b + 128;
   const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
   const float d = f16(b + 208);
-  alignas(64) float t[256];
-  for (int j = 0; j < 16; ++j) {  // 16 values each; e = j*16 + i
-    const float dd = d * float(sc[j]);
-    const int h = j / 8, r = (j % 8) * 16;  // half of the block, offset inside it
-    const uint8_t* lo = ql + h * 64 + r % 64;
-    const uint8_t* hi = qh + h * 32 + r % 32;
-    const int lshift = 4 * (r / 64), hshift = 2 * (r / 32);
-    for (int i = 0; i < 16; ++i) {
-      const int v = int(((lo[i] >> lshift) & 0xF) | (((hi[i] >> hshift) & 3) << 4)) - 32;
-      t[j * 16 + i] = dd * float(v);
+  alignas(64) int8_t q[256];
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t a = ql[h * 64 + l], c = ql[h * 64 + 32 + l], x = qh[h * 32 + l];
+      int8_t* p = q + h * 128 + l;
+      p[0] = int8_t(((a & 0xF) | ((x & 3) << 4)) - 32);
+      p[32] = int8_t(((c & 0xF) | (((x >> 2) & 3) << 4)) - 32);
+      p[64] = int8_t(((a >> 4) | (((x >> 4) & 3) << 4)) - 32);
+      p[96] = int8_t(((c >> 4) | (((x >> 6) & 3) << 4)) - 32);
     }
-  }
-  put(o, t, 256);
+  for (int j = 0; j < 16; ++j) emit_mul(o + j * 16, q + j * 16, 16, d * float(sc[j]));
 }
 
 template <class O> static void run(int64_t qtype, const uint8_t* src, O* dst, int64_t b0, int64_t b1) {
