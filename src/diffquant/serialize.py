@@ -177,9 +177,13 @@ def _load_component(folder: Path, meta: dict[str, Any], dtype: Any, device: str)
     if fmt == "gguf-file":
         import diffusers
 
+        from diffquant.backends.gguf import with_options
+
         cls = getattr(diffusers, meta["class_name"])
-        return cls.from_single_file(str(folder / "model.gguf"), config=str(folder), torch_dtype=dtype,
-                                    quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype))
+        model = cls.from_single_file(str(folder / "model.gguf"), config=str(folder), torch_dtype=dtype,
+                                     quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype))
+        model._diffquant_gguf_path = str(folder / "model.gguf")
+        return with_options(model, spec)
     state = load_file(str(folder / WEIGHTS))
     model = _empty_model(folder, meta["class_name"], dtype)
     if fmt == "quanto-requantize":

@@ -79,7 +79,10 @@ BACKENDS: dict[str, BackendDef] = {
         {"path": OptionDef("path", str, "a .gguf file to load; without it diffquant writes (and caches) one"),
          "keep": OptionDef("keep", str, "name patterns written at higher precision, '|' separated "
                                         "(pattern or pattern=TYPE)"),
-         "layout": OptionDef("layout", str, "key layout of a written file", choices=("diffusers", "bfl"))},
+         "layout": OptionDef("layout", str, "key layout of a written file", choices=("diffusers", "bfl")),
+         "cpu_kernel": OptionDef("cpu_kernel", bool, "CPU: dequantize each layer with diffquant's compiled "
+                                                     "kernel into one reused bf16 buffer, then the bf16 GEMM "
+                                                     "(docs/cpu-lowbit.md)")},
         denoiser_only=True,
     ),
     "layerwise": BackendDef(
