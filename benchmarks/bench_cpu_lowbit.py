@@ -101,7 +101,8 @@ def timed(fn: Any, repeats: int) -> dict[str, Any]:
     return median_ci(samples)
 
 
-def bench_layers(repeats: int, types: tuple[str, ...], tokens: tuple[int, ...]) -> list[dict[str, Any]]:
+def bench_layers(repeats: int, types: tuple[str, ...], tokens: tuple[int, ...],
+                 shapes: tuple[tuple[int, int], ...] = SHAPES) -> list[dict[str, Any]]:
     import gguf
     import torch
     from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
@@ -111,7 +112,7 @@ def bench_layers(repeats: int, types: tuple[str, ...], tokens: tuple[int, ...]) 
 
     rows = []
     with torch.no_grad():
-        for k_in, n_out in SHAPES:
+        for k_in, n_out in shapes:
             w_bf16 = torch.randn(n_out, k_in, dtype=torch.bfloat16) * 0.02
             layers = {}
             for qtype in types:
@@ -126,10 +127,10 @@ def bench_layers(repeats: int, types: tuple[str, ...], tokens: tuple[int, ...]) 
             for qtype, (blocks, _, _) in layers.items():
                 qid = int(gguf.GGMLQuantizationType[qtype])
                 rows.append({"shape": [k_in, n_out], "tokens": 0, "type": qtype, "what": "dequant",
-                             **timed(lambda b=blocks, q=qid: dequantize_into(b, q, scratch), repeats)})
+                             **timed(lambda b=blocks, q=qid, o=scratch: dequantize_into(b, q, o), repeats)})
             for t in tokens:
                 x = torch.randn(t, k_in, dtype=torch.bfloat16)
-                base = timed(lambda x=x: torch.nn.functional.linear(x, w_bf16), repeats)
+                base = timed(lambda x=x, w=w_bf16: torch.nn.functional.linear(x, w), repeats)
                 rows.append({"shape": [k_in, n_out], "tokens": t, "type": "bf16", "what": "gemm", **base})
                 for qtype, (_, plain, fast) in layers.items():
                     rows.append({"shape": [k_in, n_out], "tokens": t, "type": qtype, "what": "cpu_kernel",
@@ -183,7 +184,8 @@ def bench_pipeline(recipes: tuple[str, ...], model: str, sizes: tuple[int, ...],
             # subprocess.run blocks in wait(): the parent takes no CPU from the measured child.
             proc = subprocess.run([sys.executable, __file__, "--child", recipe, "--model", model, "--size", str(size),
                                    "--steps", str(steps), "--repeats", str(repeats)],
-                                  capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy())
+                                  capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy(),
+                                  check=False)
             line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
             row = json.loads(line) if proc.returncode == 0 and line else {
                 "recipe": recipe, "size": size, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", default=",".join(PIPELINE_RECIPES))
     parser.add_argument("--types", default=",".join(LAYER_TYPES))
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
+    parser.add_argument("--shapes", default=",".join(f"{i}x{o}" for i, o in SHAPES), help="in x out, comma-separated")
     parser.add_argument("--timeout", type=float, default=3600.0, help="per recipe, seconds")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "data" / "cpu_lowbit.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -260,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     if "layers" in parts:
         print("layers:", flush=True)
         result["layers"] = bench_layers(args.repeats, tuple(args.types.split(",")),
-                                        tuple(int(t) for t in args.tokens.split(",")))
+                                        tuple(int(t) for t in args.tokens.split(",")),
+                                        tuple(tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")))
     if "pipeline" in parts:
         print("pipeline:", flush=True)
         result["pipeline"] = bench_pipeline(tuple(args.recipes.split(",")), args.model, sizes, args.steps,

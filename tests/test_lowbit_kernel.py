@@ -10,9 +10,9 @@ import pytest
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
 
-from diffquant.gguf_writer import quantize_array  # noqa: E402
-from diffquant.lowbit import KERNEL_TYPES  # noqa: E402
-from diffquant.lowbit import kernel as lowbit  # noqa: E402
+from diffquant.gguf_writer import quantize_array
+from diffquant.lowbit import KERNEL_TYPES
+from diffquant.lowbit import kernel as lowbit
 
 TYPES = tuple(t.upper() for t in KERNEL_TYPES)
 
