@@ -26,12 +26,15 @@ Writes docs/data/cpu_lowbit.json (``--out``); ``python scripts/render_cpu_lowbit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,13 +168,18 @@ def child(recipe: str, model: str, size: int, steps: int, repeats: int) -> dict[
     first = time.perf_counter()
     generate(pipe, PROMPT, seed=0, steps=steps, height=size, width=size)
     first_s = time.perf_counter() - first
-    calls = []
+    denoiser: list[float] = []  # transformer time of the current call (sd.cpp reports the same)
+    pipe.transformer.register_forward_pre_hook(lambda *_: denoiser.append(-time.perf_counter()))
+    pipe.transformer.register_forward_hook(lambda *_: denoiser.append(denoiser.pop() + time.perf_counter()))
+    calls, per_step = [], []
     for _ in range(repeats):
+        denoiser.clear()
         t = time.perf_counter()
         generate(pipe, PROMPT, seed=0, steps=steps, height=size, width=size)
         calls.append(time.perf_counter() - t)
+        per_step.append(sum(denoiser) / steps)
     return {"recipe": recipe, "size": size, "steps": steps, "load_s": load_s, "first_call_s": first_s,
-            "call_s": median_ci(calls), "weight_bytes": stats.weight_bytes,
+            "call_s": median_ci(calls), "denoise_step_s": median_ci(per_step), "weight_bytes": stats.weight_bytes,
             "quantized_params": getattr(stats, "quantized_params", None), "gen_peak_rss_mib": _vm_hwm_mib()}
 
 
@@ -218,18 +226,41 @@ def bench_sdcpp(model: str, size: int, steps: int, repeats: int) -> dict[str, An
     clip = next((model_dir / "text_encoder").glob("*.safetensors"), None)
     t5 = next((model_dir / "text_encoder_2").glob("*.safetensors"), None)
     out.update({"gguf": str(gguf_path), "vae": str(vae), "clip_l": str(clip), "t5xxl": str(t5)})
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / "dq-sdcpp.log"
     try:
-        sd = StableDiffusion(diffusion_model_path=str(gguf_path), vae_path=str(vae), clip_l_path=str(clip),
-                             t5xxl_path=str(t5), n_threads=os.cpu_count() or 1, verbose=False)
-        calls = []
-        for _ in range(repeats + 1):
-            t = time.perf_counter()
-            sd.generate_image(prompt=PROMPT, width=size, height=size, sample_steps=steps, cfg_scale=1.0, seed=0)
-            calls.append(time.perf_counter() - t)
+        with _stderr_to(log):  # sd.cpp logs (and its "sampling completed, taking N s") go to stderr
+            sd = StableDiffusion(diffusion_model_path=str(gguf_path), vae_path=str(vae), clip_l_path=str(clip),
+                                 t5xxl_path=str(t5), n_threads=os.cpu_count() or 1, verbose=True)
+            calls = []
+            for _ in range(repeats + 1):
+                t = time.perf_counter()
+                sd.generate_image(prompt=PROMPT, width=size, height=size, sample_steps=steps, cfg_scale=1.0,
+                                  guidance=3.5, seed=0)
+                calls.append(time.perf_counter() - t)
+        sampling = [float(m) for m in re.findall(r"sampling completed, taking ([0-9.]+)s", log.read_text())]
         out.update({"status": "ok", "call_s": median_ci(calls[1:]), "size": size, "steps": steps})
+        if len(sampling) > 1:
+            out["denoise_step_s"] = median_ci([v / steps for v in sampling[1:]])
     except Exception as err:  # noqa: BLE001 - any failure to load or run is the measured result
         out["error"] = f"{type(err).__name__}: {err}"
+        tail = log.read_text(errors="replace").strip().splitlines()[-8:] if log.is_file() else []
+        out["log_tail"] = tail
     return out
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Send file descriptor 2 (C libraries' logs) to ``path`` for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "w") as handle:
+        os.dup2(handle.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 # ---------------------------------------------------------------- main

@@ -44,21 +44,22 @@ def layers_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def pipeline_table(rows: list[dict[str, Any]]) -> list[str]:
-    out = [("| recipe | size | call s, median [95% CI] | ×bf16 | transformer weights MiB | generation peak RSS MiB "
-            "(×bf16) | host load before/after |"), "|---|---|---|---|---|---|---|"]
+    out = [("| recipe | size | call s, median [95% CI] | ×bf16 | denoiser s/step | transformer weights MiB "
+            "| generation peak RSS MiB (×bf16) | host load before/after |"), "|---|---|---|---|---|---|---|---|"]
     for size in sorted({r["size"] for r in rows}):
         ref = next((r for r in rows if r["size"] == size and r["recipe"] == "bf16" and "call_s" in r), None)
         for r in (r for r in rows if r["size"] == size):
             load = "/".join(f"{v:.1f}" for v in r.get("loadavg_1m", []))
             if "call_s" not in r:
-                out.append(f"| {r['recipe']} | {size} | error: {r.get('error', '?')} | | | | {load} |")
+                out.append(f"| {r['recipe']} | {size} | error: {r.get('error', '?')} | | | | | {load} |")
                 continue
             c = r["call_s"]
             ratio = f"{c['median'] / ref['call_s']['median']:.2f}×" if ref else "-"
             peak = f"{r['gen_peak_rss_mib']:.0f}" + (f" ({r['gen_peak_rss_mib'] / ref['gen_peak_rss_mib']:.2f}×)"
                                                      if ref else "")
             out.append(f"| {r['recipe']} | {size} | {c['median']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}] | "
-                       f"{ratio} | {r['weight_bytes'] / 2**20:.0f} | {peak} | {load} |")
+                       f"{ratio} | {r['denoise_step_s']['median']:.2f} | {r['weight_bytes'] / 2**20:.0f} | {peak} "
+                       f"| {load} |")
     return out
 
 
@@ -80,8 +81,12 @@ def render(data: dict[str, Any]) -> str:
             c = s["call_s"]
             lines.append(f"Call: {c['median']:.2f} s [{c['ci_low']:.2f}, {c['ci_high']:.2f}] at {s['size']}², "
                          f"{s['steps']} steps.")
+            if s.get("denoise_step_s"):
+                d = s["denoise_step_s"]
+                lines.append(f"Denoiser step: {d['median']:.2f} s [{d['ci_low']:.2f}, {d['ci_high']:.2f}].")
         else:
             lines.append(f"{s.get('status')}: {s.get('error', '')}")
+            lines += ["", "```", *s.get("log_tail", []), "```"] if s.get("log_tail") else []
     return "\n".join(lines)
 
 

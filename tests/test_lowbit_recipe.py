@@ -18,15 +18,24 @@ MODEL = "zoo:tiny-flux"
 PROMPT = "a red circle at the top left"
 
 
-def _image(pipe, seed: int = 0) -> np.ndarray:
+def _run(pipe, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(final latents, 8-bit image) of one seeded generation."""
     out = generate(pipe, PROMPT, seed=seed, steps=3)
     assert bool(torch.isfinite(out.latents).all()), "non-finite latents"
-    return np.asarray(out.image).astype(np.float64)
+    return out.latents.numpy().astype(np.float64), np.asarray(out.image).astype(np.float64)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
+def _image(pipe, seed: int = 0) -> np.ndarray:
+    return _run(pipe, seed)[1]
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def latent_psnr(a: np.ndarray, ref: np.ndarray) -> float:
+    return psnr(a, ref, peak=float(ref.max() - ref.min()))
 
 
 def _exact_forward(self, inputs):
@@ -43,30 +52,41 @@ def _kernel_layers(model) -> list:
 
 
 @pytest.fixture(scope="module")
-def stock() -> dict[str, np.ndarray]:
-    return {q: _image(diffquant.load_pipeline(MODEL, f"gguf-{q}", device="cpu")) for q in ("q4_k", "q8_0")}
+def stock() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """diffusers' own GGUF path, and bf16."""
+    return {r: _run(diffquant.load_pipeline(MODEL, r, device="cpu")) for r in ("gguf-q4_k", "gguf-q8_0", "bf16")}
 
 
 @pytest.mark.parametrize("qtype", ["q4_k", "q8_0"])
-def test_images_equal_ggml_numerics_and_diffusers(qtype: str, stock, monkeypatch) -> None:
+def test_images_equal_ggml_numerics_bit_for_bit(qtype: str, stock, monkeypatch) -> None:
     from diffusers.quantizers.gguf.utils import GGUFLinear
 
     pipe = diffquant.load_pipeline(MODEL, f"gguf-{qtype}(cpu_kernel)", device="cpu")
     layers = _kernel_layers(pipe.transformer)
     assert len(layers) >= 10
     assert all(type(m.weight).__name__ == "GGUFParameter" and m.weight.dtype == torch.uint8 for m in layers)
-    mine = _image(pipe)
-    # Same weights as ggml dequantizes them: the same image, bit for bit.
+    latents, image = _run(pipe)
+    # The same weights as ggml dequantizes them, through diffusers' layer: the same image, bit for bit.
     exact = diffquant.load_pipeline(MODEL, f"gguf-{qtype}", device="cpu")
     monkeypatch.setattr(GGUFLinear, "forward_native", _exact_forward)
-    assert np.array_equal(_image(exact), mine)
+    exact_latents, exact_image = _run(exact)
     monkeypatch.undo()
+    assert np.array_equal(exact_latents, latents) and np.array_equal(exact_image, image)
     # diffusers' own CPU path dequantizes in float16, then rounds to bf16 (a quarter of Q4_K's bf16
-    # weights differ by one ulp from ggml's): its images differ from ggml-exact ones by 49.0-49.4 dB
-    # on this model for Q2_K..Q8_0 (measured), rounding-level changes of the 8-bit pixels.
-    close = psnr(mine, stock[qtype])
-    assert close >= 45.0, close
-    assert psnr(stock[qtype], _image(diffquant.load_pipeline(MODEL, "bf16", device="cpu"))) < close - 10
+    # weights end one ulp away from ggml's): close, but not equal.
+    stock_latents, stock_image = stock[f"gguf-{qtype}"]
+    assert not np.array_equal(stock_latents, latents)
+    assert psnr(image, stock_image) >= 45.0
+
+
+def test_close_to_diffusers_far_closer_than_quantization_error(stock) -> None:
+    """On tiny-flux 8-bit images differ by ~48-49 dB for any small change (Q4_K vs bf16 included:
+    pixel rounding dominates), so closeness is judged on the final latents, against a negative
+    control: diffusers' Q4_K against bf16."""
+    mine = _run(diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel)", device="cpu"))[0]
+    to_diffusers = latent_psnr(mine, stock["gguf-q4_k"][0])
+    quantization = latent_psnr(stock["gguf-q4_k"][0], stock["bf16"][0])
+    assert to_diffusers >= 60.0 and to_diffusers >= quantization + 5.0, (to_diffusers, quantization)
 
 
 def test_no_weight_is_kept_dequantized() -> None:
