@@ -60,6 +60,9 @@ def _make_layer_class() -> type:
     import torch
     from diffusers.quantizers.gguf.utils import GGUFLinear
 
+    # torch.compile: the kernel writes a buffer shared across layers; keep it out of graphs.
+    dequantize = torch.compiler.disable(scratch_weight)
+
     class KernelGGUFLinear(GGUFLinear):
         """GGUFLinear that dequantizes on CPU with diffquant's kernel into a shared buffer."""
 
@@ -70,7 +73,7 @@ def _make_layer_class() -> type:
                     or getattr(weight, "quant_type", None) not in _QTYPE_IDS
                     or dtype not in (torch.bfloat16, torch.float32)):
                 return super().forward(inputs)  # GPU, unquantized or fp16: diffusers' path
-            w = scratch_weight(weight, (self.out_features, self.in_features), dtype)
+            w = dequantize(weight, (self.out_features, self.in_features), dtype)
             bias = self.bias.to(dtype) if self.bias is not None else None
             return torch.nn.functional.linear(inputs, w, bias)
 
