@@ -22,7 +22,7 @@ using dq::f16;
 #include "dequant_body.h"
 }  // namespace dq_generic
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // clang ignores #pragma GCC target
 #define DQ_X86 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,bmi2")
