@@ -178,20 +178,23 @@ def child(recipe: str, model: str, size: int, steps: int, repeats: int) -> dict[
         generate(pipe, PROMPT, seed=0, steps=steps, height=size, width=size)
         calls.append(time.perf_counter() - t)
         per_step.append(sum(denoiser) / steps)
-    return {"recipe": recipe, "size": size, "steps": steps, "load_s": load_s, "first_call_s": first_s,
+    import torch
+
+    return {"recipe": recipe, "size": size, "steps": steps, "threads": torch.get_num_threads(), "load_s": load_s,
+            "first_call_s": first_s,
             "call_s": median_ci(calls), "denoise_step_s": median_ci(per_step), "weight_bytes": stats.weight_bytes,
             "quantized_params": getattr(stats, "quantized_params", None), "gen_peak_rss_mib": _vm_hwm_mib()}
 
 
 def bench_pipeline(recipes: tuple[str, ...], model: str, sizes: tuple[int, ...], steps: int, repeats: int,
-                   timeout_s: float) -> list[dict[str, Any]]:
+                   timeout_s: float, threads: int = 0) -> list[dict[str, Any]]:
     rows = []
     for size in sizes:
         for recipe in recipes:
             load_before = os.getloadavg()[0]
             # subprocess.run blocks in wait(): the parent takes no CPU from the measured child.
             proc = subprocess.run([sys.executable, __file__, "--child", recipe, "--model", model, "--size", str(size),
-                                   "--steps", str(steps), "--repeats", str(repeats)],
+                                   "--steps", str(steps), "--repeats", str(repeats), "--threads", str(threads)],
                                   capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy(),
                                   check=False)
             line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
@@ -279,9 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default=",".join(f"{i}x{o}" for i, o in SHAPES), help="in x out, comma-separated")
     parser.add_argument("--timeout", type=float, default=3600.0, help="per recipe, seconds")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "data" / "cpu_lowbit.json")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads in every part (default: torch's own choice, recorded)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=512, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(child(args.child, args.model, args.size, args.steps, args.repeats)))
         return 0
@@ -299,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if "pipeline" in parts:
         print("pipeline:", flush=True)
         result["pipeline"] = bench_pipeline(tuple(args.recipes.split(",")), args.model, sizes, args.steps,
-                                            args.repeats, args.timeout)
+                                            args.repeats, args.timeout, args.threads)
     if "sdcpp" in parts:
         print("stable-diffusion.cpp:", flush=True)
         result["sdcpp"] = bench_sdcpp(args.model, sizes[0], args.steps, args.repeats)
