@@ -99,7 +99,8 @@ def test_no_weight_is_kept_dequantized() -> None:
     _image(pipe)
     assert component_stats(pipe)["transformer"].weight_bytes == component_stats(plain)["transformer"].weight_bytes
     buffers = linear._scratch.buffers
-    biggest = max(m.in_features * m.out_features for m in _kernel_layers(pipe.transformer))
+    biggest = max(m.in_features * m.out_features for m in _kernel_layers(pipe.transformer)
+                  if int(m.weight.quant_type) != 30)  # BF16 layers use their own bytes, no scratch
     assert list(buffers) == [torch.bfloat16] and buffers[torch.bfloat16].numel() == biggest
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from diffquant.lowbit.kernel import SUPPORTED_QTYPES, dequantize_into
 
-_QTYPE_IDS = frozenset(SUPPORTED_QTYPES.values())
+_BF16 = 30  # gguf.GGMLQuantizationType.BF16: the bytes are already the bf16 weight
+_QTYPE_IDS = frozenset(SUPPORTED_QTYPES.values()) | {_BF16}
 _scratch = threading.local()  # per thread: {dtype: flat tensor}, grown to the largest layer
 
 
@@ -23,6 +24,11 @@ def scratch_weight(weight: Any, shape: tuple[int, int], dtype: Any) -> Any:
     import torch
 
     numel = shape[0] * shape[1]
+    if int(weight.quant_type) == _BF16:
+        # diffusers widens these bits to float32 and rounds back (exact): a view is the same weight.
+        with torch._C.DisableTorchFunctionSubclass():
+            bits = weight.view(torch.uint8).reshape(-1).view(torch.bfloat16).view(shape)
+        return bits if dtype == torch.bfloat16 else bits.to(dtype)
     if torch.is_grad_enabled():
         # Autograd would keep a view of the scratch for backward while the next layer overwrites it.
         out = torch.empty(numel, dtype=dtype)
