@@ -118,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         print("This benchmark needs a CUDA GPU (torch sees none). On CPU use benchmarks/bench_recipes_cpu.py.",
               file=sys.stderr)
         return 2
-    from diffquant.commands.bench import parse_seeds, parse_size, write_reports
+    from diffquant.arguments import parse_seeds, parse_size
+    from diffquant.commands.bench import write_reports
 
-    width, height = parse_size(args.size)
+    width, height = parse_size(args.size) if args.size else (None, None)
     settings = resolve_settings(args.model, prompts=list(SEED_PROMPTS[: max(1, min(args.prompts, 3))]),
                                 seeds=parse_seeds(args.seeds), steps=args.steps, width=width, height=height,
                                 guidance_scale=3.5, device="cuda", repeats=args.repeats)

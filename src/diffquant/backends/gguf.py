@@ -26,6 +26,10 @@ def why_not_here(spec: QuantSpec, device: str) -> str | None:
     path = spec.option("path")
     if path and not Path(str(path)).is_file():
         return f"GGUF file {path!r} does not exist; give an existing .gguf path or drop path= to write one"
+    if spec.option("cpu_kernel"):
+        from diffquant.lowbit import why_not_here as kernel_why_not
+
+        return kernel_why_not(spec.qtype, device)
     return None
 
 
@@ -50,6 +54,15 @@ def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | Non
         config=ctx.model_dir, subfolder=ctx.name, torch_dtype=ctx.dtype,
     )
     model._diffquant_gguf_path = str(path)  # so an export copies the very file that was loaded
+    return with_options(model, spec)
+
+
+def with_options(model: Any, spec: QuantSpec) -> Any:
+    """Apply the spec's execution options to a model loaded from a GGUF file (also on reload)."""
+    if spec.option("cpu_kernel"):
+        from diffquant.lowbit.linear import use_cpu_kernel
+
+        use_cpu_kernel(model)
     return model
 
 

@@ -151,9 +151,14 @@ def load_component(folder: Path, meta: dict[str, Any], dtype: Any, device: str) 
     if fmt == "gguf-file":
         import diffusers
 
+        from diffquant.backends.gguf import with_options
+
         cls = getattr(diffusers, meta["class_name"])
-        return cls.from_single_file(str(folder / meta.get("file", GGUF_FILE)), config=str(folder), torch_dtype=dtype,
-                                    quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype))
+        path = folder / meta.get("file", GGUF_FILE)
+        model = cls.from_single_file(str(path), config=str(folder), torch_dtype=dtype,
+                                     quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype))
+        model._diffquant_gguf_path = str(path)  # a re-export copies the very file that was loaded
+        return with_options(model, spec)  # e.g. cpu_kernel: the compiled dequantization on CPU
     state = load_file(str(folder / meta.get("file", LEGACY_WEIGHTS)))
     model = _empty_model(folder, meta["class_name"], dtype)
     if fmt == "quanto-requantize":

@@ -106,7 +106,10 @@ BACKENDS: dict[str, BackendDef] = {
          "keep": OptionDef("keep", str, "name patterns written at higher precision, '|' separated "
                                         "(pattern or pattern=TYPE)"),
          "layout": OptionDef("layout", str, "key layout of a written file", choices=("diffusers", "bfl"),
-                             default="diffusers")},
+                             default="diffusers"),
+         "cpu_kernel": OptionDef("cpu_kernel", bool, "CPU: dequantize each layer with diffquant's compiled "
+                                                     "kernel into one reused bf16 buffer, then the bf16 GEMM "
+                                                     "(docs/cpu-lowbit.md)")},
         denoiser_only=True,
     ),
     "layerwise": BackendDef(

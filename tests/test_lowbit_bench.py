@@ -1,0 +1,38 @@
+"""benchmarks/bench_cpu_lowbit.py stays runnable: its per-layer part on a small shape, its CIs, and
+the renderer over what it writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytest.importorskip("gguf")
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_median_ci_brackets_the_median() -> None:
+    bench = _load(REPO / "benchmarks" / "bench_cpu_lowbit.py", "bench_cpu_lowbit")
+    cell = bench.median_ci([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert cell["median"] == 3.0 and cell["ci_low"] <= 3.0 <= cell["ci_high"] and cell["n"] == 5
+    assert bench.median_ci([2.0] * 5)["ci_high"] == 2.0
+
+
+def test_layer_part_and_render(tmp_path) -> None:
+    bench = _load(REPO / "benchmarks" / "bench_cpu_lowbit.py", "bench_cpu_lowbit")
+    render = _load(REPO / "scripts" / "render_cpu_lowbit.py", "render_cpu_lowbit")
+    rows = bench.bench_layers(5, ("Q4_K", "Q8_0"), (16,), shapes=((256, 512),))
+    kinds = {(r["type"], r["what"]) for r in rows}
+    assert {("bf16", "gemm"), ("Q4_K", "dequant"), ("Q4_K", "cpu_kernel"), ("Q8_0", "diffusers")} <= kinds
+    text = render.render({"layers": rows, "repeats": 5})
+    assert "| 256×512 | 16 |" in text and "Q8_0 kernel (×bf16)" in text

@@ -1,0 +1,146 @@
+"""``gguf-*(cpu_kernel)`` on zoo:tiny-flux: the layers really use the kernel on packed blocks, the
+images equal diffusers' GGUF path with exact (float32, ggml) dequantization bit for bit and the
+stock diffusers path within float rounding, and export/reload, group offload and refusals work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import diffquant
+from diffquant.errors import BackendUnavailable
+from diffquant.pipeline import generate
+
+torch = pytest.importorskip("torch")
+gguf = pytest.importorskip("gguf")
+
+MODEL = "zoo:tiny-flux"
+PROMPT = "a red circle at the top left"
+
+
+def _run(pipe, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(final latents, 8-bit image) of one seeded generation."""
+    out = generate(pipe, PROMPT, seed=seed, steps=3)
+    assert bool(torch.isfinite(out.latents).all()), "non-finite latents"
+    return out.latents.numpy().astype(np.float64), np.asarray(out.image).astype(np.float64)
+
+
+def _image(pipe, seed: int = 0) -> np.ndarray:
+    return _run(pipe, seed)[1]
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def latent_psnr(a: np.ndarray, ref: np.ndarray) -> float:
+    return psnr(a, ref, peak=float(ref.max() - ref.min()))
+
+
+def _exact_forward(self, inputs):
+    """diffusers' GGUFLinear with gguf.quants.dequantize (ggml's float32 numerics) instead of its
+    float16 torch port."""
+    w = self.weight
+    values = gguf.quants.dequantize(w.as_tensor().numpy(), gguf.GGMLQuantizationType(int(w.quant_type)))
+    bias = self.bias.to(self.compute_dtype) if self.bias is not None else None
+    return torch.nn.functional.linear(inputs, torch.from_numpy(values).to(self.compute_dtype), bias)
+
+
+def _kernel_layers(model) -> list:
+    return [m for m in model.modules() if type(m).__name__ == "KernelGGUFLinear"]
+
+
+@pytest.fixture(scope="module")
+def stock() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """diffusers' own GGUF path, and bf16."""
+    return {r: _run(diffquant.load_pipeline(MODEL, r, device="cpu")) for r in ("gguf-q4_k", "gguf-q8_0", "bf16")}
+
+
+@pytest.mark.parametrize("qtype", ["q4_k", "q8_0"])
+def test_images_equal_ggml_numerics_bit_for_bit(qtype: str, stock, monkeypatch) -> None:
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    pipe = diffquant.load_pipeline(MODEL, f"gguf-{qtype}(cpu_kernel)", device="cpu")
+    layers = _kernel_layers(pipe.transformer)
+    assert len(layers) >= 10
+    assert all(type(m.weight).__name__ == "GGUFParameter" and m.weight.dtype == torch.uint8 for m in layers)
+    latents, image = _run(pipe)
+    # The same weights as ggml dequantizes them, through diffusers' layer: the same image, bit for bit.
+    exact = diffquant.load_pipeline(MODEL, f"gguf-{qtype}", device="cpu")
+    monkeypatch.setattr(GGUFLinear, "forward_native", _exact_forward)
+    exact_latents, exact_image = _run(exact)
+    monkeypatch.undo()
+    assert np.array_equal(exact_latents, latents) and np.array_equal(exact_image, image)
+    # diffusers' own CPU path dequantizes in float16, then rounds to bf16 (a quarter of Q4_K's bf16
+    # weights end one ulp away from ggml's): close, but not equal.
+    stock_latents, stock_image = stock[f"gguf-{qtype}"]
+    assert not np.array_equal(stock_latents, latents)
+    assert psnr(image, stock_image) >= 45.0
+
+
+def test_close_to_diffusers_far_closer_than_quantization_error(stock) -> None:
+    """On tiny-flux 8-bit images differ by ~48-49 dB for any small change (Q4_K vs bf16 included:
+    pixel rounding dominates), so closeness is judged on the final latents, against a negative
+    control: diffusers' Q4_K against bf16."""
+    mine = _run(diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel)", device="cpu"))[0]
+    to_diffusers = latent_psnr(mine, stock["gguf-q4_k"][0])
+    quantization = latent_psnr(stock["gguf-q4_k"][0], stock["bf16"][0])
+    assert to_diffusers >= 60.0 and to_diffusers >= quantization + 5.0, (to_diffusers, quantization)
+
+
+def test_no_weight_is_kept_dequantized() -> None:
+    from diffquant.inspect import component_stats
+    from diffquant.lowbit import linear
+
+    plain = diffquant.load_pipeline(MODEL, "gguf-q4_k", device="cpu")
+    pipe = diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel)", device="cpu")
+    linear.release_scratch()
+    _image(pipe)
+    assert component_stats(pipe)["transformer"].weight_bytes == component_stats(plain)["transformer"].weight_bytes
+    buffers = linear._scratch.buffers
+    biggest = max(m.in_features * m.out_features for m in _kernel_layers(pipe.transformer)
+                  if int(m.weight.quant_type) != 30)  # BF16 layers use their own bytes, no scratch
+    assert list(buffers) == [torch.bfloat16] and buffers[torch.bfloat16].numel() == biggest
+
+
+def test_export_reload_keeps_the_kernel(tmp_path) -> None:
+    from diffquant.serialize import save_quantized
+
+    pipe = diffquant.load_pipeline(MODEL, "gguf-q5_k(cpu_kernel)", device="cpu")
+    before = _image(pipe)
+    out = save_quantized(pipe, tmp_path / "export")
+    again = diffquant.load_pipeline(str(out), "bf16", device="cpu")
+    assert len(_kernel_layers(again.transformer)) == len(_kernel_layers(pipe.transformer))
+    assert np.array_equal(_image(again), before)
+
+
+def test_group_offload_runs_the_same() -> None:
+    pipe = diffquant.load_pipeline(MODEL, "gguf-q6_k(cpu_kernel)", device="cpu")
+    offloaded = diffquant.load_pipeline(MODEL, "gguf-q6_k(cpu_kernel)+offload-group-leaf", device="cpu")
+    assert _kernel_layers(offloaded.transformer)
+    assert np.array_equal(_image(offloaded), _image(pipe))
+
+
+@pytest.mark.parametrize("recipe, device, words", [
+    ("gguf-bf16(cpu_kernel)", "cpu", "has none"),
+    ("gguf-q4_k(cpu_kernel)", "cuda", "diffusers' own GGUF kernels"),
+])
+def test_refusals_say_why(recipe: str, device: str, words: str) -> None:
+    from diffquant.backends import why_not_here
+    from diffquant.recipes import parse_recipe
+
+    reason = why_not_here(parse_recipe(recipe), device)
+    assert reason and words in reason and "gguf-" in reason
+    if device == "cpu":
+        with pytest.raises(BackendUnavailable, match="has none"):
+            diffquant.load_pipeline(MODEL, recipe, device="cpu")
+
+
+def test_missing_compiler_is_refused(monkeypatch) -> None:
+    from diffquant.lowbit import why_not_here
+
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    assert "no C++ compiler" in why_not_here("q4_k", "cpu")
+    monkeypatch.delenv("CXX")
+    assert why_not_here("q4_k", "cpu") is None
