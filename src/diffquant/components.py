@@ -32,18 +32,26 @@ def resolve_model(model: str) -> Path:
         from diffquant.zoo import ensure_model
 
         return ensure_model(model[len(ZOO_PREFIX):])
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise DiffquantError(f"{model!r} is a local path but not a diffusers pipeline folder "
-                                 "(no model_index.json).",
-                                 hint="point at the folder that save_pretrained wrote, or use zoo:NAME")
+    path = local_pipeline_folder(model)
+    if path is not None:
         return path
     if model.count("/") == 1 and not model.startswith((".", "/")):
         return _hub_snapshot(model)
     raise DiffquantError(f"Cannot find model {model!r}.",
                          hint="give a Hub id (org/name), a local pipeline folder, or zoo:NAME "
                               "(`diffquant recipes --zoo` lists the zoo)")
+
+
+def local_pipeline_folder(model: str) -> Path | None:
+    """``model`` as an existing local pipeline folder; None when no such path exists."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        return None
+    if not (path / "model_index.json").is_file():
+        raise DiffquantError(f"{model!r} is a local path but not a diffusers pipeline folder "
+                             "(no model_index.json).",
+                             hint="point at the folder that save_pretrained wrote, or use zoo:NAME")
+    return path
 
 
 def _hub_snapshot(repo_id: str) -> Path:

@@ -25,12 +25,10 @@ def config_folder(model: str) -> Path:
     """A folder with ``model_index.json`` and one ``<component>/config.json`` per model component."""
     if model.startswith(ZOO_PREFIX):
         return _zoo_configs(model[len(ZOO_PREFIX):])
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise DiffquantError(f"{model!r} is a local path but not a diffusers pipeline folder "
-                                 "(no model_index.json).",
-                                 hint="point at the folder that save_pretrained wrote, or use zoo:NAME")
+    from diffquant.components import local_pipeline_folder
+
+    path = local_pipeline_folder(model)
+    if path is not None:
         return path
     if model.count("/") == 1 and not model.startswith((".", "/", "~")):
         return _hub_configs(model)
