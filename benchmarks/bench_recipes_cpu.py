@@ -12,7 +12,8 @@ Not a test: it takes a while (tens of minutes on 2 cores). Results land in a res
 the commit, versions, machine and the host's load average sampled during the sweep, in
 ``docs/data/recipes_cpu_flux_dev_slice.json`` (``--data``), from which
 ``python scripts/render_docs.py`` renders the table in docs/benchmarks.md. Run it alone on an
-idle machine: the file records ``host_load.contended`` when the load exceeded the cores.
+idle machine: the file records ``host_load.contended`` when other processes wanted CPU beyond what
+the worker's own threads leave free (``diffquant.bench.phases.contention_counters``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from diffquant.arguments import parse_size
+from diffquant.bench.phases import contention_counters
 from diffquant.bench import SweepOptions, resolve_settings, run_sweep
 from diffquant.commands.bench import SweepDisplay, default_quant_cache
 from diffquant.recipes import SEED_RECIPES
@@ -98,7 +100,9 @@ class LoadSampler:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return {"loadavg_1m_min": round(min(self.samples), 2), "loadavg_1m_max": round(max(self.samples), 2),
                 "loadavg_1m_mean": round(sum(self.samples) / len(self.samples), 2), "samples": len(self.samples),
-                "interval_s": self.interval_s, "cpu_count": cores, "contended": max(self.samples) > cores,
+                "interval_s": self.interval_s, "cpu_count": cores,
+                # the bench's one worker runs as many torch threads as cores: the same rule as each run's flag
+                "contended": bool(contention_counters(max(self.samples), cores, cores)["host.contended"]),
                 "started": _utc(self.started), "finished": _utc(self.finished)}
 
 

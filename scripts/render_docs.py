@@ -246,34 +246,37 @@ def model_counters(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def view_cpu_recipes(data: Mapping[str, Any], block: Block) -> Table:
-    """benchmarks/bench_recipes_cpu.py's table: the seed's recipes with memory and time per phase,
-    plus a column per model-memory counter when the runs have them (peaks with their ratio)."""
+    """benchmarks/bench_recipes_cpu.py's table: per recipe the model's own memory (the process's
+    beside it), the latency with its IQR and the ratio to bf16 with its bootstrap 95% CI, from the
+    ``summary`` that ``diffquant results --format json`` exports with each run."""
+    from diffquant.store.summary import fmt_mib, fmt_ratio, fmt_ratio_ci, fmt_s
+
     runs = _runs(data, block)
-    reference = block.attrs.get("reference", "bf16")
-    refs = _references(runs, reference)
-    extra = model_counters(runs)
-    headers = [*CPU_RECIPE_HEADERS[:6], *(f"{k} (×{reference})" if "peak" in k else k for k in extra),
-               *CPU_RECIPE_HEADERS[6:]]
+    headers = ["recipe", "weights (×bf16)", "after loading: model (process)",
+               "peak generating: model (×bf16) (process)", "load peak: model (process)",
+               "call p50 [IQR], n", "call ×bf16 [95% CI]", "host"]
     rows = []
     for run in runs:
         if run.get("status") != "ok":
             rows.append([str(run.get("recipe")), _error_cell(run)] + [""] * (len(headers) - 2))
             continue
-        m = run.get("metrics") or {}
-        ref = (refs.get(str(run.get("sweep_id"))) or {}).get("metrics") or {}
+        sm = run.get("summary") or {}
 
-        def fig(name: str, ratio: bool = False, m: Mapping[str, Any] = m, ref: Mapping[str, Any] = ref) -> str:
-            text = fmt_counter(name, m.get(name))
-            return f"{text} ({fmt_ratio(m.get(name), ref.get(name))})" if ratio and m.get(name) is not None else text
+        def mem(key: str, ratio: bool = False, sm: Mapping[str, Any] = sm) -> str:
+            text = fmt_mib(sm.get(key))
+            if ratio and sm.get(f"{key}.ratio") is not None:
+                text += f" ({fmt_ratio(sm.get(f'{key}.ratio'))})"
+            if sm.get(f"{key}.process") is not None and not sm.get(f"{key}.fallback"):
+                text += f" ({fmt_mib(sm.get(f'{key}.process'))})"
+            return text
 
-        loads = [_number(m.get(k)) for k in ("host.loadavg_1m.before_load", "host.loadavg_1m.end")]
-        rows.append([str(run.get("recipe")), fig("weights.total_bytes", True), fig("load.rss_mib"),
-                     f"{fig('load.rss_anon_mib')} / {fig('load.rss_weight_files_mib')}",
-                     fig("gen.peak_rss_mib", True), fig("gen.peak_rss_anon_mib"),
-                     *(fig(k, "peak" in k) for k in extra), fig("load.peak_rss_mib"),
-                     fig("call.latency_s.p50", True), fig("step.latency_s.p50"), fig("first_call.latency_s"),
-                     fig("compile.time_s"), fig("load.wall_s"),
-                     "/".join(f"{v:.1f}" for v in loads if v is not None) or "-"])
+        latency = (f"{fmt_s(sm.get('inference_s'))} [{fmt_s(sm.get('inference_s.p25'))}–"
+                   f"{fmt_s(sm.get('inference_s.p75'))}], {sm.get('inference_s.n')}")
+        ratio = fmt_ratio_ci(sm.get("inference_s.ratio"), sm.get("inference_s.ratio_low"),
+                             sm.get("inference_s.ratio_high")) if sm.get("inference_s.ratio") else "1.00×"
+        host = "contended" if sm.get("contended") else "idle"
+        rows.append([str(run.get("recipe")), f"{fmt_mib(sm.get('weights_mib'))} ({fmt_ratio(sm.get('weights_mib.ratio'))})",
+                     mem("after_load_mib"), mem("peak_mib", True), mem("load_peak_mib"), latency, ratio, host])
     return headers, rows
 
 
