@@ -21,7 +21,8 @@ Views (how a data file becomes rows):
 - ``shapes_eval``: the adherence table of ``python -m diffquant.zoo.shapes.evaluate --json``.
 - ``gpu_check``: the table of a ``benchmarks/gpu_check.py`` result JSON.
 - ``sensitivity_mix``: the table of ``benchmarks/sensitivity_mix.py``'s result JSON.
-- ``script``: the table a benchmark script's own ``render()`` makes of its data (``script=``, ``arg=``).
+- ``script``: a table that a script's own renderer makes of its data (``script=``, ``function=`` default
+  ``render``, ``arg=`` a key of the data, ``table=`` which of its tables, default 0).
 """
 
 from __future__ import annotations
@@ -345,11 +346,19 @@ def view_script(data: Mapping[str, Any], block: Block) -> Table:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     arg = block.attrs.get("arg")
-    text = module.render(data[arg] if arg else data)
-    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
-    if len(lines) < 2:
-        raise DocsError(f"{block.where}: {path.name}'s render() gave no table")
-    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+    text = getattr(module, block.attrs.get("function", "render"))(data[arg] if arg else data)
+    tables: list[list[str]] = []
+    previous = ""
+    for line in (text if isinstance(text, str) else "\n".join(text)).splitlines():
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(line)
+        previous = line
+    index = int(block.attrs.get("table", "0"))
+    if index >= len(tables) or len(tables[index]) < 2:
+        raise DocsError(f"{block.where}: {path.name}'s render gave no table {index}")
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in tables[index]]
     return cells[0], cells[2:]
 
 
