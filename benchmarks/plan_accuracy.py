@@ -99,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_table(results: list[dict[str, Any]]) -> None:
-    print("| model | recipe | weights: plan / measured (MiB) | after load: plan / measured | peak: plan / measured | peak ratio |")
-    print("|---|---|---|---|---|---:|")
+def render(results: list[dict[str, Any]]) -> str:
+    """The predicted / measured table (docs/plan.md renders it from docs/data/plan_accuracy.json)."""
+    lines = ["| model | recipe | weights: plan / measured (MiB) | after load: plan / measured | "
+             "peak: plan / measured | peak ratio |", "|---|---|---|---|---|---:|"]
     for e in results:
         p, m = e.get("predicted") or {}, e.get("measured") or {}
         cells = []
@@ -110,8 +111,12 @@ def print_table(results: list[dict[str, Any]]) -> None:
             cells.append(f"{a:.1f} / {b:.1f}" if a is not None and b is not None else f"{a or '-'} / {b or '-'}")
         ratio = (f"{p['peak_mib'] / m['peak_mib']:.2f}" if p.get("peak_mib") and m.get("peak_mib") else
                  (e.get("error") or "-")[:60])
-        print(f"| {e['model']} | {e['recipe']} | {' | '.join(cells)} | {ratio} |")
+        lines.append(f"| {e['model']} | {e['recipe']} | {' | '.join(cells)} | {ratio} |")
+    return "\n".join(lines)
 
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print(render(results))
 
 if __name__ == "__main__":
     sys.exit(main())
