@@ -30,8 +30,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from diffquant.arguments import parse_size
-from diffquant.bench.phases import contention_counters
 from diffquant.bench import SweepOptions, resolve_settings, run_sweep
+from diffquant.bench.phases import contention_counters
 from diffquant.commands.bench import SweepDisplay, default_quant_cache
 from diffquant.recipes import SEED_RECIPES
 from diffquant.store import RunRow

@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(results: list[dict[str, Any]]) -> str:
     """The predicted / measured table (docs/plan.md renders it from docs/data/plan_accuracy.json)."""
-    lines = ["| model | recipe | weights: plan / measured (MiB) | after load: plan / measured | "
-             "peak: plan / measured | peak ratio |", "|---|---|---|---|---|---:|"]
+    header = ("| model | recipe | weights: plan / measured (MiB) | after load: plan / measured | "
+              "peak: plan / measured | peak ratio |")
+    lines = [header, "|---|---|---|---|---|---:|"]
     for e in results:
         p, m = e.get("predicted") or {}, e.get("measured") or {}
         cells = []
