@@ -57,16 +57,16 @@ def test_check_fails_when_the_data_changes(render_docs, copy: Path, capsys) -> N
     source = copy / "docs" / "data" / "recipes_cpu_flux_dev_slice.json"
     data = json.loads(source.read_text(encoding="utf-8"))
     bnb = next(r for r in data["runs"] if r["recipe"] == "bnb-nf4")
-    bnb["metrics"]["gen.peak_rss_mib"] = 1234.5
+    bnb["summary"]["peak_mib"] = 1234.5
     source.write_text(json.dumps(data), encoding="utf-8")
 
     assert render_docs.main(["--check", "--root", str(copy)]) == 1
     err = capsys.readouterr().err
-    assert "table:recipes_cpu_flux_dev_slice " in err and "1234.5 MiB (0.46×)" in err
-    assert "recipes_cpu_flux_dev_slice_run1" not in err  # the other tables still agree
+    assert "table:recipes_cpu_flux_dev_slice " in err and "1234.5 MiB" in err
+    assert "table:plan_accuracy" not in err  # the other tables still agree
 
     assert render_docs.main(["--root", str(copy)]) == 0  # rendering brings the doc in line
-    assert "| 1234.5 MiB (0.46×) |" in (copy / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert "| 1234.5 MiB (" in (copy / "docs" / "benchmarks.md").read_text(encoding="utf-8")
     assert render_docs.main(["--check", "--root", str(copy)]) == 0
 
 
@@ -114,18 +114,23 @@ def test_a_new_table_of_figures_without_data_is_an_error(render_docs, copy: Path
     assert "docs/quality.md" in capsys.readouterr().err
 
 
-def test_cpu_table_gains_a_column_per_model_memory_counter(render_docs) -> None:
+def test_cpu_table_shows_model_memory_and_latency_ci(render_docs) -> None:
     data = json.loads((ROOT / "docs" / "data" / "recipes_cpu_flux_dev_slice.json").read_text(encoding="utf-8"))
     block = render_docs.Block(Path("x.md"), "t", {"source": "x.json"}, 0, 1)
-    plain_headers, _ = render_docs.view_cpu_recipes(data, block)
-    for run, value in zip(data["runs"][:2], (400.0, 180.0), strict=True):  # bf16, bnb-nf4
-        run["metrics"]["gen.model_peak_anon_mib"] = value
-        run["metrics"]["load.model_anon_mib"] = value / 2
+    bnb = next(r for r in data["runs"] if r["recipe"] == "bnb-nf4")
+    sm = bnb["summary"]
+    sm.update({"peak_mib": 500.0, "peak_mib.ratio": 0.25, "peak_mib.process": 900.0, "peak_mib.fallback": False,
+               "inference_s.ratio": 1.2, "inference_s.ratio_low": 1.1, "inference_s.ratio_high": 1.3})
     headers, rows = render_docs.view_cpu_recipes(data, block)
-    assert headers[6:8] == ["load.model_anon_mib", "gen.model_peak_anon_mib (×bf16)"]
-    assert len(headers) == len(plain_headers) + 2
-    assert rows[1][0] == "bnb-nf4" and rows[1][6:8] == ["90.0 MiB", "180.0 MiB (0.45×)"]
-    assert rows[2][6:8] == ["-", "-"]  # bnb-int8 has no such counter in this data
+    row = dict(zip(headers, next(r for r in rows if r[0] == "bnb-nf4"), strict=True))
+    assert row["peak generating: model (×bf16) (process)"] == "500.0 MiB (0.25×) (900.0 MiB)"
+    assert row["call ×bf16 [95% CI]"] == "1.20× [1.10, 1.30]"
+    sm["inference_s.ratio_low"] = 0.95  # an interval that holds 1.0 reads as "about the same"
+    sm["peak_mib.fallback"] = True  # a run without the model's counters: the process figure alone
+    headers, rows = render_docs.view_cpu_recipes(data, block)
+    row = dict(zip(headers, next(r for r in rows if r[0] == "bnb-nf4"), strict=True))
+    assert row["call ×bf16 [95% CI]"].startswith("≈")
+    assert row["peak generating: model (×bf16) (process)"] == "500.0 MiB (0.25×)"
 
 
 def test_gpu_check_view_renders_the_checks_table(render_docs) -> None:

@@ -65,6 +65,14 @@ def _load_metrics(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, broken: bo
     spec = RunSpec(model="zoo:none", recipe="bf16", device="cpu", prompts=["a"], seeds=[0], steps=1, height=64,
                    width=64, guidance_scale=None, result_path=str(tmp_path / "r.json"), image_dir=str(tmp_path))
     metrics: dict[str, Any] = {}
+    # as the worker does: what earlier code freed is returned before the baseline (else the load
+    # phase's own trim would hand it back and shrink the model's figure; order-dependent in pytest)
+    import gc
+
+    from diffquant.file_pages import trim_heap
+
+    gc.collect()
+    trim_heap()
     holder["b"] = take_baseline(proc_status, weight_file_rss_mib)
     with Sampler(interval_s=0.01, weight_files=weight_file_rss_mib) as sampler:
         ctx = Context(spec, metrics, {"images": []}, _Events(), sampler, holder["b"], None, False, None)

@@ -98,7 +98,11 @@ def test_flux_dev_plan_is_cheap_and_matches_the_seed_bf16() -> None:
         "print(json.dumps({'cpu_s': cpu, 'maxrss_kib': int(hwm),\n"
         "                  'weights': {r.recipe: r.memory.weights_bytes for r in p.recipes}}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+    # Twice: a fresh virtualenv's first import compiles every module's bytecode (tens of MB more
+    # RSS, once per install); the second run measures planning itself.
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             timeout=600)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["cpu_s"] < 10, result
     assert result["maxrss_kib"] * 1024 < 500e6, result
