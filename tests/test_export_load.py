@@ -80,3 +80,18 @@ def test_bnb_export_plain_libraries(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="GPU"):
         FluxTransformer2DModel.from_pretrained(out, subfolder="transformer", torch_dtype=torch.bfloat16)
     assert "GPU" in supports["transformer"].why_not
+
+
+def test_sdnq_export_is_safe_reloads_exactly_and_says_plain_loading_is_close(tmp_path) -> None:
+    """SDNQ (added beside the exports): safetensors only; diffquant reloads it to identical images;
+    plain diffusers loads it too but rounds its scales, which the card states."""
+    pytest.importorskip("sdnq")
+    pipe = diffquant.load_pipeline(MODEL, "sdnq-int8", device="cpu")
+    out = tmp_path / "sdnq"
+    save_quantized(pipe, out)
+    assert pickle_files(out) == []
+    export = read_export(out)
+    support = {c.name: plain_support(c) for c in export.quantized()}
+    assert support and all(s.cpu and "not bit-identical" in s.how for s in support.values())
+    again = diffquant.load_pipeline(str(out), device="cpu")
+    assert np.array_equal(_image(pipe), _image(again))

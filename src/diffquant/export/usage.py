@@ -105,6 +105,10 @@ def plain_support(c: ComponentExport) -> Support:
                                     "CPU-only tests)",
                        "diffusers' bitsandbytes loader needs a GPU ('No GPU found. A GPU is needed for "
                        "quantization.'), although bitsandbytes itself runs on CPU")
+    if c.format == "native" and c.backend == "sdnq":
+        return Support(True, True, f"{c.library} from_pretrained with sdnq installed: close, not bit-identical "
+                                   "(diffusers 0.42.1 + sdnq 0.2.8 round the saved float32 scales through "
+                                   "bf16 on load; diffquant.load_pipeline restores them exactly)")
     how = {
         "native": f"{c.library} from_pretrained",
         "native-pickle": f"{c.library} from_pretrained (a pickle: trust the source)",
