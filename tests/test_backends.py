@@ -110,6 +110,7 @@ def test_group_offload_to_disk_and_vae_options_run() -> None:
     ("quanto-int8+offload-group-block(disk)", ["crashes", "no disk"]),
     ("gguf-q8_0+offload-group-leaf(disk)", ["NaN"]),
     ("bnb-int8+offload-group-leaf(disk)", ["NaN"]),
+    ("torchao-int8wo+compile(fullgraph,mode=max-autotune)", ["segmentation fault", "torchao-fp8wo+compile"]),
 ])
 def test_refused_on_cpu_with_reason(recipe: str, fragments: list[str]) -> None:
     with pytest.raises(BackendUnavailable) as info:

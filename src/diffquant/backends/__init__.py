@@ -57,9 +57,23 @@ def why_not_here(recipe: Recipe, device: str) -> str | None:
         if mem.use_stream:
             return ("Group offload with stream=True overlaps host-to-device copies on a CUDA stream; "
                     "there is none on CPU. Nearest that runs here: the same recipe without (stream).")
-    if recipe.compile.enabled and recipe.compile.mode in ("reduce-overhead", "max-autotune") and device == "cpu":
-        return None  # runs; CUDA graphs parts are simply not used on CPU
-    return None
+    if device == "cpu" and recipe.compile.enabled and recipe.compile.mode.startswith("max-autotune"):
+        for spec in recipe.quant:
+            crash = _CPU_AUTOTUNE_CRASHES.get((spec.backend, spec.qtype))
+            if crash:
+                return crash
+    return None  # reduce-overhead/max-autotune otherwise run on CPU; their CUDA graphs are not used
+
+
+# Measured on CPU (torch 2.13.0, torchao 0.18.0, 2026-12-01: docs/benchmarks.md and the demo on
+# zoo:shapes): the worker dies with SIGSEGV in native code during the first compiled call.
+_CPU_AUTOTUNE_CRASHES = {
+    ("torchao", "int8wo"): ("torch.compile with mode=max-autotune of torchao int8 weight-only layers "
+                            "crashes on CPU (segmentation fault in inductor's compiled code; torch 2.13, "
+                            "torchao 0.18). Nearest that ran here: "
+                            "torchao-fp8wo+compile(fullgraph,mode=max-autotune), or torchao-int8wo without "
+                            "compile."),
+}
 
 
 def notes_for(recipe: Recipe, device: str) -> list[str]:
