@@ -50,6 +50,14 @@ def _text_encoder_part(recipe: str) -> str:
     return "" if BACKENDS[spec.backend].denoiser_only else f"+{recipe}@text_encoder_2"
 
 
+def denoiser_only(recipe: str) -> bool:
+    """Whether the recipe's backend quantizes the denoiser alone (then there is nothing to split)."""
+    from diffquant.recipes import parse_recipe
+    from diffquant.recipes.catalog import BACKENDS
+
+    return BACKENDS[parse_recipe(recipe).quant[0].backend].denoiser_only
+
+
 def transformer_bytes(model: str, recipe: str) -> int:
     from diffquant.inspect import component_stats
     from diffquant.pipeline import load_pipeline
@@ -110,6 +118,12 @@ def main() -> int:
                          "transformer_bytes": transformer_bytes(args.model, name)})
             to_bench.append(name)
         rows.append({"base": recipe, "kind": "sweep", "sensitivity": summary})
+        if not denoiser_only(recipe):  # where the error comes from: each component alone
+            for part in ("transformer", "text_encoder_2"):
+                name = f"{recipe}@{part}"
+                rows.append({"base": recipe, "kind": f"only {part}", "recipe": name,
+                             "transformer_bytes": transformer_bytes(args.model, name)})
+                to_bench.append(name)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "mix.db"
         cmd = [sys.executable, "-m", "diffquant.cli", "bench", args.model, "--recipes", ",".join(to_bench),
