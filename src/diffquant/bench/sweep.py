@@ -45,8 +45,9 @@ SEED_PROMPTS: tuple[str, ...] = (
      "rain-soaked cobblestones and darkened storefronts."),
 )
 
-# run.outcome of a run refused before starting because this machine cannot run it: not a failure.
-REFUSED = frozenset({"unavailable"})
+# run.outcome of a run refused before starting because this machine cannot run it, or because the
+# plan predicts it over the user's --budget: not a failure.
+REFUSED = frozenset({"unavailable", "over-budget"})
 
 SweepEventHandler = Callable[[str, "PlannedRun", dict[str, Any]], None]
 
