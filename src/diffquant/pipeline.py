@@ -6,45 +6,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffquant.errors import BackendUnavailable, DiffquantError
+from diffquant.load_record import LoadInfo, load_info
 from diffquant.recipes import Recipe, load_recipe
+from diffquant.settings import GenerationSettings, default_settings
 from diffquant.zoo.meta import MODEL_PIPELINE_KWARGS  # noqa: F401 - what diffquant.json may fix; importable here
 
-# Defaults for pipelines we know; zoo models are tiny so their defaults are small.
-_CLASS_DEFAULTS = {
-    "FluxPipeline": (28, 1024, 1024, 3.5),
-    "StableDiffusion3Pipeline": (28, 1024, 1024, 7.0),
-}
-_ZOO_DEFAULTS = {
-    "tiny-flux": (4, 64, 64, 3.5), "tiny-sd3": (4, 64, 64, 5.0), "flux-dev-slice": (4, 256, 256, 3.5),
-    "flux-dev-random": (28, 1024, 1024, 3.5),
-}
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    steps: int | None
-    height: int | None
-    width: int | None
-    guidance_scale: float | None
-    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class LoadInfo:
-    model_ref: str
-    model_dir: Path
-    recipe: Recipe
-    device: str
-    quantized: dict[str, str]  # component -> backend-type
-    quant_cache_used: bool = False
-    load_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    counters: dict[str, Any] = field(default_factory=dict)  # e.g. load.released_file_tensors
+__all__ = ["GenerationOutput", "GenerationSettings", "LoadInfo", "default_device", "default_settings", "generate",
+           "load_info", "load_pipeline"]
 
 
 @dataclass
@@ -59,21 +32,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def default_settings(model: str) -> GenerationSettings:
-    """Model-appropriate generation defaults (a diffquant.json in the folder wins)."""
-    from diffquant.components import pipeline_class_name, resolve_model
-    from diffquant.zoo.meta import read_model_meta
-
-    model_dir = resolve_model(model)
-    meta = read_model_meta(model_dir)  # validated: a malformed file is a DiffquantError
-    if meta is not None:
-        return GenerationSettings(meta.steps, meta.height, meta.width, meta.guidance_scale,
-                                  dict(meta.pipeline_kwargs))
-    name = model.removeprefix("zoo:") if model.startswith("zoo:") else None
-    values = _ZOO_DEFAULTS.get(name or "") or _CLASS_DEFAULTS.get(pipeline_class_name(model_dir))
-    return GenerationSettings(*values) if values else GenerationSettings(None, None, None, None)
-
-
 def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | None = None,
                   quant_cache_dir: Path | None = None, allow_pickle: bool = False) -> Any:
     """Load ``model`` (Hub id, local folder or zoo:NAME) with ``recipe`` applied, ready to generate.
@@ -83,7 +41,7 @@ def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | No
     ``allow_pickle`` lets an export that holds pickle files load (they can run code: trust the source).
     """
     from diffquant.backends import notes_for, why_not_here
-    from diffquant.components import denoiser_name, read_components, resolve_model
+    from diffquant.components import denoiser_name, read_components, resolve_model, resolve_targets
     from diffquant.memory import apply_compile, place_and_offload
     from diffquant.quiet import quiet_libraries
     from diffquant.serialize import is_quantized_export, save_quantized
@@ -114,7 +72,7 @@ def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | No
     info = LoadInfo(model_ref=model, model_dir=model_dir, recipe=recipe, device=device, quantized=quantized,
                     quant_cache_used=bool(cache_hits) and all(cache_hits), notes=notes_for(recipe, device))
     pipe._diffquant_load_info = info
-    info.counters.update(_release_weight_files(pipe, quantized))
+    info.counters.update(_release_weight_files(pipe, resolve_targets(recipe, components)))
     if cached is not None:
         save_quantized(pipe, cached, link_unquantized=True, allow_pickle=True)
         info.notes.append(f"quantized weights saved to the cache {cached}")
@@ -150,8 +108,9 @@ def _load_quantized(model_dir: Path, components: dict[str, Any], recipe: Recipe,
         if config is not None:
             quant_mapping[name] = config
             continue
-        if spec.backend == "gguf" and not spec.option("path"):
-            cache_hits.append(backend.gguf_cache_path(spec, ctx, quant_cache_dir).is_file())
+        hit = backend.cached_file(spec, ctx, quant_cache_dir)
+        if hit is not None:
+            cache_hits.append(hit)
         loaded[name] = backend.load_component(spec, ctx, quant_cache_dir)
     kwargs: dict[str, Any] = {"torch_dtype": dtype, **loaded}
     if quant_mapping:
@@ -163,19 +122,20 @@ def _load_quantized(model_dir: Path, components: dict[str, Any], recipe: Recipe,
     return pipe, {n: f"{s.backend}-{s.qtype}" for n, s in targets.items()}, cache_hits
 
 
-def _release_weight_files(pipe: Any, quantized: dict[str, str]) -> dict[str, int]:
+def _release_weight_files(pipe: Any, targets: dict[str, Any]) -> dict[str, int]:
     """Quantized components let go of the bf16 files they were read from (see file_pages.py);
-    GGUF components hold their own quantized file, which is their weights."""
+    a backend whose weights are a file of its own (GGUF) keeps it: that file is its weights."""
+    from diffquant.backends import get_backend
     from diffquant.file_pages import release_weight_files, trim_heap
 
     tensors = nbytes = 0
-    for name, kind in quantized.items():
+    for name, spec in targets.items():
         module = getattr(pipe, name, None)
-        if module is None or kind.startswith("gguf-"):
+        if module is None or get_backend(spec.backend).memory.own_file:
             continue
         released = release_weight_files(module)
         tensors, nbytes = tensors + released.tensors, nbytes + released.nbytes
-    trimmed = trim_heap() if quantized else False  # the quantizers' freed bf16 temporaries
+    trimmed = trim_heap() if targets else False  # the quantizers' freed bf16 temporaries
     return {"load.released_file_tensors": tensors, "load.released_file_bytes": nbytes,
             "load.heap_trimmed": int(trimmed)}
 
@@ -184,14 +144,12 @@ def _without_quant(recipe: Recipe) -> Recipe:
     return Recipe(memory=recipe.memory, compile=recipe.compile, dtype=recipe.dtype)
 
 
-# Backends whose quantization is worth caching (quantize-on-load is slow for big models);
-# GGUF files are their own cache and layerwise casting is a cheap cast.
-_CACHED_BACKENDS = ("torchao", "quanto", "bnb")
-
-
 def _quant_cache_folder(root: Path | None, model_dir: Path, recipe: Recipe, device: str) -> Path | None:
-    """Where this model+recipe's quantized pipeline is cached, or None when not cacheable."""
-    if root is None or not any(s.backend in _CACHED_BACKENDS for s in recipe.quant):
+    """Where this model+recipe's quantized pipeline is cached, or None when not cacheable (no backend
+    of the recipe is slow enough to quantize to be worth it: ``cache_quantized``)."""
+    from diffquant.backends import get_backend
+
+    if root is None or not any(get_backend(s.backend).cache_quantized for s in recipe.quant):
         return None
     import hashlib
 
@@ -239,14 +197,6 @@ def _load_export(model: str, model_dir: Path, recipe: Recipe, device: str, start
         quant_cache_used=True, load_seconds=time.perf_counter() - started,
         notes=notes + [f"loaded a diffquant export of {meta['source_model']} ({meta['recipe_name']})"])
     return pipe
-
-
-def load_info(pipe: Any) -> LoadInfo:
-    info = getattr(pipe, "_diffquant_load_info", None)
-    if info is None:
-        raise DiffquantError("This pipeline was not loaded by diffquant.load_pipeline.",
-                             hint="load it with diffquant.load_pipeline(model, recipe)")
-    return info
 
 
 def generate(pipe: Any, prompt: str, *, seed: int, steps: int | None = None, height: int | None = None,

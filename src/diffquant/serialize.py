@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from diffquant.errors import DiffquantError
+from diffquant.export.files import EXPORT_MARKER
 from diffquant.export.formats import COMPONENT_MARKER, LEGACY_WEIGHTS, load_component, save_component
 from diffquant.recipes.model import QuantSpec
 
-MARKER = "diffquant_quantized.json"
+MARKER = EXPORT_MARKER
 WEIGHTS = LEGACY_WEIGHTS  # kept for callers of the old name
 __all__ = ["COMPONENT_MARKER", "MARKER", "WEIGHTS", "is_quantized_export", "load_saved_components", "save_quantized"]
 
@@ -40,7 +41,8 @@ def save_quantized(pipe: Any, out_dir: Path, *, link_unquantized: bool = False, 
     """
     from diffquant import __version__
     from diffquant.components import read_components, resolve_targets
-    from diffquant.pipeline import default_settings, load_info
+    from diffquant.load_record import load_info
+    from diffquant.settings import default_settings
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -5,9 +5,11 @@ transformation of an already-loaded module."""
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+from diffquant.errors import DiffquantError
 from diffquant.recipes.catalog import BACKENDS
 from diffquant.recipes.model import QuantSpec
 
@@ -25,17 +27,150 @@ class ComponentContext:
     is_denoiser: bool
 
 
-class Backend(Protocol):
-    name: str
+@dataclass(frozen=True)
+class MemoryTraits:
+    """What ``diffquant plan`` models about a backend's memory beyond its stored bytes (CPU)."""
 
+    import_bytes: int = 0  # RSS that importing the backend's library adds
+    reads_source: bool = False  # converts the bf16 source weights in RAM: their pages count while loading
+    float32_temporaries: bool = False  # quantizes one layer at a time through float32 temporaries
+    own_file: bool = False  # the loaded weights are a file of its own format (mapped while loading, kept after)
+    dequantizes_layer: bool = False  # a call dequantizes each layer's weight to the compute dtype
+    # qtype -> bytes per weight of the full-precision copies a CPU call makes of the largest layer
+    cpu_dequantized_copies: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SaveTarget:
+    """Where and how ``save`` writes one quantized component (``diffquant quantize``)."""
+
+    folder: Path  # the component's folder in the export (``save`` creates it)
+    device: str  # where the pipeline was loaded ("cpu" | "cuda")
+    dtype: Any  # the recipe's torch dtype
+    allow_pickle: bool = False  # a backend with no safe format may write a pickle
+
+
+@runtime_checkable
+class BackendModule(Protocol):
+    """Everything about one backend, answered by its module ``diffquant.backends.<name>`` (or the
+    module its catalogue entry names). Generic code asks these; it never tests a backend's name.
+    ``tests/test_backend_contract.py`` checks that every catalogue backend provides all of them."""
+
+    name: str  # its catalogue name
+    packages: tuple[str, ...]  # distributions whose versions a result or export records
+    cache_quantized: bool  # quantize-on-load is slow enough to cache the quantized pipeline on disk
+    memory: MemoryTraits  # what plan models about it
+    formats: dict[str, str]  # the export formats ``save`` writes -> their files, in words (model card)
+
+    # -- can it run, and what to know -------------------------------------------------------------
     def why_not_here(self, spec: QuantSpec, device: str) -> str | None:
         """None if this spec can run on ``device``; otherwise the reason, with the nearest recipe."""
 
+    def notes(self, spec: QuantSpec, device: str) -> list[str]:
+        """What runs but a user should know (no refusal)."""
+
+    def disk_offload_breaks(self, spec: QuantSpec) -> str | None:
+        """What goes wrong when group offload to disk round-trips these weights; None when it works."""
+
+    def compile_breaks(self, spec: QuantSpec, device: str, mode: str) -> str | None:
+        """Why ``torch.compile(mode=mode)`` of these layers fails on ``device``; None when it runs."""
+
+    # -- loading ----------------------------------------------------------------------------------
     def load_config(self, spec: QuantSpec, ctx: ComponentContext) -> Any | None:
         """A diffusers/transformers quantization config for loading, or None to use ``load_component``."""
 
     def load_component(self, spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
         """Load (and quantize) the component directly, when no loading config applies."""
+
+    def cached_file(self, spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> bool | None:
+        """Whether ``load_component`` finds its quantized file already cached; None: it caches none."""
+
+    def before_load(self) -> None:
+        """Prepare the libraries before a saved pipeline holding this backend's components loads."""
+
+    def after_load(self, pipe: Any, model_dir: Path) -> None:
+        """Repair what the libraries' loaders got wrong in a saved pipeline just loaded."""
+
+    # -- saving and reloading (diffquant quantize) ------------------------------------------------
+    def save(self, component: Any, spec: QuantSpec, target: SaveTarget) -> str:
+        """Write ``component`` into ``target.folder``; returns its format (``native`` or one of ``formats``)."""
+
+    def load_saved(self, folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, device: str) -> Any:
+        """Rebuild a component ``save`` wrote in one of ``formats`` (``meta``: its component marker)."""
+
+    # -- plan and sensitivity ---------------------------------------------------------------------
+    def stored_bytes(self, spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
+        """Bytes the component holds once loaded with ``spec`` (``model``: plain, on the meta device)."""
+
+    def quantize_linear(self, linear: Any, spec: QuantSpec, name: str, model: Any) -> Any | None:
+        """The layer ``linear`` becomes under ``spec``, as a new module; None when kept precise.
+        Raises ``DiffquantError`` when the backend cannot quantize one module at a time."""
+
+    def keeps_precise(self, spec: QuantSpec, name: str, model: Any) -> bool:
+        """Whether loading with ``spec`` leaves module ``name`` of ``model`` unquantized."""
+
+    def keep_precise(self, spec: QuantSpec, keep: dict[str, str | None], model: Any) -> QuantSpec:
+        """``spec`` changed so that the modules in ``keep`` get the type given (None: kept precise)."""
+
+    def upgrade_type(self, spec: QuantSpec) -> str | None:
+        """One type up in precision for a module, where the backend mixes types; else None."""
+
+
+def interface() -> tuple[str, ...]:
+    """The names every backend module provides (``BackendModule``'s members)."""
+    members = [n for n in vars(BackendModule) if not n.startswith("_")]
+    return tuple(dict.fromkeys([*BackendModule.__annotations__, *members]))
+
+
+# -- shared answers, for modules whose backend has nothing to say -----------------------------------
+
+def no_notes(spec: QuantSpec, device: str) -> list[str]:
+    return []
+
+
+def no_disk_offload_issue(spec: QuantSpec) -> str | None:
+    return None
+
+
+def no_compile_issue(spec: QuantSpec, device: str, mode: str) -> str | None:
+    return None
+
+
+def no_cached_file(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> bool | None:
+    return None
+
+
+def nothing_before_load() -> None:
+    return None
+
+
+def nothing_after_load(pipe: Any, model_dir: Path) -> None:
+    return None
+
+
+def config_only(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
+    """``load_component`` of a backend that always loads through its ``load_config``."""
+    raise AssertionError(f"{spec.backend} always loads through its config")
+
+
+def save_native(component: Any, spec: QuantSpec, target: SaveTarget) -> str:
+    """``save`` of a backend whose library writes and reads its own safetensors (``save_pretrained``)."""
+    component.save_pretrained(target.folder, safe_serialization=True)
+    return "native"
+
+
+def no_saved_formats(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, device: str) -> Any:
+    """``load_saved`` of a backend whose components reload through the libraries (format ``native``)."""
+    raise DiffquantError(f"Unknown saved component format {meta.get('format')!r} for {spec.backend} in {folder}.",
+                         hint="re-export the model with this version of diffquant")
+
+
+def per_module_unsupported(backend: str) -> Any:
+    """The sensitivity hooks of a backend that cannot quantize one module at a time."""
+    def refuse(*_args: Any) -> Any:
+        raise DiffquantError(f"The {backend} backend cannot quantize one module at a time, so it has "
+                             "no sensitivity sweep.", hint="use bnb, torchao, quanto, gguf or fp8-layerwise")
+    return refuse
 
 
 def package_missing(backend_name: str) -> str | None:

@@ -8,16 +8,49 @@ component in full precision and swap its ``nn.Linear`` layers for ``Linear4bit``
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 from typing import Any
 
-from diffquant.backends.base import ComponentContext, load_plain, package_missing
+from diffquant.backends.base import (
+    ComponentContext,
+    MemoryTraits,
+    SaveTarget,
+    load_plain,
+    no_cached_file,
+    no_compile_issue,
+    nothing_after_load,
+    nothing_before_load,
+    package_missing,
+    save_native,
+)
+from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec
 
 name = "bnb"
+packages = ("bitsandbytes",)
+cache_quantized = True  # quantize-on-load is slow for big models
+# Importing bitsandbytes adds ~40 MiB RSS on CPU; LLM.int8() runs each CPU layer through float32
+# dequantized copies (fitted to CPU-FACTS: bnb-int8 peak 1.49x bf16 on zoo:flux-dev-slice).
+memory = MemoryTraits(import_bytes=40 * 1024 * 1024, reads_source=True, float32_temporaries=True,
+                      cpu_dequantized_copies={"int8": 12})
+formats = {"bnb-prequantized": "safetensors (bitsandbytes packed)"}
+cached_file = no_cached_file
+compile_breaks = no_compile_issue
+before_load = nothing_before_load
+after_load = nothing_after_load
 
 
 def why_not_here(spec: QuantSpec, device: str) -> str | None:
     return package_missing("bnb")
+
+
+def notes(spec: QuantSpec, device: str) -> list[str]:
+    return ["bnb on CPU: layers swapped by hand (diffusers' bnb loader needs a GPU)"] if device == "cpu" else []
+
+
+def disk_offload_breaks(spec: QuantSpec) -> str | None:
+    # Measured with diffusers 0.42.1 (tests/test_backends.py): 4-bit survives, int8 does not.
+    return "produces NaN latents for int8 (the row scales are not restored)." if spec.qtype == "int8" else None
 
 
 def _compute_dtype(spec: QuantSpec, ctx: ComponentContext) -> Any:
@@ -194,3 +227,43 @@ def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
         return linear_bytes(spec.qtype, module.out_features, module.in_features, double_quant) + bias
 
     return count_stored_bytes(model, converted)
+
+
+# --- Saving and reloading (diffquant quantize) -----------------------------------------------
+
+def save(component: Any, spec: QuantSpec, target: SaveTarget) -> str:
+    """On CUDA the libraries save bitsandbytes themselves; on CPU diffquant writes bitsandbytes' own
+    packed state dict plus the ``BitsAndBytesConfig`` a GPU save would record."""
+    from diffquant.export.files import save_config, save_state, write_marker
+
+    if target.device != "cpu":
+        return save_native(component, spec, target)
+    target.folder.mkdir(parents=True)
+    save_config(component, target.folder, _gpu_config(spec, component, target.dtype))
+    return write_marker(component, spec, target.folder, "bnb-prequantized", save_state(component, target.folder))
+
+
+def _gpu_config(spec: QuantSpec, component: Any, dtype: Any) -> dict[str, Any]:
+    """The BitsAndBytesConfig diffusers/transformers would have written on a GPU for this spec."""
+    import diffusers
+    import transformers
+
+    from diffquant.export.files import library_of
+
+    ctx = ComponentContext("", library_of(component), type(component).__name__, "", dtype, "cuda", False)
+    config = load_config(spec, ctx)
+    assert isinstance(config, (diffusers.BitsAndBytesConfig, transformers.BitsAndBytesConfig))
+    return dict(config.to_dict())
+
+
+def load_saved(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, device: str) -> Any:
+    from diffquant.export.files import empty_model, load_state, restore_saved_dtypes
+
+    if meta["format"] != "bnb-prequantized":
+        raise DiffquantError(f"Unknown saved bnb format {meta['format']!r} in {folder}.",
+                             hint="re-export the model with this version of diffquant")
+    state = load_state(folder, meta)
+    model = empty_model(folder, meta["class_name"], dtype)
+    load_prequantized(model, state, spec, dtype, device)
+    restore_saved_dtypes(model, state)
+    return model

@@ -12,11 +12,31 @@ import json
 from pathlib import Path
 from typing import Any
 
-from diffquant.backends.base import ComponentContext, package_missing
+from diffquant.backends.base import (
+    ComponentContext,
+    MemoryTraits,
+    SaveTarget,
+    no_compile_issue,
+    no_notes,
+    nothing_after_load,
+    nothing_before_load,
+    package_missing,
+)
 from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec
 
 name = "gguf"
+packages = ("gguf",)
+cache_quantized = False  # the written GGUF file is its own cache (``cached_file``)
+# The loaded weights are the .gguf file's blocks: memory-mapped while they are copied out, and each
+# layer's weight dequantized to the compute dtype as it runs (measured on zoo:flux-dev-slice).
+memory = MemoryTraits(own_file=True, dequantizes_layer=True)
+GGUF_FILE = "model.gguf"  # a component's file in an export
+formats = {"gguf-file": "GGUF"}
+notes = no_notes
+compile_breaks = no_compile_issue
+before_load = nothing_before_load
+after_load = nothing_after_load
 
 
 def why_not_here(spec: QuantSpec, device: str) -> str | None:
@@ -33,8 +53,18 @@ def why_not_here(spec: QuantSpec, device: str) -> str | None:
     return None
 
 
+def disk_offload_breaks(spec: QuantSpec) -> str | None:
+    # Measured with diffusers 0.42.1 (tests/test_backends.py keeps this honest).
+    return "produces NaN latents (the packed GGUF blocks are not restored)."
+
+
 def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any | None:
     return None
+
+
+def cached_file(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | None) -> bool | None:
+    """Whether the GGUF file diffquant writes for this spec is cached already (None with ``path=``)."""
+    return None if spec.option("path") else gguf_cache_path(spec, ctx, cache_dir).is_file()
 
 
 def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | None) -> Any:
@@ -64,6 +94,32 @@ def with_options(model: Any, spec: QuantSpec) -> Any:
 
         use_cpu_kernel(model)
     return model
+
+
+def save(component: Any, spec: QuantSpec, target: SaveTarget) -> str:
+    """The component's config and the very .gguf file it was loaded from."""
+    import shutil
+
+    from diffquant.export.files import write_marker
+
+    target.folder.mkdir(parents=True)
+    component.save_config(target.folder)
+    shutil.copy2(Path(component._diffquant_gguf_path), target.folder / GGUF_FILE)
+    return write_marker(component, spec, target.folder, "gguf-file", GGUF_FILE)
+
+
+def load_saved(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, device: str) -> Any:
+    import diffusers
+
+    if meta["format"] != "gguf-file":
+        raise DiffquantError(f"Unknown saved gguf format {meta['format']!r} in {folder}.",
+                             hint="re-export the model with this version of diffquant")
+    cls = getattr(diffusers, meta["class_name"])
+    path = folder / meta.get("file", GGUF_FILE)
+    model = cls.from_single_file(str(path), config=str(folder), torch_dtype=dtype,
+                                 quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype))
+    model._diffquant_gguf_path = str(path)  # a re-export copies the very file that was loaded
+    return with_options(model, spec)  # e.g. cpu_kernel: the compiled dequantization on CPU
 
 
 def gguf_cache_path(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | None) -> Path:

@@ -3,12 +3,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from diffquant.backends.base import ComponentContext, load_plain
+from diffquant.backends.base import (
+    ComponentContext,
+    MemoryTraits,
+    SaveTarget,
+    load_plain,
+    no_cached_file,
+    no_compile_issue,
+    no_disk_offload_issue,
+    no_notes,
+    nothing_after_load,
+    nothing_before_load,
+)
+from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec
 
 name = "layerwise"
+packages: tuple[str, ...] = ()  # torch and diffusers only, recorded anyway
+cache_quantized = False  # a cheap cast
+memory = MemoryTraits(reads_source=True)
+formats = {"layerwise-fp8": "safetensors (float8)"}
+notes = no_notes
+disk_offload_breaks = no_disk_offload_issue
+compile_breaks = no_compile_issue
+cached_file = no_cached_file
+before_load = nothing_before_load
+after_load = nothing_after_load
 
 
 def why_not_here(spec: QuantSpec, device: str) -> str | None:
@@ -47,6 +70,29 @@ def apply_casting(module: Any, spec: QuantSpec, ctx: ComponentContext) -> Any:
         apply_layerwise_casting(module, storage_dtype=storage, compute_dtype=ctx.dtype,
                                 skip_modules_pattern=skip)
     return module
+
+
+def save(component: Any, spec: QuantSpec, target: SaveTarget) -> str:
+    """The float8 weights under the library's standard name; reloading casts them again."""
+    from diffquant.export.files import save_config, save_state, write_marker
+
+    target.folder.mkdir(parents=True)
+    save_config(component, target.folder)
+    return write_marker(component, spec, target.folder, "layerwise-fp8", save_state(component, target.folder))
+
+
+def load_saved(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, device: str) -> Any:
+    from diffquant.export.files import empty_model, load_state
+
+    if meta["format"] != "layerwise-fp8":
+        raise DiffquantError(f"Unknown saved layerwise format {meta['format']!r} in {folder}.",
+                             hint="re-export the model with this version of diffquant")
+    state = load_state(folder, meta)
+    model = empty_model(folder, meta["class_name"], dtype)
+    model.load_state_dict(state)  # float8 values upcast exactly into the compute dtype
+    library = "diffusers" if hasattr(model, "enable_layerwise_casting") else "transformers"
+    return apply_casting(model, spec, ComponentContext(folder.name, library, meta["class_name"], str(folder),
+                                                       dtype, device, True))
 
 
 # --- One module at a time (diffquant.sensitivity asks these) ---------------------------------

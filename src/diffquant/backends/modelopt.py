@@ -12,12 +12,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffquant.backends.base import ComponentContext, package_missing
+from diffquant.backends.base import (
+    ComponentContext,
+    MemoryTraits,
+    SaveTarget,
+    config_only,
+    no_cached_file,
+    no_compile_issue,
+    no_disk_offload_issue,
+    no_notes,
+    no_saved_formats,
+    nothing_after_load,
+    nothing_before_load,
+    package_missing,
+    per_module_unsupported,
+)
 from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec
 
 name = "modelopt"
 packages = ("nvidia-modelopt",)  # whose versions a result depends on
+cache_quantized = False
+memory = MemoryTraits()
+formats: dict[str, str] = {}
+load_component = config_only
+notes = no_notes
+disk_offload_breaks = no_disk_offload_issue  # not measured: it runs on CUDA only, where disk offload is rare
+compile_breaks = no_compile_issue
+cached_file = no_cached_file
+before_load = nothing_before_load
+after_load = nothing_after_load
+load_saved = no_saved_formats
+quantize_linear = keeps_precise = keep_precise = upgrade_type = per_module_unsupported(name)
 
 QUANT_TYPES = {"fp8": "FP8", "int8": "INT8", "int4": "INT4", "nf4": "NF4", "nvfp4": "NVFP4"}
 # The least CUDA compute capability whose tensor cores hold the format.
@@ -68,5 +94,11 @@ def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any:
                                           modules_to_not_convert=list(spec.skip_modules) or None)
 
 
-def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
-    raise AssertionError("modelopt always loads through its config")
+def save(component: Any, spec: QuantSpec, target: SaveTarget) -> str:
+    raise DiffquantError("diffquant cannot export ModelOpt components yet (no save/reload round trip has been "
+                         "checked on a GPU).", hint="export another recipe, or load the model with this one directly")
+
+
+def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
+    raise DiffquantError("diffquant plan has no byte model for ModelOpt yet.",
+                         hint=f"measure it instead on a GPU: diffquant bench --recipes modelopt-{spec.qtype}")

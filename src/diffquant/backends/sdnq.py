@@ -9,13 +9,34 @@ save and reload through the libraries' own ``save_pretrained`` / ``from_pretrain
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from diffquant.backends.base import ComponentContext, package_missing
+from diffquant.backends.base import (
+    ComponentContext,
+    MemoryTraits,
+    config_only,
+    no_cached_file,
+    no_compile_issue,
+    no_saved_formats,
+    package_missing,
+    per_module_unsupported,
+    save_native,
+)
+from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec
 
 name = "sdnq"
 packages = ("sdnq",)  # whose versions a result depends on
+cache_quantized = False
+memory = MemoryTraits()
+formats: dict[str, str] = {}  # saves and reloads through the libraries (``native``)
+load_component = config_only
+cached_file = no_cached_file
+compile_breaks = no_compile_issue
+save = save_native
+load_saved = no_saved_formats
+quantize_linear = keeps_precise = keep_precise = upgrade_type = per_module_unsupported(name)
 
 # Recipe type -> SDNQ weights_dtype (sdnq.common.accepted_weight_dtypes). uint3/uint2 are left out:
 # with float32 scale and zero point per group of 32/16 they store 5 and 6 bits per weight, no less
@@ -46,8 +67,22 @@ def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any:
     return factory(**sdnq_kwargs(spec))
 
 
-def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
-    raise AssertionError("sdnq always loads through its config")
+def notes(spec: QuantSpec, device: str) -> list[str]:
+    if device == "cpu" and os.environ.get("SDNQ_USE_TORCH_COMPILE", "1") != "0":
+        return [("sdnq compiles its dequantize step with torch.compile on first use "
+                 "(SDNQ_USE_TORCH_COMPILE=0 runs it eagerly)")]
+    return []
+
+
+def disk_offload_breaks(spec: QuantSpec) -> str | None:
+    # Measured with diffusers 0.42.1 (tests/test_backends.py keeps this honest).
+    return "produces NaN latents (uint4) or another image (int8) (the quantized tensors are not restored)."
+
+
+def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
+    raise DiffquantError("diffquant plan has no byte model for SDNQ yet (its own per-model skip list decides "
+                         "which layers it quantizes).",
+                         hint="measure it instead: diffquant bench --recipes " + f"sdnq-{spec.qtype}")
 
 
 def before_load() -> None:

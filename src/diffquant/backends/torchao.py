@@ -3,12 +3,32 @@ rejects the old string quant types)."""
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
-from diffquant.backends.base import ComponentContext, package_missing
+from diffquant.backends.base import (
+    ComponentContext,
+    MemoryTraits,
+    SaveTarget,
+    config_only,
+    no_cached_file,
+    no_saved_formats,
+    nothing_after_load,
+    nothing_before_load,
+    package_missing,
+)
 from diffquant.recipes.model import QuantSpec
 
 name = "torchao"
+packages = ("torchao",)
+cache_quantized = True  # quantize-on-load is slow for big models
+memory = MemoryTraits(reads_source=True, float32_temporaries=True)
+formats = {"native-pickle": "**pickle (.bin)**"}  # only where torchao has no safetensors for a type
+load_component = config_only
+cached_file = no_cached_file
+before_load = nothing_before_load
+after_load = nothing_after_load
+load_saved = no_saved_formats  # torchao components reload through the libraries
 
 _CPU_REFUSALS = {
     "int4wo": "torchao int4 weight-only has no CPU layout (its packed formats need CUDA kernels). "
@@ -96,8 +116,55 @@ def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any:
     return cls(ao_config(spec), modules_to_not_convert=list(spec.skip_modules) or None)
 
 
-def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
-    raise AssertionError("torchao always loads through its config")
+def notes(spec: QuantSpec, device: str) -> list[str]:
+    if device == "cpu" and spec.qtype == "intx4wo":
+        return ["torchao-intx4wo stores int4 values in int8 on CPU: no memory saving over int8"]
+    return []
+
+
+def disk_offload_breaks(spec: QuantSpec) -> str | None:
+    # Measured with diffusers 0.42.1 (tests/test_backends.py keeps this honest).
+    return "is refused by diffusers: safetensors cannot serialise torchao tensor subclasses."
+
+
+# Measured on CPU (torch 2.13.0, torchao 0.18.0, 2026-12-01: docs/benchmarks.md and the demo on
+# zoo:shapes): the worker dies with SIGSEGV in native code during the first compiled call.
+_CPU_AUTOTUNE_CRASHES = {
+    "int8wo": ("torch.compile with mode=max-autotune of torchao int8 weight-only layers "
+               "crashes on CPU (segmentation fault in inductor's compiled code; torch 2.13, "
+               "torchao 0.18). Nearest that ran here: "
+               "torchao-fp8wo+compile(fullgraph,mode=max-autotune), or torchao-int8wo without "
+               "compile."),
+}
+
+
+def compile_breaks(spec: QuantSpec, device: str, mode: str) -> str | None:
+    if device == "cpu" and mode.startswith("max-autotune"):
+        return _CPU_AUTOTUNE_CRASHES.get(spec.qtype)
+    return None  # reduce-overhead/max-autotune otherwise run on CPU; their CUDA graphs are not used
+
+
+def save(component: Any, spec: QuantSpec, target: SaveTarget) -> str:
+    """torchao >= 0.16 flattens its tensor subclasses into safetensors (diffusers >= 0.36 and
+    transformers >= 4.56 read them back); older versions or unlisted tensor types need pickle."""
+    from diffquant.export.files import PickleNeeded
+
+    folder = target.folder
+    try:
+        component.save_pretrained(folder, safe_serialization=True)
+    except Exception as exc:  # any failure here means "no safetensors for this type"
+        if folder.exists():
+            shutil.rmtree(folder)
+        if not target.allow_pickle:
+            raise PickleNeeded(
+                f"torchao could not write {type(component).__name__} as safetensors ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); only a pickle (.bin) is possible with these library versions.",
+                hint="upgrade torchao (>= 0.16) and diffusers, choose another recipe, or pass --allow-pickle "
+                     "(allow_pickle=True) to write a pickle that the card names and loaders refuse by default"
+            ) from exc
+        component.save_pretrained(folder, safe_serialization=False)
+        return "native-pickle"
+    return "native"
 
 
 # --- One module at a time (diffquant.sensitivity asks these) ---------------------------------

@@ -10,16 +10,17 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "bitsandbytes", "torchao",
-            "optimum-quanto", "gguf", "numpy", "pynvml", "nvidia-ml-py")
-PACKAGES += ("sdnq", "nvidia-modelopt")  # the optional backends added with issue 14
+# Recorded with every run: these and every backend's packages (diffquant.backends.tracked_packages).
+PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "pynvml", "nvidia-ml-py")
 _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "neon", "asimd")
 
 
 def package_versions() -> dict[str, str | None]:
+    from diffquant.backends import tracked_packages
     from diffquant.versions import library_versions
 
-    return {k: v for k, v in library_versions().items() if k in PACKAGES}
+    wanted = set(PACKAGES) | set(tracked_packages())
+    return {k: v for k, v in library_versions().items() if k in wanted}
 
 
 def cpu_info() -> dict[str, Any]:

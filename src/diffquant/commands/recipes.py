@@ -40,9 +40,7 @@ def recipe_rows(device: str) -> list[dict[str, Any]]:
     add("bf16", "reference", "no quantization, bfloat16 weights (fp16 / fp32 also accepted)", 16.0)
     for backend in cat.BACKENDS.values():
         for qtype in backend.types.values():
-            token = (f"fp8-layerwise{'' if qtype.name == 'e4m3' else '-' + qtype.name}"
-                     if backend.name == "layerwise" else f"{backend.name}-{qtype.name}")
-            add(token, backend.title, qtype.help, qtype.bits, deprecated=backend.deprecated)
+            add(backend.token_for(qtype.name), backend.title, qtype.help, qtype.bits, deprecated=backend.deprecated)
     add("offload-model", "memory", "move whole components to the GPU only while they run", None,
         "bf16+offload-model")
     add("offload-seq", "memory", "stream every layer's weights to the GPU per call (smallest, slowest)", None,

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffquant.export.formats import COMPONENT_MARKER, GGUF_FILE
+from diffquant.export.files import COMPONENT_MARKER, EXPORT_MARKER
+from diffquant.export.formats import GGUF_FILE
 
-MARKER = "diffquant_quantized.json"  # same name as diffquant.serialize.MARKER (no import cycle)
+MARKER = EXPORT_MARKER
 
 
 @dataclass(frozen=True)

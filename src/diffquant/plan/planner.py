@@ -64,7 +64,7 @@ def default_recipes(device: str) -> list[str]:
 
 def model_defaults(model: str, folder: Path, pipeline_class: str) -> tuple[int, int, int, int | None]:
     """(height, width, steps, text tokens) the model runs at by default, read without loading it."""
-    from diffquant.pipeline import _CLASS_DEFAULTS, _ZOO_DEFAULTS
+    from diffquant.settings import _CLASS_DEFAULTS, _ZOO_DEFAULTS
 
     meta = folder / "diffquant.json"
     if meta.is_file():

@@ -12,22 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffquant.plan.weights import ComponentBytes
 from diffquant.recipes.model import Recipe
+
+if TYPE_CHECKING:
+    from diffquant.backends.base import MemoryTraits
 
 MIB = 1024 * 1024
 CUDA_CONTEXT_BYTES = 500 * MIB  # CUDA context + cuBLAS workspace: outside torch's counters, in nvidia-smi
 CPU_PROCESS_BYTES = 440 * MIB  # a worker with torch + diffusers + transformers imported and a pipeline loaded
 CPU_CALL_BYTES = 75 * MIB  # a first generation call on CPU: lazily imported code, allocator arenas
-BACKEND_IMPORT_BYTES = {"bnb": 40 * MIB}  # importing the backend's library adds this much RSS (CPU)
-# Backends that load the unquantized weights (memory-mapped safetensors) and convert them in RAM:
-# the source pages they read stay resident while the mapping lives (measured on zoo:flux-dev-slice).
-QUANTIZE_FROM_SOURCE = ("bnb", "torchao", "quanto", "layerwise")
+# What each backend adds (its library's import, source pages read while converting, float32
+# temporaries, its own file, dequantized copies per call) is its module's ``memory``
+# (diffquant.backends.base.MemoryTraits); the figures were measured on zoo:flux-dev-slice.
 LOAD_TEMPORARIES = 3  # float32 copies of one layer alive while it is quantized
-# Bytes per weight of the full-precision copies a CPU forward pass makes of the largest layer.
-CPU_DEQUANTIZED_COPIES = {"bnb-int8": 12, "quanto-int4": 6, "quanto-int2": 6}
 ACTIVATION_BYTES_PER_TOKEN_WIDTH = 20  # x dtype bytes: live activations of one DiT block per token and channel
 VAE_DECODE_MAPS = 6  # full-resolution feature maps alive in the VAE decoder's last up-block
 TEXT_ENCODER_MAPS = 12  # x seq x width: a text encoder layer's live activations
@@ -191,45 +191,59 @@ def memory_plan(recipe: Recipe, device: str, components: dict[str, ComponentByte
         if mem.offload == "none" or (mem.offload.startswith("group") and not mem.offload_to_disk):
             # Unquantized components stay memory-mapped after loading; a call pages them in.
             resident = sum(c.stored_bytes for c in components.values() if c.quant)
-    gguf = [c for c in components.values() if c.quant.startswith("gguf")]
-    if gguf and models:
+    per_layer = [c for c in components.values() if _traits(c).dequantizes_layer]
+    if per_layer and models:
         # GGUF dequantizes each layer's weight to the compute dtype as it runs it.
-        modelled["call.gguf_dequantized_layer"] = max(_largest_group(models[c.name], "group-leaf", 1) for c in gguf)
-    unpacked = [c for c in components.values() if c.quant in CPU_DEQUANTIZED_COPIES]
+        modelled["call.gguf_dequantized_layer"] = max(_largest_group(models[c.name], "group-leaf", 1)
+                                                      for c in per_layer)
+    unpacked = [c for c in components.values() if _dequantized_copies(c)]
     if unpacked and models and not cuda:
         # On CPU these run each layer through full-precision copies of its weight (LLM.int8's
         # float32 dequantization, quanto's unpacked 4/2-bit values): fitted to CPU-FACTS' peak
         # ratios on zoo:flux-dev-slice (bnb-int8 1.49x bf16, quanto-int4 1.27x).
         modelled["call.dequantized_layer"] = max(
             _largest_group(models[c.name], "group-leaf", 1) // max(models[c.name].dtype.itemsize, 1)
-            * CPU_DEQUANTIZED_COPIES[c.quant] for c in unpacked)
+            * _dequantized_copies(c) for c in unpacked)
     # Quantizing on load works one layer at a time in float32 temporaries (about three of them: measured
     # 507 MiB for bnb-nf4 on zoo:flux-dev-slice, whose largest layer has 37.7M weights).
     converted = [models[c.name] for c in components.values()
-                 if c.quant and c.quant.split("-")[0] in QUANTIZE_FROM_SOURCE[:3] and c.name in models]
+                 if _traits(c).float32_temporaries and c.name in models]
     if converted and not cuda:
         largest = max(_largest_group(m, "group-leaf", 1) // max(m.dtype.itemsize, 1) for m in converted)
         modelled["load_transient"] = largest * 4 * LOAD_TEMPORARIES
-    if gguf and not cuda:
+    own_files = [c for c in components.values() if _traits(c).own_file]
+    if own_files and not cuda:
         # The .gguf file is memory-mapped while its blocks are copied out (measured on zoo:flux-dev-slice).
-        modelled["load_transient"] = modelled.get("load_transient", 0) + sum(c.stored_bytes for c in gguf)
+        modelled["load_transient"] = modelled.get("load_transient", 0) + sum(c.stored_bytes for c in own_files)
     return MemoryPlan(weights_bytes=weights, resident_weights_bytes=int(resident),
                       peak_weights_bytes=int(peak_weights), modelled=modelled, notes=tuple(notes))
 
 
 def _cpu_pages(recipe: Recipe, components: dict[str, ComponentBytes], modelled: dict[str, int]) -> None:
     """CPU RSS beyond the tensors: backend imports, source pages read while quantizing, a call's code."""
-    backends = {s.backend for s in recipe.quant}
-    imports = sum(BACKEND_IMPORT_BYTES.get(b, 0) for b in backends)
+    from diffquant.backends import recipe_backends
+
+    imports = sum(backend.memory.import_bytes for backend in recipe_backends(recipe))
     if imports:
         modelled["resident.backend_import"] = imports
-    sources = sum(c.plain_bytes for c in components.values()
-                  if c.quant and c.quant.split("-")[0] in QUANTIZE_FROM_SOURCE)
+    sources = sum(c.plain_bytes for c in components.values() if _traits(c).reads_source)
     if sources:
         # read while quantizing, then released: loading drops the bf16 file pages of what it
         # quantized (issue 10), so they count in the load peak, not after loading
         modelled["load_source_pages"] = sources
     modelled["call.runtime"] = CPU_CALL_BYTES
+
+
+def _traits(c: ComponentBytes) -> MemoryTraits:
+    """The memory traits of the backend that quantized ``c`` (none for an unquantized component)."""
+    from diffquant.backends import get_backend
+    from diffquant.backends.base import MemoryTraits
+
+    return get_backend(c.quant.split("-")[0]).memory if c.quant else MemoryTraits()
+
+
+def _dequantized_copies(c: ComponentBytes) -> int:
+    return _traits(c).cpu_dequantized_copies.get(c.quant.partition("-")[2], 0) if c.quant else 0
 
 
 def run_shapes(pipeline_class: str, height: int, width: int, steps: int, batch: int,

@@ -18,6 +18,8 @@ class OptionDef:
     minimum: int | None = None
     maximum: int | None = None
     default: str | int | None = None  # a value that means the same as leaving the option out (dropped)
+    excludes: tuple[str, ...] = ()  # options of the same token that mean nothing beside this one
+    excludes_why: str = ""  # why, completing "<backend> 'opt' ..."
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,25 @@ class BackendDef:
     options: dict[str, OptionDef] = field(default_factory=dict)
     denoiser_only: bool = False  # True: default target is the denoiser only (e.g. GGUF files)
     deprecated: str = ""  # upstream's deprecation notice and removal plan, shown by `diffquant recipes`
+    tokens: dict[str, str] = field(default_factory=dict)  # own token names -> type, instead of <name>-<type>
+    module: str = ""  # the module that implements it (diffquant.backends.BackendModule); default below
+    hub_tag: str = ""  # the tag a model card gives it (default: its name)
+
+    @property
+    def module_path(self) -> str:
+        return self.module or f"diffquant.backends.{self.name}"
+
+    @property
+    def tag(self) -> str:
+        return self.hub_tag or self.name
+
+    def token_names(self) -> list[str]:
+        """Every quant token of this backend a user can write, e.g. 'bnb-nf4' or 'fp8-layerwise'."""
+        return list(self.tokens) or [f"{self.name}-{t}" for t in self.types]
+
+    def token_for(self, qtype: str) -> str:
+        """The token a recipe name uses for ``qtype`` (the first of its own names, if it has them)."""
+        return next((tok for tok, t in self.tokens.items() if t == qtype), f"{self.name}-{qtype}")
 
 
 _SKIP = OptionDef("skip", str, "module-name patterns kept unquantized, separated by '|'")
@@ -48,6 +69,9 @@ def _types(*defs: tuple[str, str, float]) -> dict[str, TypeDef]:
     return {name: TypeDef(name, help_, bits) for name, help_, bits in defs}
 
 
+# Quant token names: "<backend>-<type>", except layerwise casting, named as in diffusers' docs.
+LAYERWISE_TOKENS = {"fp8-layerwise": "e4m3", "fp8-layerwise-e4m3": "e4m3", "fp8-layerwise-e5m2": "e5m2"}
+
 BACKENDS: dict[str, BackendDef] = {
     "bnb": BackendDef(
         "bnb", "bitsandbytes", "bitsandbytes", "bnb",
@@ -58,6 +82,7 @@ BACKENDS: dict[str, BackendDef] = {
          "double_quant": OptionDef("double_quant", bool, "quantize the absmax scales too (4-bit only)",
                                    types=("nf4", "fp4"), applies_to="bnb 4-bit types (nf4, fp4)"),
          "skip": _SKIP},
+        hub_tag="bitsandbytes",
     ),
     "torchao": BackendDef(
         "torchao", "torchao", "torchao", "torchao",
@@ -84,6 +109,7 @@ BACKENDS: dict[str, BackendDef] = {
         # diffusers 0.42.1: quantizers/quanto/quanto_quantizer.py and QuantoConfig, word for word.
         deprecated=("diffusers: \"The Quanto quantizer is deprecated and will be removed in version 1.0.0.\" "
                     "It suggests switching to bitsandbytes or torchao (on CPU: sdnq, torchao)."),
+        hub_tag="optimum-quanto",
     ),
     "gguf": BackendDef(
         "gguf", "GGUF (llama.cpp block formats, loaded by diffusers)", "gguf", "core",
@@ -102,7 +128,9 @@ BACKENDS: dict[str, BackendDef] = {
                ("q4_k_m", "Q4_K, attention v and FFN down at Q6_K, q/k at Q5_K", 4.5),
                ("q5_k_s", "Q5_K throughout", 5.5),
                ("q5_k_m", "Q5_K, attention q/k/v and FFN down at Q6_K", 5.5)),
-        {"path": OptionDef("path", str, "a .gguf file to load; without it diffquant writes (and caches) one"),
+        {"path": OptionDef("path", str, "a .gguf file to load; without it diffquant writes (and caches) one",
+                           excludes=("keep", "layout"),
+                           excludes_why="only apply when diffquant writes the file; a given path is loaded as it is."),
          "keep": OptionDef("keep", str, "name patterns written at higher precision, '|' separated "
                                         "(pattern or pattern=TYPE)"),
          "layout": OptionDef("layout", str, "key layout of a written file", choices=("diffusers", "bfl"),
@@ -118,7 +146,7 @@ BACKENDS: dict[str, BackendDef] = {
                ("e5m2", "store weights in float8_e5m2, upcast per layer", 8.0)),
         {"skip": _SKIP},
         # Pipelines read a text encoder's dtype to cast its output: float8 storage would leak out.
-        denoiser_only=True,
+        denoiser_only=True, tokens=LAYERWISE_TOKENS, hub_tag="fp8",
     ),
     "sdnq": BackendDef(
         "sdnq", "SDNQ (SD.Next quantization, diffusers SDNQConfig)", "sdnq", "sdnq",
@@ -148,8 +176,6 @@ BACKENDS: dict[str, BackendDef] = {
     ),
 }
 
-# Quant token names: "<backend>-<type>", except layerwise casting, named as in diffusers' docs.
-LAYERWISE_TOKENS = {"fp8-layerwise": "e4m3", "fp8-layerwise-e4m3": "e4m3", "fp8-layerwise-e5m2": "e5m2"}
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -191,8 +217,9 @@ SEED_RECIPES: tuple[str, ...] = (
 
 def quant_token_names() -> list[str]:
     """Every quant token a user can write, e.g. 'bnb-nf4', 'gguf-q4_k', 'fp8-layerwise'."""
-    names = [f"{b.name}-{t}" for b in BACKENDS.values() if b.name != "layerwise" for t in b.types]
-    return names + list(LAYERWISE_TOKENS)
+    # "<backend>-<type>" names first, then the backends with names of their own (as listed before)
+    ordered = sorted(BACKENDS.values(), key=lambda b: bool(b.tokens))
+    return [token for b in ordered for token in b.token_names()]
 
 
 def all_token_names() -> list[str]:

@@ -186,11 +186,11 @@ def quant_options(token: str, backend: cat.BackendDef, qtype: str,
             value = normalize_keep(token, str(value))
         if value is not False and value != odef.default:  # one spelling per meaning: one hash
             out[key] = value
-    if backend.name == "gguf" and "path" in out:
-        for key, what in (("keep", "'keep' patterns"), ("layout", "'layout'")):
-            if key in out:
-                raise DiffquantError(f"gguf {what} only apply when diffquant writes the file; a given path is "
-                                     "loaded as it is.", hint=f"drop {key}= or path=")
+    for key, odef in backend.options.items():  # e.g. gguf's path= leaves nothing for keep= to do
+        given = [other for other in odef.excludes if key in out and other in out]
+        if given:
+            raise DiffquantError(f"{backend.name} {' and '.join(map(repr, given))} {odef.excludes_why}",
+                                 hint=f"drop {given[0]}= or {key}=")
     return tuple(sorted(out.items()))
 
 
@@ -205,9 +205,8 @@ def _check_kind(token: str, key: str, value: object, odef: cat.OptionDef) -> Non
 # --- whole recipes -------------------------------------------------------------------------------
 
 def quant_token(spec: QuantSpec) -> str:
-    if spec.backend == "layerwise":
-        return "fp8-layerwise" if spec.qtype == "e4m3" else f"fp8-layerwise-{spec.qtype}"
-    return f"{spec.backend}-{spec.qtype}"
+    backend = cat.BACKENDS.get(spec.backend) if isinstance(spec.backend, str) else None
+    return backend.token_for(spec.qtype) if backend else f"{spec.backend}-{spec.qtype}"
 
 
 def check_quant_spec(spec: QuantSpec) -> None:

@@ -64,9 +64,7 @@ def backend_for(spec: QuantSpec) -> Any:
     from diffquant.backends import get_backend
 
     backend = get_backend(spec.backend)
-    if not hasattr(backend, "quantize_linear"):
-        raise DiffquantError(f"The {spec.backend} backend cannot quantize one module at a time, so it has "
-                             "no sensitivity sweep.", hint="use bnb, torchao, quanto, gguf or fp8-layerwise")
+    backend.upgrade_type(spec)  # a backend that cannot quantize one module at a time refuses here, cheaply
     return backend
 
 
