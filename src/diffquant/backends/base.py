@@ -50,6 +50,22 @@ class SaveTarget:
     allow_pickle: bool = False  # a backend with no safe format may write a pickle
 
 
+@dataclass(frozen=True)
+class PlainLoad:
+    """Whether and how plain diffusers/transformers (plus the backend's own package) load one
+    exported component, and the Python lines that do it (``diffquant.export.usage.plain_code``)."""
+
+    cpu: bool
+    cuda: bool
+    how: str  # the loader, in words
+    why_not: str = ""  # when one of the two is False
+    imports: tuple[str, ...] = ()
+    defines: tuple[str, ...] = ()  # lines defining helpers (written once however many components use them)
+    before: tuple[str, ...] = ()  # lines building the component before the pipeline (passed by its name)
+    after: tuple[str, ...] = ()  # lines run on the built pipeline
+    on_device: bool = False  # the library already puts this component on the GPU (no pipe.to("cuda"))
+
+
 @runtime_checkable
 class BackendModule(Protocol):
     """Everything about one backend, answered by its module ``diffquant.backends.<name>`` (or the
@@ -97,6 +113,10 @@ class BackendModule(Protocol):
 
     def load_saved(self, folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, device: str) -> Any:
         """Rebuild a component ``save`` wrote in one of ``formats`` (``meta``: its component marker)."""
+
+    def plain_load(self, component: Any) -> PlainLoad | None:
+        """How plain libraries load this exported component (``export.usage.ComponentExport``);
+        None: as any ``native`` component (the library's ``from_pretrained``)."""
 
     # -- plan and sensitivity ---------------------------------------------------------------------
     def stored_bytes(self, spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
@@ -157,6 +177,11 @@ def save_native(component: Any, spec: QuantSpec, target: SaveTarget) -> str:
     """``save`` of a backend whose library writes and reads its own safetensors (``save_pretrained``)."""
     component.save_pretrained(target.folder, safe_serialization=True)
     return "native"
+
+
+def plain_as_native(component: Any) -> PlainLoad | None:
+    """``plain_load`` of a backend whose exports the libraries load like any other component."""
+    return None
 
 
 def no_saved_formats(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, device: str) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 from diffquant.backends.base import (
     ComponentContext,
     MemoryTraits,
+    PlainLoad,
     SaveTarget,
     load_plain,
     no_cached_file,
@@ -254,6 +255,24 @@ def _gpu_config(spec: QuantSpec, component: Any, dtype: Any) -> dict[str, Any]:
     config = load_config(spec, ctx)
     assert isinstance(config, (diffusers.BitsAndBytesConfig, transformers.BitsAndBytesConfig))
     return dict(config.to_dict())
+
+
+def plain_load(component: Any) -> PlainLoad | None:
+    """transformers loads the packed weights on CPU and GPU (every tensor equal to diffquant's, yet on
+    CPU the text encoder's output differs in the last bf16 bits); diffusers' loader refuses to run
+    without a GPU. Either way the library puts the layers on the GPU itself."""
+    c = component
+    if c.format == "bnb-prequantized" and c.library == "diffusers":
+        return PlainLoad(False, True, "diffusers from_pretrained (BitsAndBytesConfig in config.json; bitsandbytes' "
+                                      "own packed layout, the one a GPU save writes; not exercised by diffquant's "
+                                      "CPU-only tests)",
+                         "diffusers' bitsandbytes loader needs a GPU ('No GPU found. A GPU is needed for "
+                         "quantization.'), although bitsandbytes itself runs on CPU", on_device=True)
+    if c.format == "bnb-prequantized":
+        return PlainLoad(True, True, "transformers from_pretrained (BitsAndBytesConfig in config.json); on CPU its "
+                                     "output is close to diffquant's, not bit-identical (same tensors, measured)",
+                         on_device=True)
+    return PlainLoad(True, True, f"{c.library} from_pretrained", on_device=True)
 
 
 def load_saved(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, device: str) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 from diffquant.backends.base import (
     ComponentContext,
     MemoryTraits,
+    PlainLoad,
     SaveTarget,
     no_compile_issue,
     no_notes,
@@ -120,6 +121,17 @@ def load_saved(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, 
                                  quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype))
     model._diffquant_gguf_path = str(path)  # a re-export copies the very file that was loaded
     return with_options(model, spec)  # e.g. cpu_kernel: the compiled dequantization on CPU
+
+
+def plain_load(component: Any) -> PlainLoad | None:
+    c = component
+    if c.format not in formats:
+        return None
+    return PlainLoad(True, True, "diffusers from_single_file(..., config=folder, GGUFQuantizationConfig)",
+                     imports=(f"from diffusers import {c.class_name}, GGUFQuantizationConfig",),
+                     before=(f"{c.name} = {c.class_name}.from_single_file(",
+                             f'    f"{{folder}}/{c.name}/{GGUF_FILE}", config=f"{{folder}}/{c.name}",',
+                             "    quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), torch_dtype=dtype)"))
 
 
 def gguf_cache_path(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | None) -> Path:

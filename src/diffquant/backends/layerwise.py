@@ -9,6 +9,7 @@ from typing import Any
 from diffquant.backends.base import (
     ComponentContext,
     MemoryTraits,
+    PlainLoad,
     SaveTarget,
     load_plain,
     no_cached_file,
@@ -79,6 +80,29 @@ def save(component: Any, spec: QuantSpec, target: SaveTarget) -> str:
     target.folder.mkdir(parents=True)
     save_config(component, target.folder)
     return write_marker(component, spec, target.folder, "layerwise-fp8", save_state(component, target.folder))
+
+
+def plain_load(component: Any) -> PlainLoad | None:
+    """``from_pretrained`` upcasts the float8 values exactly; layerwise casting casts them back, so
+    the weights are the exported ones."""
+    c = component
+    how = f"{c.library} from_pretrained, then layerwise casting to float8"
+    if c.format != "layerwise-fp8" or c.spec is None:
+        return None
+    storage = "torch.float8_e4m3fn" if c.spec.get("type") == "e4m3" else "torch.float8_e5m2"
+    skip = tuple(c.spec.get("skip_modules") or ())
+    if not skip and c.library == "diffusers":
+        return PlainLoad(True, True, how, after=(
+            f"pipe.{c.name}.enable_layerwise_casting(storage_dtype={storage}, compute_dtype=dtype)",))
+    imports = ["from diffusers.hooks import apply_layerwise_casting"]
+    if skip:
+        pattern = repr(skip)
+    else:
+        imports.append("from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN")
+        pattern = f"tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(pipe.{c.name}._keep_in_fp32_modules or ())"
+    return PlainLoad(True, True, how, imports=tuple(imports), after=(
+        f"apply_layerwise_casting(pipe.{c.name}, storage_dtype={storage}, compute_dtype=dtype,",
+        f"                        skip_modules_pattern={pattern})"))
 
 
 def load_saved(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, device: str) -> Any:

@@ -26,6 +26,7 @@ from diffquant.backends.base import (
     nothing_before_load,
     package_missing,
     per_module_unsupported,
+    plain_as_native,
 )
 from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec
@@ -43,6 +44,7 @@ cached_file = no_cached_file
 before_load = nothing_before_load
 after_load = nothing_after_load
 load_saved = no_saved_formats
+plain_load = plain_as_native
 quantize_linear = keeps_precise = keep_precise = upgrade_type = per_module_unsupported(name)
 
 QUANT_TYPES = {"fp8": "FP8", "int8": "INT8", "int4": "INT4", "nf4": "NF4", "nvfp4": "NVFP4"}

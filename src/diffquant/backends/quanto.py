@@ -18,6 +18,7 @@ from typing import Any
 from diffquant.backends.base import (
     ComponentContext,
     MemoryTraits,
+    PlainLoad,
     SaveTarget,
     config_only,
     no_cached_file,
@@ -84,6 +85,35 @@ def save(component: Any, spec: QuantSpec, target: SaveTarget) -> str:
     save_config(component, target.folder)
     (target.folder / QUANTO_QMAP).write_text(json.dumps(quantization_map(component), indent=2))
     return write_marker(component, spec, target.folder, "quanto-requantize", save_state(component, target.folder))
+
+
+def plain_load(component: Any) -> PlainLoad | None:
+    """optimum-quanto's own loaders (its quantization map + safetensors), one wrapper class per kind.
+    diffusers' ``from_pretrained`` also reads a quanto transformer (QuantoConfig in config.json) but
+    rebuilds int4 weights in quanto's generic layout, not the CPU kernel's packing that
+    quantize-on-load picks (images differ slightly); transformers 5 ignores pre-quantized quanto
+    weights (the text encoder comes out wrong)."""
+    c = component
+    if c.format not in formats:
+        return None
+    if c.library == "transformers":
+        imports = ("from optimum.quanto import QuantizedTransformersModel",
+                   "from transformers import AutoModelForTextEncoding")
+        wrapper, head = "QuantoTextEncoder", ("class QuantoTextEncoder(QuantizedTransformersModel):",
+                                              "    auto_class = AutoModelForTextEncoding")
+        tail = ""
+        how = ("optimum-quanto QuantizedTransformersModel (transformers 5 ignores "
+               "pre-quantized quanto weights and loads garbage)")
+    else:
+        imports = ("from optimum.quanto import QuantizedDiffusersModel", f"from diffusers import {c.class_name}")
+        wrapper = f"Quanto{c.class_name}"
+        head = (f"class {wrapper}(QuantizedDiffusersModel):", f"    base_class = {c.class_name}")
+        tail = ".to(dtype)"  # quanto builds the empty model in float32: bring biases back to the dtype
+        how = ("optimum-quanto QuantizedDiffusersModel (diffusers' from_pretrained reads it "
+               "too, but int4 then keeps quanto's generic layout, not the CPU kernel's packing: "
+               "close, not bit-identical)")
+    return PlainLoad(True, True, how, imports=imports, defines=("", *head, ""),
+                     before=(f'{c.name} = {wrapper}.from_pretrained(f"{{folder}}/{c.name}")._wrapped{tail}',))
 
 
 def load_saved(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, device: str) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 from diffquant.backends.base import (
     ComponentContext,
     MemoryTraits,
+    PlainLoad,
     config_only,
     no_cached_file,
     no_compile_issue,
@@ -77,6 +78,12 @@ def notes(spec: QuantSpec, device: str) -> list[str]:
 def disk_offload_breaks(spec: QuantSpec) -> str | None:
     # Measured with diffusers 0.42.1 (tests/test_backends.py keeps this honest).
     return "produces NaN latents (uint4) or another image (int8) (the quantized tensors are not restored)."
+
+
+def plain_load(component: Any) -> PlainLoad | None:
+    return PlainLoad(True, True, f"{component.library} from_pretrained with sdnq installed: close, not bit-identical "
+                                 "(diffusers 0.42.1 + sdnq 0.2.8 round the saved float32 scales through "
+                                 "bf16 on load; diffquant.load_pipeline restores them exactly)")
 
 
 def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:

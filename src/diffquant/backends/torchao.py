@@ -16,6 +16,7 @@ from diffquant.backends.base import (
     nothing_after_load,
     nothing_before_load,
     package_missing,
+    plain_as_native,
 )
 from diffquant.recipes.model import QuantSpec
 
@@ -29,6 +30,7 @@ cached_file = no_cached_file
 before_load = nothing_before_load
 after_load = nothing_after_load
 load_saved = no_saved_formats  # torchao components reload through the libraries
+plain_load = plain_as_native
 
 _CPU_REFUSALS = {
     "int4wo": "torchao int4 weight-only has no CPU layout (its packed formats need CUDA kernels). "

@@ -21,8 +21,6 @@ CARD = "README.md"
 IMAGES = "images"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 RELATIONS = ("adapter", "merge", "quantized", "finetune")
-_BACKEND_TAGS = {"bnb": "bitsandbytes", "torchao": "torchao", "quanto": "optimum-quanto", "gguf": "gguf",
-                 "layerwise": "fp8"}
 _QUALITY_ORDER = ("psnr", "ssim", "ms-ssim", "lpips", "clip-score", "shapes-adherence", "latent-rel-error")
 
 
@@ -81,7 +79,7 @@ def card_metadata(export: Export, measured: Measured | None = None, base_model: 
     weights = meta.get("weights") or {}
     for c in export.quantized():
         assert c.spec is not None
-        tags += [_BACKEND_TAGS.get(c.backend or "", c.backend or ""), f"{c.backend}-{c.spec['type']}"]
+        tags += [_backend_tag(c.backend or ""), f"{c.backend}-{c.spec['type']}"]
         components[c.name] = {"backend": c.backend, "type": c.spec["type"], "options": c.spec.get("options") or {},
                               "skip_modules": c.spec.get("skip_modules") or [], "format": c.format,
                               "weight_bytes": (weights.get(c.name) or {}).get("weight_bytes")}
@@ -164,7 +162,7 @@ def _body(export: Export, data: dict[str, Any], measured: Measured | None,
         quant += f", skip {skip}" if skip else ""
         size = f"{w['weight_bytes']:,} ({w['weight_bytes'] / 2**20:.1f} MiB)" if w else "-"
         bits = f"{w['bits_per_weight']:.2f}" if w else "-"
-        lines.append(f"| {c.name} | {c.class_name} | {quant} | {_format_text(c.format)} | {size} | {bits} |")
+        lines.append(f"| {c.name} | {c.class_name} | {quant} | {_format_text(c.format, c.backend)} | {size} | {bits} |")
     lines += ["", ("Weight bytes are the tensors' storage as loaded (quantization scales included), counted "
                   "by `diffquant.inspect.component_stats`."), ""]
     lines += _loading_section(export)
@@ -177,10 +175,22 @@ def _body(export: Export, data: dict[str, Any], measured: Measured | None,
     return "\n".join(lines)
 
 
-def _format_text(fmt: str) -> str:
-    return {"native": "safetensors (the library's own save)", "native-pickle": "**pickle (.bin)**",
-            "quanto-requantize": "safetensors + quanto_qmap.json", "bnb-prequantized": "safetensors (bitsandbytes packed)",
-            "layerwise-fp8": "safetensors (float8)", "gguf-file": "GGUF"}.get(fmt, fmt)
+def _backend_tag(backend: str) -> str:
+    from diffquant.recipes.catalog import BACKENDS
+
+    entry = BACKENDS.get(backend)
+    return entry.tag if entry else backend
+
+
+def _format_text(fmt: str, backend: str | None = None) -> str:
+    """A format's files in words: the backend's own formats (its module's ``formats``), else the library's."""
+    if backend is not None:
+        from diffquant.backends import get_backend
+
+        own = get_backend(backend).formats.get(fmt)
+        if own:
+            return own
+    return {"native": "safetensors (the library's own save)", "native-pickle": "**pickle (.bin)**"}.get(fmt, fmt)
 
 
 def _loading_section(export: Export) -> list[str]:

@@ -1,4 +1,5 @@
-"""Where an export loads, and the exact lines that load it without diffquant.
+"""Where an export loads, and the exact lines that load it without diffquant. Each backend's module
+says how plain libraries load its components (``plain_load``); the facts below live there.
 
 Facts measured with diffusers 0.42, transformers 5, optimum-quanto 0.2.7, bitsandbytes 0.50 and
 torchao 0.18 (tests/test_export_load.py runs the generated lines and compares images):
@@ -25,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffquant.backends.base import PlainLoad
 from diffquant.export.files import COMPONENT_MARKER, EXPORT_MARKER
-from diffquant.export.formats import GGUF_FILE
 
 MARKER = EXPORT_MARKER
 
@@ -90,39 +91,20 @@ def _has_quantization_config(folder: Path) -> bool:
     return config.is_file() and "quantization_config" in json.loads(config.read_text())
 
 
-@dataclass(frozen=True)
-class Support:
-    cpu: bool
-    cuda: bool
-    how: str  # the loader
-    why_not: str = ""  # when one of the two is False
+Support = PlainLoad  # whether plain libraries load a component, and how (kept under its old name)
 
 
 def plain_support(c: ComponentExport) -> Support:
-    """Whether plain diffusers/transformers (plus the backend's own package) load this component."""
-    if c.format == "bnb-prequantized" and c.library == "diffusers":
-        return Support(False, True, "diffusers from_pretrained (BitsAndBytesConfig in config.json; bitsandbytes' "
-                                    "own packed layout, the one a GPU save writes; not exercised by diffquant's "
-                                    "CPU-only tests)",
-                       "diffusers' bitsandbytes loader needs a GPU ('No GPU found. A GPU is needed for "
-                       "quantization.'), although bitsandbytes itself runs on CPU")
-    if c.format == "native" and c.backend == "sdnq":
-        return Support(True, True, f"{c.library} from_pretrained with sdnq installed: close, not bit-identical "
-                                   "(diffusers 0.42.1 + sdnq 0.2.8 round the saved float32 scales through "
-                                   "bf16 on load; diffquant.load_pipeline restores them exactly)")
-    how = {
-        "native": f"{c.library} from_pretrained",
-        "native-pickle": f"{c.library} from_pretrained (a pickle: trust the source)",
-        "bnb-prequantized": ("transformers from_pretrained (BitsAndBytesConfig in config.json); on CPU its "
-                             "output is close to diffquant's, not bit-identical (same tensors, measured)"),
-        "layerwise-fp8": f"{c.library} from_pretrained, then layerwise casting to float8",
-        "gguf-file": "diffusers from_single_file(..., config=folder, GGUFQuantizationConfig)",
-        "quanto-requantize": ("optimum-quanto QuantizedDiffusersModel (diffusers' from_pretrained reads it "
-                              "too, but int4 then keeps quanto's generic layout, not the CPU kernel's packing: "
-                              "close, not bit-identical)" if c.library == "diffusers"
-                              else "optimum-quanto QuantizedTransformersModel (transformers 5 ignores "
-                                   "pre-quantized quanto weights and loads garbage)"),
-    }.get(c.format)
+    """Whether plain diffusers/transformers (plus the backend's own package) load this component:
+    its backend answers (``plain_load``), else the library's own format does."""
+    if c.backend is not None:
+        from diffquant.backends import get_backend
+
+        answer = get_backend(c.backend).plain_load(c)
+        if answer is not None:
+            return answer
+    how = {"native": f"{c.library} from_pretrained",
+           "native-pickle": f"{c.library} from_pretrained (a pickle: trust the source)"}.get(c.format)
     if how is None:
         return Support(False, False, "diffquant only", f"unknown format {c.format!r}")
     return Support(True, True, how)
@@ -134,25 +116,22 @@ def plain_code(export: Export, device: str = "cpu", folder: str | None = None) -
     kinds = {"cpu": "cpu", "cuda": "cuda"}
     if device not in kinds:
         raise ValueError(device)
-    if not all(getattr(plain_support(c), device) for c in export.components):
+    supports = [(c, plain_support(c)) for c in export.components]
+    if not all(getattr(s, device) for _, s in supports):
         return None
     imports = {"import torch", f"from diffusers import {export.pipeline_class}"}
     pre: list[str] = []
     passed: list[str] = []
     post: list[str] = []
-    for c in export.components:
-        if c.format == "gguf-file":
-            imports.add(f"from diffusers import {c.class_name}, GGUFQuantizationConfig")
-            pre += [f"{c.name} = {c.class_name}.from_single_file(",
-                    f'    f"{{folder}}/{c.name}/{GGUF_FILE}", config=f"{{folder}}/{c.name}",',
-                    "    quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), torch_dtype=dtype)"]
+    for c, s in supports:
+        imports.update(s.imports)
+        if s.defines and "\n".join(s.defines) not in "\n".join(pre):
+            pre += s.defines
+        if s.before:
+            pre += s.before
             passed.append(c.name)
-        elif c.format == "quanto-requantize":
-            pre += _quanto_lines(c, imports, pre)
-            passed.append(c.name)
-        elif c.format == "layerwise-fp8" and c.spec is not None:
-            post += _casting_lines(c, imports)
-    on_gpu_already = any(c.backend == "bnb" for c in export.components)
+        post += s.after
+    on_gpu_already = any(s.on_device for _, s in supports)
     args = "".join(f"{n}={n}, " for n in passed)
     lines = sorted(imports) + ["", f'folder = "{folder or export.label}"  # this folder',
                                f"dtype = torch.{export.dtype}", *pre,
@@ -160,39 +139,6 @@ def plain_code(export: Export, device: str = "cpu", folder: str | None = None) -
     if device == "cuda" and not on_gpu_already:
         lines.append('pipe.to("cuda")')
     return "\n".join(lines).replace("\n\n\n", "\n\n") + "\n"
-
-
-def _quanto_lines(c: ComponentExport, imports: set[str], pre: list[str]) -> list[str]:
-    """optimum-quanto's own loaders (its quantization map + safetensors), one wrapper class per kind."""
-    if c.library == "transformers":
-        imports |= {"from optimum.quanto import QuantizedTransformersModel",
-                    "from transformers import AutoModelForTextEncoding"}
-        wrapper, head = "QuantoTextEncoder", ["class QuantoTextEncoder(QuantizedTransformersModel):",
-                                               "    auto_class = AutoModelForTextEncoding"]
-        tail = ""
-    else:
-        imports |= {"from optimum.quanto import QuantizedDiffusersModel", f"from diffusers import {c.class_name}"}
-        wrapper = f"Quanto{c.class_name}"
-        head = [f"class {wrapper}(QuantizedDiffusersModel):", f"    base_class = {c.class_name}"]
-        tail = ".to(dtype)"  # quanto builds the empty model in float32: bring biases back to the dtype
-    lines = ["", *head, ""] if f"class {wrapper}(" not in "\n".join(pre) else []
-    return lines + [f'{c.name} = {wrapper}.from_pretrained(f"{{folder}}/{c.name}")._wrapped{tail}']
-
-
-def _casting_lines(c: ComponentExport, imports: set[str]) -> list[str]:
-    assert c.spec is not None
-    storage = "torch.float8_e4m3fn" if c.spec.get("type") == "e4m3" else "torch.float8_e5m2"
-    skip = tuple(c.spec.get("skip_modules") or ())
-    if not skip and c.library == "diffusers":
-        return [f"pipe.{c.name}.enable_layerwise_casting(storage_dtype={storage}, compute_dtype=dtype)"]
-    imports.add("from diffusers.hooks import apply_layerwise_casting")
-    if skip:
-        pattern = repr(skip)
-    else:
-        imports.add("from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN")
-        pattern = f"tuple(DEFAULT_SKIP_MODULES_PATTERN) + tuple(pipe.{c.name}._keep_in_fp32_modules or ())"
-    return [f"apply_layerwise_casting(pipe.{c.name}, storage_dtype={storage}, compute_dtype=dtype,",
-            f"                        skip_modules_pattern={pattern})"]
 
 
 def diffquant_code(export: Export, folder: str | None = None) -> str:

@@ -20,6 +20,7 @@ class OptionDef:
     default: str | int | None = None  # a value that means the same as leaving the option out (dropped)
     excludes: tuple[str, ...] = ()  # options of the same token that mean nothing beside this one
     excludes_why: str = ""  # why, completing "<backend> 'opt' ..."
+    noun: str = ""  # what its value is, in an error about it (e.g. "patterns")
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ BACKENDS: dict[str, BackendDef] = {
                            excludes=("keep", "layout"),
                            excludes_why="only apply when diffquant writes the file; a given path is loaded as it is."),
          "keep": OptionDef("keep", str, "name patterns written at higher precision, '|' separated "
-                                        "(pattern or pattern=TYPE)"),
+                                        "(pattern or pattern=TYPE)", noun="patterns"),
          "layout": OptionDef("layout", str, "key layout of a written file", choices=("diffusers", "bfl"),
                              default="diffusers"),
          "cpu_kernel": OptionDef("cpu_kernel", bool, "CPU: dequantize each layer with diffquant's compiled "

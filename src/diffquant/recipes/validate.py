@@ -189,7 +189,8 @@ def quant_options(token: str, backend: cat.BackendDef, qtype: str,
     for key, odef in backend.options.items():  # e.g. gguf's path= leaves nothing for keep= to do
         given = [other for other in odef.excludes if key in out and other in out]
         if given:
-            raise DiffquantError(f"{backend.name} {' and '.join(map(repr, given))} {odef.excludes_why}",
+            what = " and ".join(f"{o!r} {backend.options[o].noun}".rstrip() for o in given)
+            raise DiffquantError(f"{backend.name} {what} {odef.excludes_why}",
                                  hint=f"drop {given[0]}= or {key}=")
     return tuple(sorted(out.items()))
 
