@@ -172,3 +172,18 @@ def test_toy_backend_plans_loads_and_generates(toy: Any) -> None:
     diff = (out.latents - reference.latents).abs()
     assert torch.isfinite(out.latents).all()
     assert 0 < float(diff.mean()) < float(reference.latents.abs().mean())  # quantized: close, not equal
+
+
+def test_a_backend_may_name_its_own_tokens() -> None:
+    entry = BackendDef("toyname", "Toy with its own token names", "torch", "core",
+                       {"int8": TypeDef("int8", "int8", 8.0), "int4": TypeDef("int4", "int4", 4.5)},
+                       tokens={"int8-toy": "int8", "int8-toy-int8": "int8", "int4-toy": "int4"})
+    register_backend(entry, SimpleNamespace(name="toyname"))
+    try:
+        recipe = parse_recipe("int4-toy+int8-toy-int8@text_encoder")
+        assert [(q.backend, q.qtype) for q in recipe.quant] == [("toyname", "int4"), ("toyname", "int8")]
+        assert recipe.name == "int4-toy+int8-toy@text_encoder"  # the first name of a type is its name
+        with pytest.raises(DiffquantError, match=r"Unknown recipe token 'toyname-int8'[\s\S]*Did you mean: 'int8-toy"):
+            parse_recipe("toyname-int8")  # its own names replace <name>-<type>
+    finally:
+        unregister_backend("toyname")

@@ -223,6 +223,11 @@ def quant_token_names() -> list[str]:
     return [token for b in ordered for token in b.token_names()]
 
 
+def own_token(name: str) -> tuple[BackendDef, str] | None:
+    """The backend and type of a token a backend names itself (``fp8-layerwise``), else None."""
+    return next(((b, b.tokens[name]) for b in BACKENDS.values() if name in b.tokens), None)
+
+
 def all_token_names() -> list[str]:
     return (quant_token_names() + list(DTYPES) + list(OFFLOAD_TOKENS) + list(VAE_TOKENS)
             + [COMPILE_TOKEN])

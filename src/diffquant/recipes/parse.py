@@ -141,15 +141,16 @@ def _quant_order(spec: QuantSpec) -> tuple[int, str]:
 
 
 def _is_quant_name(name: str) -> bool:
-    if name in cat.LAYERWISE_TOKENS:
+    if cat.own_token(name):
         return True
     prefix = name.split("-", 1)[0]
-    return prefix in cat.BACKENDS and prefix != "layerwise"
+    return prefix in cat.BACKENDS and not cat.BACKENDS[prefix].tokens
 
 
 def _parse_quant(name: str, opts: RawOptions, target: str) -> QuantSpec:
-    if name in cat.LAYERWISE_TOKENS:
-        backend, qtype = cat.BACKENDS["layerwise"], cat.LAYERWISE_TOKENS[name]
+    own = cat.own_token(name)
+    if own:
+        backend, qtype = own
     else:
         prefix, _, qtype = name.partition("-")
         backend = cat.BACKENDS[prefix]
