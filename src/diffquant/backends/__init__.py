@@ -1,5 +1,7 @@
-"""One module per quantization backend, and the single question every caller asks first:
-can this recipe run on this device, and if not, why not?"""
+"""One module per quantization backend, found by name through its catalogue entry
+(:func:`get_backend`; :func:`register_backend` adds one at run time), and the questions generic
+code asks about a whole recipe: can it run on this device and if not why not, what to note, what
+to prepare and repair around loading a saved pipeline. See docs/architecture.md, "A backend"."""
 
 from __future__ import annotations
 
