@@ -17,7 +17,6 @@ each finished run (or failure) written to the results database as soon as it end
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import shutil
 import signal
@@ -29,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffquant.bench.executors import Executor, Job, make_executor
+from diffquant.bench.executors import make_executor
+from diffquant.bench.jobs import Executor, Job, PlannedRun, now_iso
 from diffquant.bench.runner import WorkerOutcome
 from diffquant.bench.spec import BenchSettings, RunSpec, run_key, slug, sweep_id
 from diffquant.errors import DiffquantError
@@ -75,21 +75,6 @@ class SweepOptions:
 
 
 @dataclass
-class PlannedRun:
-    index: int
-    text: str  # as the user wrote it
-    name: str  # canonical recipe string (the text itself if it did not parse)
-    recipe_hash: str
-    run_key: str
-    problem: str | None = None  # why it will be an error row without a worker
-    outcome_kind: str | None = None  # "invalid" | "unavailable" (with problem)
-    existing: RunRow | None = None
-    action: str = "run"  # "run" | "skip"
-    compiled: bool = False
-    note: str | None = None  # e.g. why the reference runs with offload (--budget)
-
-
-@dataclass
 class SweepReport:
     sweep_id: str
     model: str
@@ -124,10 +109,6 @@ class SweepReport:
     def exit_status(self) -> int:
         """0 when every run succeeded or was refused as unable to run here, else 1."""
         return 1 if self.broken else 0
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def default_prompts(model: str) -> tuple[str, ...]:

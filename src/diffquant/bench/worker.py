@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffquant.atomic import atomic_path, write_json_atomic
 from diffquant.bench.spec import RunSpec
 from diffquant.errors import DiffquantError
 
@@ -90,12 +91,6 @@ def _fault(spec: RunSpec, phase: str) -> None:
     raise ValueError(f"unknown fault {spec.fault!r}")
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_image(output: Any, folder: Path, stem: str, meta: dict[str, str], with_latents: bool = True
                ) -> tuple[Path, Path | None]:
     """PNG with metadata, then the latents as safetensors; each written to a temp name and renamed."""
@@ -106,17 +101,15 @@ def save_image(output: Any, folder: Path, stem: str, meta: dict[str, str], with_
     info = PngInfo()
     for key, value in meta.items():
         info.add_text(key, value)
-    tmp = folder / f".{stem}.png.tmp"
-    output.image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, png)
+    with atomic_path(png, suffix=".png") as tmp:
+        output.image.save(tmp, format="PNG", pnginfo=info)
     if not with_latents or output.latents is None:
         return png, None
     from safetensors.torch import save_file
 
     latents = folder / f"{stem}.latents.safetensors"
-    tmp = folder / f".{stem}.latents.tmp"
-    save_file({"latents": output.latents.contiguous()}, str(tmp), metadata=meta)
-    os.replace(tmp, latents)
+    with atomic_path(latents) as tmp:
+        save_file({"latents": output.latents.contiguous()}, str(tmp), metadata=meta)
     return png, latents
 
 
@@ -404,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
     metrics["worker.wall_s"] = time.perf_counter() - started
     events.send("phase", phase="done")
-    _write_json_atomic(Path(spec.result_path), result)
+    write_json_atomic(Path(spec.result_path), result)
     sys.stdout.flush()
     sys.stderr.flush()
     return code

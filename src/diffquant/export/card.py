@@ -37,7 +37,7 @@ def write_card(folder: Path, *, card_from: Path | None = None, base_model: str |
                name: str | None = None) -> Path:
     """(Re)write ``folder/README.md`` (and its sample images, with ``card_from``); returns its path.
     ``name`` is the folder's final name when it is written under a temporary one."""
-    from diffquant.store.export import write_atomic
+    from diffquant.atomic import write_text_atomic as write_atomic
 
     folder = Path(folder)
     export = read_export(folder, name)

@@ -144,7 +144,7 @@ def load_component(folder: Path, meta: dict[str, Any], dtype: Any, device: str) 
     import torch
     from safetensors.torch import load_file
 
-    from diffquant.recipes.validate import recipe_from_dict
+    from diffquant.recipes.model import recipe_from_dict
 
     spec = recipe_from_dict({"quant": [meta["spec"]]}).quant[0]
     fmt = meta["format"]

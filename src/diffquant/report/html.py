@@ -188,7 +188,7 @@ def environment_tables(envs: list[tuple[str, dict[str, Any]]]) -> dict[str, list
 def render_html(data: ReportData, assets: Assets) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    from diffquant import __version__
+    from diffquant._version import __version__
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
