@@ -9,11 +9,14 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from diffquant.bench.runner import EventHandler, WorkerOutcome
 from diffquant.bench.spec import RunSpec
 from diffquant.store import RunRow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffquant.recipes.model import Recipe
 
 
 def now_iso() -> str:
@@ -33,6 +36,7 @@ class PlannedRun:
     action: str = "run"  # "run" | "skip"
     compiled: bool = False
     note: str | None = None  # e.g. why the reference runs with offload (--budget)
+    recipe: Recipe | None = None  # parsed once, here; its dict and hash go to the worker (None: invalid)
 
 
 @dataclass

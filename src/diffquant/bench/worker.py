@@ -115,7 +115,7 @@ def save_image(output: Any, folder: Path, stem: str, meta: dict[str, str], with_
 
 @dataclass
 class Context:
-    """What the phases share: the spec, where results go, and the measuring tools."""
+    """What the phases share: the spec, the recipe it carries, where results go, the measuring tools."""
 
     spec: RunSpec
     metrics: dict[str, Any]
@@ -126,6 +126,23 @@ class Context:
     nvml: Any  # bench.measure.Nvml | None
     on_cuda: bool
     sync: Any  # torch.cuda.synchronize | None
+    recipe: Any = None  # recipes.Recipe rebuilt from the spec's dict (received_recipe); None: rebuild it
+
+
+def received_recipe(spec: RunSpec) -> Any:
+    """The Recipe the parent sent, rebuilt from its dict form; its hash must be the one sent with it
+    (a dict that does not round-trip is refused here, before anything is loaded)."""
+    from diffquant.recipes import load_recipe
+    from diffquant.recipes.model import Recipe
+
+    if spec.recipe_dict is None:  # a spec written by hand: the string is all there is
+        return load_recipe(spec.recipe)
+    recipe = Recipe.from_dict(spec.recipe_dict)
+    if spec.recipe_hash is not None and recipe.hash != spec.recipe_hash:
+        raise DiffquantError(f"The recipe sent to this worker hashes to {recipe.hash}, not {spec.recipe_hash} "
+                             f"({spec.recipe!r}): the parent and the worker disagree on the recipe format.",
+                             hint="run the parent and the worker with the same diffquant version")
+    return recipe
 
 
 def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], events: Events) -> None:
@@ -145,13 +162,14 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
         warm_runtime,
     )
     from diffquant.components import resolve_model
-    from diffquant.recipes import load_recipe
 
+    recipe = received_recipe(spec)
+    result["recipe"], result["recipe_hash"] = recipe.name, recipe.hash  # what this worker was given
     on_cuda = spec.device.startswith("cuda")
     if on_cuda and not torch.cuda.is_available():
         raise DiffquantError("This run asks for device 'cuda' but torch sees no CUDA device here.",
                              hint="run with --device cpu, or on a machine with a GPU")
-    metrics["baseline.imports"] = ", ".join(import_for(load_recipe(spec.recipe), resolve_model(spec.model)))
+    metrics["baseline.imports"] = ", ".join(import_for(recipe, resolve_model(spec.model)))
     warm_runtime()
     metrics["worker.import_s"] = time.perf_counter() - started
     device_index = (torch.device(spec.device).index if on_cuda else None)
@@ -174,7 +192,7 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
     with Sampler(interval_s=spec.sample_interval_s, gpu_used=nvml.used_mib if nvml else None,
                  weight_files=weight_file_rss_mib) as sampler:
         ctx = Context(spec, metrics, result, events, sampler, baseline, nvml, on_cuda,
-                      torch.cuda.synchronize if on_cuda else None)
+                      torch.cuda.synchronize if on_cuda else None, recipe)
         pipe = load_phase(ctx)
         generate_phase(ctx, pipe)
         metrics["host.loadavg_1m.end"] = _loadavg()
@@ -206,7 +224,8 @@ def load_phase(ctx: Context) -> Any:
     _fault(spec, "load")
     t0 = time.perf_counter()
     quant_cache = Path(spec.quant_cache_dir) if spec.quant_cache_dir else None
-    pipe = load_pipeline(spec.model, spec.recipe, device=spec.device, quant_cache_dir=quant_cache)
+    recipe = ctx.recipe if ctx.recipe is not None else received_recipe(spec)
+    pipe = load_pipeline(spec.model, recipe, device=spec.device, quant_cache_dir=quant_cache)
     if ctx.sync:
         ctx.sync()
     metrics["load.wall_s"] = time.perf_counter() - t0
@@ -224,8 +243,6 @@ def load_phase(ctx: Context) -> Any:
         metrics.update(cuda_counters("load", nvml=ctx.nvml))
         metrics["load.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
     info = load_info(pipe)
-    recipe = info.recipe
-    ctx.result["recipe"], ctx.result["recipe_hash"] = recipe.name, recipe.hash
     metrics["load.quant_cache_used"] = int(bool(info.quant_cache_used))
     metrics["load.notes"] = "; ".join(info.notes) if info.notes else None
     metrics.update(info.counters)
