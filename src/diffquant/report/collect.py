@@ -187,11 +187,11 @@ def collect(db_path: Path, reference: str | None = None) -> ReportData:
         if not run.ok:
             sweep.failed.append(run)
             continue
-        is_ref = canonical_recipe(run.recipe) == ref_recipe
+        summ = summary.get(run.id, {})
+        is_ref = bool(summ.get("is_reference"))  # the one rule (store.reference)
         view = RunView(run=run, is_reference=is_ref, anchor=f"run-{run.id}-{slug(run.recipe)}",
                        quality=quality.get(run.id, {}),
                        image_quality={im.id: image_quality.get(im.id, {}) for im in run.images})
-        summ = summary.get(run.id, {})
         view.contended = bool(summ.get("contended"))
         view.summary = summ
         for key in TABLE_KEYS:

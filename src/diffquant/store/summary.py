@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffquant.store.db import RunRow
+from diffquant.store.reference import choose_reference
 
 MIB = 1024 * 1024
 
@@ -102,22 +103,19 @@ def latency_samples(run: RunRow) -> list[float]:
 
 def summary_rows(runs: Sequence[RunRow], reference: str = "bf16") -> list[dict[str, Any]]:
     """One dict per run: recipe, status, the seed's columns and ``<key>.ratio`` against the
-    reference recipe's ok run of the same sweep (None where either side is missing); on CPU
+    reference run of the same sweep (``store.reference``; None where either side is missing); on CPU
     ``<key>.process`` (the whole process's figure) and ``<key>.fallback``; the latency's IQR
     (``inference_s.p25``/``.p75``, ``.n``) and the ratio's CI (``inference_s.ratio_low``/``_high``);
     ``contended``."""
-    refs: dict[str, RunRow] = {}
-    for run in runs:
-        if run.ok and run.recipe == reference:
-            refs[run.sweep_id] = run  # the latest one wins
+    runs = list(runs)
+    refs = [choose_reference(run, runs, reference, same_sweep_only=True)[0] for run in runs]
     rows = []
-    for run in runs:
+    for run, ref in zip(runs, refs):
         row: dict[str, Any] = {"id": run.id, "sweep_id": run.sweep_id, "model": run.model,
                                "recipe": run.recipe, "device": run_device(run), "status": run.status,
                                "error": first_line(run.error) if run.error else None,
                                "contended": is_contended(run) if run.ok else None,
-                               "is_reference": bool(refs.get(run.sweep_id) is run)}
-        ref = refs.get(run.sweep_id)
+                               "is_reference": ref is run}
         device = run_device(run)
         for column in COLUMNS:
             value, fallback = _value(run, column) if run.ok else (None, False)
