@@ -282,7 +282,8 @@ class SweepDisplay:
 def finish_line(row: Any) -> str:
     from rich.markup import escape
 
-    from diffquant.store.summary import first_line, fmt_mib, fmt_s
+    from diffquant.figures import fmt_mib, fmt_s
+    from diffquant.store.summary import first_line
 
     if not row.ok:
         return f"[red]x {escape(row.recipe)}[/]: {escape(first_line(row.error or ''))}"

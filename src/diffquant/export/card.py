@@ -214,8 +214,8 @@ def _loading_section(export: Export) -> list[str]:
 
 
 def _measured_section(m: Measured, images: list[tuple[str, str | None, str, int]]) -> list[str]:
-    from diffquant.report.format import format_estimate, metric_title
-    from diffquant.store.summary import COLUMNS, counters_legend, fmt_ratio, format_cell
+    from diffquant.figures import fmt_ratio, format_estimate, metric_title
+    from diffquant.store.summary import COLUMNS, counters_legend, format_cell
 
     s = m.settings
     lines = ["## Measured", "",

@@ -15,8 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diffquant.report.collect import ReportData, RunView, SweepView, collect
-from diffquant.report.format import (
+from diffquant.figures import (
     ascii_inf,
     counter_label,
     counter_unit,
@@ -24,6 +23,7 @@ from diffquant.report.format import (
     format_estimate,
     metric_title,
 )
+from diffquant.report.collect import ReportData, RunView, SweepView, collect
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from diffquant.figures import fmt_mib, fmt_ratio, fmt_ratio_ci, fmt_s  # re-exported: scripts use them
 from diffquant.store.db import RunRow
 from diffquant.store.reference import choose_reference
 
@@ -183,34 +184,6 @@ CPU_NOTE = ("on CPU, memory is the model's own: RSS minus the worker's baseline 
 def first_line(text: str, limit: int = 160) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def fmt_mib(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 1024:.3f} GiB" if value >= 10 * 1024 else f"{value:.1f} MiB"
-
-
-def fmt_s(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 100:
-        return f"{value:.0f} s"
-    return f"{value:.3g} s" if value >= 0.01 else f"{value * 1000:.3g} ms"
-
-
-def fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}×"
-
-
-def fmt_ratio_ci(value: float | None, low: float | None, high: float | None) -> str:
-    """``1.34× [1.30, 1.38]``; ``≈1.01× [0.97, 1.05]`` when the interval holds 1.0."""
-    if value is None:
-        return "-"
-    if low is None or high is None:
-        return fmt_ratio(value)
-    mark = "≈" if low <= 1.0 <= high else ""
-    return f"{mark}{value:.2f}× [{low:.2f}, {high:.2f}]"
 
 
 def fmt_latency(row: dict[str, Any]) -> str:
