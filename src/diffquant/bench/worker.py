@@ -148,23 +148,41 @@ def received_recipe(spec: RunSpec) -> Any:
 def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], events: Events) -> None:
     """Import, take the baseline, load, generate: each phase fills ``metrics`` and ``result`` as it
     goes (so a failure part-way still reports what was measured before it)."""
-    started = time.perf_counter()
     events.send("phase", phase="import")
+    recipe = received_recipe(spec)
+    result["recipe"], result["recipe_hash"] = recipe.name, recipe.hash  # what this worker was given
+    on_cuda, nvml = import_phase(spec, recipe, metrics, result)
+    baseline = baseline_phase(metrics)
+    import torch  # imported by now
+
+    from diffquant.bench.measure import Sampler, weight_file_rss_mib
+    from diffquant.bench.phases import contention_counters, host_cores
+
+    own_threads = 1 if on_cuda else torch.get_num_threads()
+    with Sampler(interval_s=spec.sample_interval_s, gpu_used=nvml.used_mib if nvml else None,
+                 weight_files=weight_file_rss_mib) as sampler:
+        ctx = Context(spec, metrics, result, events, sampler, baseline, nvml, on_cuda,
+                      torch.cuda.synchronize if on_cuda else None, recipe)
+        pipe = load_phase(ctx)
+        generate_phase(ctx, pipe)
+        metrics["host.loadavg_1m.end"] = _loadavg()
+    metrics["sampler.interval_s"] = spec.sample_interval_s
+    metrics["sampler.samples"] = sum(p.samples for p in sampler.peaks.values())
+    loads = [p.loadavg_1m for p in sampler.peaks.values() if p.loadavg_1m is not None]
+    metrics.update(contention_counters(max(loads) if loads else None, own_threads, host_cores()))
+
+
+def import_phase(spec: RunSpec, recipe: Any, metrics: dict[str, Any], result: dict[str, Any]) -> tuple[bool, Any]:
+    """Import torch, diffusers and everything the recipe's backends use (the baseline must come
+    after them); the device check; the environment. Returns (on CUDA, the NVML reader or None)."""
+    started = time.perf_counter()
     import torch
 
     from diffquant.bench.env import capture_env
-    from diffquant.bench.measure import Nvml, Sampler, proc_status, weight_file_rss_mib
-    from diffquant.bench.phases import (
-        contention_counters,
-        host_cores,
-        import_for,
-        take_baseline,
-        warm_runtime,
-    )
+    from diffquant.bench.measure import Nvml
+    from diffquant.bench.phases import import_for, warm_runtime
     from diffquant.components import resolve_model
 
-    recipe = received_recipe(spec)
-    result["recipe"], result["recipe_hash"] = recipe.name, recipe.hash  # what this worker was given
     on_cuda = spec.device.startswith("cuda")
     if on_cuda and not torch.cuda.is_available():
         raise DiffquantError("This run asks for device 'cuda' but torch sees no CUDA device here.",
@@ -178,7 +196,14 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
     env["device"] = spec.device
     if nvml is not None and nvml.error:
         env["nvml"] = f"unavailable ({nvml.error})"
+    return on_cuda, nvml
 
+
+def baseline_phase(metrics: dict[str, Any]) -> Any:
+    """The process's memory once everything is imported and before any weight is read
+    (``bench.phases.Baseline``); what importing freed is handed back first."""
+    from diffquant.bench.measure import proc_status, weight_file_rss_mib
+    from diffquant.bench.phases import take_baseline
     from diffquant.file_pages import trim_heap
 
     gc.collect()
@@ -188,18 +213,7 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
     metrics["host.loadavg_1m.before_load"] = _loadavg()
     metrics["proc.rss_mib.before_load"] = baseline.rss_mib
     metrics["proc.rss_anon_mib.before_load"] = baseline.rss_anon_mib
-    own_threads = 1 if on_cuda else torch.get_num_threads()
-    with Sampler(interval_s=spec.sample_interval_s, gpu_used=nvml.used_mib if nvml else None,
-                 weight_files=weight_file_rss_mib) as sampler:
-        ctx = Context(spec, metrics, result, events, sampler, baseline, nvml, on_cuda,
-                      torch.cuda.synchronize if on_cuda else None, recipe)
-        pipe = load_phase(ctx)
-        generate_phase(ctx, pipe)
-        metrics["host.loadavg_1m.end"] = _loadavg()
-    metrics["sampler.interval_s"] = spec.sample_interval_s
-    metrics["sampler.samples"] = sum(p.samples for p in sampler.peaks.values())
-    loads = [p.loadavg_1m for p in sampler.peaks.values() if p.loadavg_1m is not None]
-    metrics.update(contention_counters(max(loads) if loads else None, own_threads, host_cores()))
+    return baseline
 
 
 def load_phase(ctx: Context) -> Any:
