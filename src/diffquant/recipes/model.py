@@ -1,7 +1,10 @@
-"""Recipe data model: frozen dataclasses with a schema version and a stable content hash.
+"""The Recipe: a frozen dataclass with a schema version, a stable content hash, its dict form
+(``to_dict`` / ``from_dict``) and its canonical string (``name``; ``parse.parse_recipe`` reads it back).
 
 A recipe says, per pipeline component, how to quantize it (``QuantSpec``), plus memory options
-(``MemorySpec``) and compile options (``CompileSpec``). No torch import here.
+(``MemorySpec``) and compile options (``CompileSpec``); those parts live in ``specs.py``, below the
+checks (``validate.py``) and the dict form (``dict_form.py``) that this module builds on.
+No torch import here.
 """
 
 from __future__ import annotations
