@@ -142,6 +142,8 @@ def test_checker_sees_every_kind_of_edge() -> None:
     graph = import_graph(SRC, "diffquant")
     assert len(graph) > 100  # it read the tree, not an empty folder
     assert "diffquant.errors" in graph["diffquant.recipes.parse"]  # a module-level edge it must see
+    assert "diffquant.bench.executor_ray" in graph["diffquant.bench.executors"]  # one inside a function
+    assert "diffquant.store" in graph["diffquant.bench.jobs"]  # `from diffquant.store import` -> store/__init__
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
