@@ -314,10 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         result["sdcpp"] = bench_sdcpp(args.model, sizes[0], args.steps, args.repeats)
         print(f"  {result['sdcpp'].get('status')}: {result['sdcpp'].get('error', '')}", flush=True)
     result["loadavg_1m_end"] = os.getloadavg()[0]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, args.out)
+    from diffquant.atomic import write_text_atomic
+
+    write_text_atomic(args.out, json.dumps(result, indent=1))
     print(f"wrote {args.out}")
     return 0
 

@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         print("This benchmark needs a CUDA GPU (torch sees none). On CPU use benchmarks/bench_recipes_cpu.py.",
               file=sys.stderr)
         return 2
-    from diffquant.arguments import parse_seeds, parse_size
+    from diffquant.arguments import parse_seeds, parse_width_height
     from diffquant.commands.bench import write_reports
 
-    width, height = parse_size(args.size) if args.size else (None, None)
+    width, height = parse_width_height(args.size) if args.size else (None, None)
     settings = resolve_settings(args.model, prompts=list(SEED_PROMPTS[: max(1, min(args.prompts, 3))]),
                                 seeds=parse_seeds(args.seeds), steps=args.steps, width=width, height=height,
                                 guidance_scale=3.5, device="cuda", repeats=args.repeats)

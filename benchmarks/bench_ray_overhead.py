@@ -142,10 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         print(render(json.loads(args.out.read_text(encoding="utf-8"))))
         return 0
     record = measure(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, args.out)
+    from diffquant.atomic import write_text_atomic
+
+    write_text_atomic(args.out, json.dumps(record, indent=2, default=str) + "\n")
     print(render(record))
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from diffquant.arguments import parse_size
+from diffquant.arguments import parse_width_height
 from diffquant.bench import SweepOptions, resolve_settings, run_sweep
 from diffquant.bench.phases import contention_counters
 from diffquant.commands.bench import SweepDisplay, default_quant_cache
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from diffquant.bench.sweep import SEED_PROMPTS
 
-    width, height = parse_size(args.size) if args.size else (None, None)
+    width, height = parse_width_height(args.size) if args.size else (None, None)
     settings = resolve_settings(args.model, prompts=list(SEED_PROMPTS[: max(1, min(args.prompts, 3))]), seeds=[0],
                                 steps=args.steps, width=width, height=height, device="cpu", repeats=args.repeats)
     from diffquant.commands.bench import split_recipes

@@ -200,7 +200,9 @@ def random_gguf_linears(model: Any, qtype: str, device: str, scale: float = 1e-4
 def step_inputs(config: dict[str, Any], size: str, device: str, text_tokens: int) -> dict[str, Any]:
     import torch
 
-    width, height = (int(x) for x in size.lower().split("x"))
+    from diffquant.arguments import parse_width_height
+
+    width, height = parse_width_height(size)
     tokens = (height // 16) * (width // 16)  # VAE /8, then 2x2 patches
     gen = torch.Generator(device=device).manual_seed(0)
 

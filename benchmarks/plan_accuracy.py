@@ -63,13 +63,13 @@ def measured(m: dict[str, Any], device: str) -> dict[str, float | None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from diffquant.arguments import parse_size
+    from diffquant.arguments import parse_width_height
     from diffquant.bench import SweepOptions, resolve_settings, run_sweep
     from diffquant.commands.bench import split_recipes
     from diffquant.plan import plan_model
 
     recipes = split_recipes(args.recipes) if args.recipes else list(CUDA_RECIPES if args.device == "cuda" else CPU_RECIPES)
-    width, height = parse_size(args.size) if args.size else (None, None)
+    width, height = parse_width_height(args.size) if args.size else (None, None)
     results = []
     for model in split_recipes(args.models):
         settings = resolve_settings(model, steps=args.steps, height=height, width=width, device=args.device,

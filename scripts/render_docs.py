@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +140,7 @@ def _number(value: Any) -> float | None:
 
 def fmt_counter(name: str, value: Any) -> str:
     """A counter's value with its unit, read from the counter's name."""
-    from diffquant.store.summary import fmt_mib, fmt_s
+    from diffquant.figures import fmt_mib, fmt_s
 
     number = _number(value)
     if number is None:
@@ -164,8 +162,10 @@ def half_up(value: float, places: int) -> str:
 
 
 def fmt_ratio(mine: Any, theirs: Any) -> str:
+    from diffquant.figures import fmt_ratio as ratio_text
+
     a, b = _number(mine), _number(theirs)
-    return "-" if a is None or not b else f"{a / b:.2f}×"
+    return ratio_text(None if a is None or not b else a / b)
 
 
 # --- views ----------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def view_cpu_recipes(data: Mapping[str, Any], block: Block) -> Table:
     """benchmarks/bench_recipes_cpu.py's table: per recipe the model's own memory (the process's
     beside it), the latency with its IQR and the ratio to bf16 with its bootstrap 95% CI, from the
     ``summary`` that ``diffquant results --format json`` exports with each run."""
-    from diffquant.store.summary import fmt_mib, fmt_ratio, fmt_ratio_ci, fmt_s
+    from diffquant.figures import fmt_mib, fmt_ratio, fmt_ratio_ci, fmt_s
 
     runs = _runs(data, block)
     headers = ["recipe", "weights (×bf16)", "after loading: model (process)",
@@ -440,15 +440,9 @@ def _first_difference(have: Sequence[str], want: Sequence[str]) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from diffquant.atomic import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

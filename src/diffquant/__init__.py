@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from diffquant._version import __version__
 from diffquant.errors import DiffquantError
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffquant.recipes import Recipe

@@ -41,8 +41,9 @@ def _int(text: str, what: str, example: str) -> int:
     return int(cleaned)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'1024x768' -> (width, height) = (1024, 768); '512' -> (512, 512)."""
+def parse_width_height(text: str) -> tuple[int, int]:
+    """'1024x768' -> (width, height) = (1024, 768); '512' -> (512, 512). The one size parser: the
+    text and the tuple are both WIDTH first (diffusers' call takes them by name: height=, width=)."""
     example = "--size 1024x1024 (WIDTHxHEIGHT) or --size 512 for a square"
     parts = re.split(r"[x×*]", text.strip().lower()) if isinstance(text, str) else []
     if len(parts) not in (1, 2):
@@ -54,6 +55,9 @@ def parse_size(text: str) -> tuple[int, int]:
             raise DiffquantError(f"Image {label} {value} in {text!r} is out of range (1 to {MAX_SIDE} pixels).",
                                  hint=f"write e.g. {example}")
     return width, height
+
+
+parse_size = parse_width_height  # the earlier name; same order (width, height)
 
 
 def parse_steps(text: str) -> int:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from diffquant.atomic import atomic_path
 
 
 def save_png(image: Any, path: Path, metadata: dict[str, str] | None = None) -> Path:
@@ -17,15 +17,6 @@ def save_png(image: Any, path: Path, metadata: dict[str, str] | None = None) -> 
     info = PngInfo()
     for key, value in (metadata or {}).items():
         info.add_text(f"diffquant.{key}", str(value))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a kept file gets the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

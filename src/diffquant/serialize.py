@@ -39,7 +39,7 @@ def save_quantized(pipe: Any, out_dir: Path, *, link_unquantized: bool = False, 
     ``card_from`` is a results database whose runs of this model and recipe fill the card's
     measured table; ``base_model`` the Hub id the card names (default: the source, if a Hub id).
     """
-    from diffquant import __version__
+    from diffquant._version import __version__
     from diffquant.components import read_components, resolve_targets
     from diffquant.load_record import load_info
     from diffquant.settings import default_settings

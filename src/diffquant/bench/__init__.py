@@ -4,10 +4,10 @@
 Heavy imports (torch, diffusers) happen only inside the worker and in functions that need them.
 """
 
+from diffquant.bench.jobs import PlannedRun
 from diffquant.bench.spec import BenchSettings, RunSpec, run_key, sweep_id
 from diffquant.bench.sweep import (
            SEED_PROMPTS,
-           PlannedRun,
            SweepOptions,
            SweepReport,
            resolve_settings,

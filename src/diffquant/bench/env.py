@@ -83,7 +83,7 @@ def gpu_info() -> dict[str, Any]:
 
 
 def capture_env(*, gpu: bool = False) -> dict[str, Any]:
-    from diffquant import __version__
+    from diffquant._version import __version__
 
     env: dict[str, Any] = {
         "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),

@@ -30,7 +30,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from diffquant.bench.executors import Job, StartHandler, compile_cache_env
+from diffquant.atomic import write_bytes_atomic
+from diffquant.bench.jobs import Job, StartHandler, compile_cache_env, now_iso
 from diffquant.bench.runner import WorkerOutcome, run_worker
 from diffquant.bench.spec import RunSpec
 from diffquant.errors import DiffquantError
@@ -187,9 +188,7 @@ def _write_files(images: list[dict[str, Any]], files: list[dict[str, bytes | Non
                 image[key] = None
                 continue
             target = folder / Path(image[key]).name
-            tmp = folder / f".{target.name}.tmp"
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
+            write_bytes_atomic(target, data)
             image[key] = str(target)
         out.append(image)
     return out
@@ -201,8 +200,6 @@ def run_on_node(spec_json: str, timeout_s: float | None, cold_compile: bool, arg
     """The Ray task: run the worker in a scratch folder of this node, return its outcome and the
     bytes of its files. ``fault`` (test-only) makes Ray itself fail: ``ray-exit`` kills this Ray
     worker process, ``ray-lost`` raises a Ray ObjectLostError as if an object the task needed were lost."""
-    from diffquant.bench.sweep import now_iso
-
     started, started_at = time.time(), now_iso()
     if fault == "ray-exit":
         os._exit(1)

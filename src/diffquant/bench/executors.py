@@ -12,54 +12,15 @@ timeout is an error outcome), so a row means the same whatever ran it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable, Iterator
 
-from diffquant.bench.runner import EventHandler, WorkerOutcome, run_worker
-from diffquant.bench.spec import RunSpec
+from diffquant.bench.jobs import Executor, Job, StartHandler, compile_cache_env
+from diffquant.bench.runner import WorkerOutcome, run_worker
 from diffquant.errors import DiffquantError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from diffquant.bench.sweep import PlannedRun
+__all__ = ["EXECUTORS", "Executor", "Job", "LocalExecutor", "StartHandler", "compile_cache_env", "make_executor"]
 
 EXECUTORS = ("local", "ray")
-
-
-@dataclass
-class Job:
-    """One run handed to an executor. ``spec.image_dir`` is where its files must end up on *this*
-    machine; ``workdir`` is a scratch folder here (the spec, the result, the worker's log)."""
-
-    item: PlannedRun
-    spec: RunSpec
-    workdir: Path
-    timeout_s: float | None
-    cold_compile: bool  # fresh inductor/triton caches for this run (compile time as a first run sees it)
-    argv: Sequence[str] | None = None  # test-only: replaces `python -m diffquant.bench.worker`
-    on_event: EventHandler | None = None
-    started_at: str | None = None  # set when the run starts (by the executor)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-StartHandler = Callable[[Job], None]
-
-
-class Executor(Protocol):
-    name: str
-
-    def run(self, jobs: Iterable[Job], on_start: StartHandler) -> Iterator[tuple[Job, WorkerOutcome]]:
-        """Run each job, yielding ``(job, outcome)`` as each ends (in any order). ``on_start`` is
-        called when a job is started or submitted. Pull ``jobs`` lazily: the sweep records rows
-        that need no worker while it produces them, which keeps the local order of rows. If the
-        consumer stops early (Ctrl-C), no run may be left running."""
-        ...
-
-
-def compile_cache_env(workdir: Path) -> dict[str, str]:
-    """Private inductor/triton caches inside a run's work folder: a cold compile."""
-    return {"TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor"), "TRITON_CACHE_DIR": str(workdir / "triton")}
 
 
 class LocalExecutor:

@@ -14,7 +14,10 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffquant.recipes.model import Recipe
 
 # Test-only fault injection in the worker (see worker.py): proves the parent survives its child.
 FAULTS = ("abort", "sigkill", "segfault", "hang", "raise", "exit")
@@ -72,7 +75,12 @@ def slug(text: str, limit: int = 60) -> str:
 
 @dataclass
 class RunSpec:
-    """Everything one worker process needs; serialised as JSON."""
+    """Everything one worker process needs; serialised as JSON.
+
+    The recipe travels as data: ``recipe_dict`` (``Recipe.to_dict``) and its ``recipe_hash``; the
+    worker rebuilds the Recipe from the dict, checks the hash, and hands the hash back, which the
+    parent compares with the planned one. ``recipe`` (the canonical string) is for people and logs;
+    a spec built by hand with only a string is parsed once, by the worker."""
 
     model: str
     recipe: str
@@ -94,11 +102,18 @@ class RunSpec:
     fault: str | None = None  # test-only: one of FAULTS
     fault_phase: str = "start"  # test-only: one of FAULT_PHASES
     extra: dict[str, Any] = field(default_factory=dict)
+    recipe_dict: dict[str, Any] | None = None
+    recipe_hash: str | None = None
 
     @classmethod
-    def build(cls, model: str, recipe: str, settings: BenchSettings, *, result_path: Path, image_dir: Path,
-              **kwargs: Any) -> RunSpec:
-        return cls(model=model, recipe=recipe, device=settings.device, prompts=list(settings.prompts),
+    def build(cls, model: str, recipe: str | Recipe, settings: BenchSettings, *, result_path: Path,
+              image_dir: Path, **kwargs: Any) -> RunSpec:
+        """A spec for ``recipe`` (a Recipe, or a string parsed here, in the parent)."""
+        from diffquant.recipes import load_recipe
+
+        parsed = load_recipe(recipe)
+        return cls(model=model, recipe=parsed.name, recipe_dict=parsed.to_dict(), recipe_hash=parsed.hash,
+                   device=settings.device, prompts=list(settings.prompts),
                    seeds=list(settings.seeds), steps=settings.steps, height=settings.height,
                    width=settings.width, guidance_scale=settings.guidance_scale,
                    repeats=settings.repeats, warmup=settings.warmup, min_time_s=settings.min_time_s,

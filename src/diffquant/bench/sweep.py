@@ -17,7 +17,6 @@ each finished run (or failure) written to the results database as soon as it end
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import shutil
 import signal
@@ -29,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffquant.bench.executors import Executor, Job, make_executor
+from diffquant.bench.executors import make_executor
+from diffquant.bench.jobs import Executor, Job, PlannedRun, now_iso
 from diffquant.bench.runner import WorkerOutcome
 from diffquant.bench.spec import BenchSettings, RunSpec, run_key, slug, sweep_id
 from diffquant.errors import DiffquantError
@@ -75,21 +75,6 @@ class SweepOptions:
 
 
 @dataclass
-class PlannedRun:
-    index: int
-    text: str  # as the user wrote it
-    name: str  # canonical recipe string (the text itself if it did not parse)
-    recipe_hash: str
-    run_key: str
-    problem: str | None = None  # why it will be an error row without a worker
-    outcome_kind: str | None = None  # "invalid" | "unavailable" (with problem)
-    existing: RunRow | None = None
-    action: str = "run"  # "run" | "skip"
-    compiled: bool = False
-    note: str | None = None  # e.g. why the reference runs with offload (--budget)
-
-
-@dataclass
 class SweepReport:
     sweep_id: str
     model: str
@@ -124,10 +109,6 @@ class SweepReport:
     def exit_status(self) -> int:
         """0 when every run succeeded or was refused as unable to run here, else 1."""
         return 1 if self.broken else 0
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def default_prompts(model: str) -> tuple[str, ...]:
@@ -185,7 +166,7 @@ def plan_sweep(options: SweepOptions, db: ResultsDB) -> list[PlannedRun]:
     seen: set[str] = set()
     settings = options.settings
     for text in texts:
-        problem = kind = None
+        problem = kind = recipe = None
         compiled = False
         try:
             recipe = parse_recipe(text)
@@ -208,7 +189,8 @@ def plan_sweep(options: SweepOptions, db: ResultsDB) -> list[PlannedRun]:
         if existing is not None and not options.force and (existing.ok or not options.retry_errors):
             action = "skip"
         planned.append(PlannedRun(len(planned), text, name, recipe_hash, key, problem, kind, existing, action,
-                                  compiled, note=fit.reference_note if fit and not planned else None))
+                                  compiled, note=fit.reference_note if fit and not planned else None,
+                                  recipe=recipe))
     return planned
 
 
@@ -290,7 +272,7 @@ def _job(options: SweepOptions, item: PlannedRun, image_root: Path, emit: SweepE
     attempt_dir = image_root / slug(options.model) / f"{slug(item.name)}-{item.run_key[:8]}-{uuid.uuid4().hex[:6]}"
     workdir = Path(tempfile.mkdtemp(prefix="diffquant-run-"))
     fault, _, phase = (options.faults.get(item.text) or options.faults.get(item.name) or "").partition("@")
-    spec = RunSpec.build(options.model, item.name, options.settings, result_path=workdir / "result.json",
+    spec = RunSpec.build(options.model, item.recipe or item.name, options.settings, result_path=workdir / "result.json",
                          image_dir=attempt_dir, save_images=options.save_images,
                          quant_cache_dir=str(options.quant_cache_dir) if options.quant_cache_dir else None,
                          sample_interval_s=options.sample_interval_s, fault=fault or None,
@@ -308,6 +290,7 @@ def _finish(options: SweepOptions, db: ResultsDB, sid: str, job: Job, outcome: W
     item = job.item
     recorded = False
     try:
+        _check_recipe_hash(item, outcome)
         outcome.metrics["run.outcome"] = _outcome_kind(outcome)
         if item.note:
             outcome.metrics["run.note"] = item.note
@@ -326,9 +309,21 @@ def _finish(options: SweepOptions, db: ResultsDB, sid: str, job: Job, outcome: W
             shutil.rmtree(job.spec.image_dir, ignore_errors=True)
 
 
+def _check_recipe_hash(item: PlannedRun, outcome: WorkerOutcome) -> None:
+    """A run whose worker reports another recipe hash than the planned one measured some other
+    recipe: its numbers must not be filed under this one, so it becomes a failed row. (A stand-in
+    worker that reports no hash is not checked.)"""
+    if outcome.status != "ok" or outcome.recipe_hash in (None, item.recipe_hash):
+        return
+    outcome.status = "error"
+    outcome.error = (f"The worker ran recipe hash {outcome.recipe_hash}, not the planned {item.recipe_hash} "
+                     f"({item.name}); its measurements are not recorded under this recipe.")
+    outcome.metrics["run.outcome"] = "recipe-mismatch"
+
+
 def _outcome_kind(outcome: WorkerOutcome) -> str:
-    if outcome.metrics.get("run.outcome") == "lost":  # the executor lost it (e.g. a Ray node died)
-        return "lost"
+    if outcome.metrics.get("run.outcome") in ("lost", "recipe-mismatch"):  # set before: kept
+        return outcome.metrics["run.outcome"]
     if outcome.status == "ok":
         return "ok"
     if outcome.timed_out:

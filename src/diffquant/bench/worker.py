@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diffquant.atomic import atomic_path, write_json_atomic
 from diffquant.bench.spec import RunSpec
 from diffquant.errors import DiffquantError
 
@@ -90,12 +91,6 @@ def _fault(spec: RunSpec, phase: str) -> None:
     raise ValueError(f"unknown fault {spec.fault!r}")
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def save_image(output: Any, folder: Path, stem: str, meta: dict[str, str], with_latents: bool = True
                ) -> tuple[Path, Path | None]:
     """PNG with metadata, then the latents as safetensors; each written to a temp name and renamed."""
@@ -106,23 +101,21 @@ def save_image(output: Any, folder: Path, stem: str, meta: dict[str, str], with_
     info = PngInfo()
     for key, value in meta.items():
         info.add_text(key, value)
-    tmp = folder / f".{stem}.png.tmp"
-    output.image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, png)
+    with atomic_path(png, suffix=".png") as tmp:
+        output.image.save(tmp, format="PNG", pnginfo=info)
     if not with_latents or output.latents is None:
         return png, None
     from safetensors.torch import save_file
 
     latents = folder / f"{stem}.latents.safetensors"
-    tmp = folder / f".{stem}.latents.tmp"
-    save_file({"latents": output.latents.contiguous()}, str(tmp), metadata=meta)
-    os.replace(tmp, latents)
+    with atomic_path(latents) as tmp:
+        save_file({"latents": output.latents.contiguous()}, str(tmp), metadata=meta)
     return png, latents
 
 
 @dataclass
 class Context:
-    """What the phases share: the spec, where results go, and the measuring tools."""
+    """What the phases share: the spec, the recipe it carries, where results go, the measuring tools."""
 
     spec: RunSpec
     metrics: dict[str, Any]
@@ -133,32 +126,68 @@ class Context:
     nvml: Any  # bench.measure.Nvml | None
     on_cuda: bool
     sync: Any  # torch.cuda.synchronize | None
+    recipe: Any = None  # recipes.Recipe rebuilt from the spec's dict (received_recipe); None: rebuild it
+
+
+def received_recipe(spec: RunSpec) -> Any:
+    """The Recipe the parent sent, rebuilt from its dict form; its hash must be the one sent with it
+    (a dict that does not round-trip is refused here, before anything is loaded)."""
+    from diffquant.recipes import load_recipe
+    from diffquant.recipes.model import Recipe
+
+    if spec.recipe_dict is None:  # a spec written by hand: the string is all there is
+        return load_recipe(spec.recipe)
+    recipe = Recipe.from_dict(spec.recipe_dict)
+    if spec.recipe_hash is not None and recipe.hash != spec.recipe_hash:
+        raise DiffquantError(f"The recipe sent to this worker hashes to {recipe.hash}, not {spec.recipe_hash} "
+                             f"({spec.recipe!r}): the parent and the worker disagree on the recipe format.",
+                             hint="run the parent and the worker with the same diffquant version")
+    return recipe
 
 
 def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], events: Events) -> None:
     """Import, take the baseline, load, generate: each phase fills ``metrics`` and ``result`` as it
     goes (so a failure part-way still reports what was measured before it)."""
-    started = time.perf_counter()
     events.send("phase", phase="import")
+    recipe = received_recipe(spec)
+    result["recipe"], result["recipe_hash"] = recipe.name, recipe.hash  # what this worker was given
+    on_cuda, nvml = import_phase(spec, recipe, metrics, result)
+    baseline = baseline_phase(metrics)
+    import torch  # imported by now
+
+    from diffquant.bench.measure import Sampler, weight_file_rss_mib
+    from diffquant.bench.phases import contention_counters, host_cores
+
+    own_threads = 1 if on_cuda else torch.get_num_threads()
+    with Sampler(interval_s=spec.sample_interval_s, gpu_used=nvml.used_mib if nvml else None,
+                 weight_files=weight_file_rss_mib) as sampler:
+        ctx = Context(spec, metrics, result, events, sampler, baseline, nvml, on_cuda,
+                      torch.cuda.synchronize if on_cuda else None, recipe)
+        pipe = load_phase(ctx)
+        generate_phase(ctx, pipe)
+        metrics["host.loadavg_1m.end"] = _loadavg()
+    metrics["sampler.interval_s"] = spec.sample_interval_s
+    metrics["sampler.samples"] = sum(p.samples for p in sampler.peaks.values())
+    loads = [p.loadavg_1m for p in sampler.peaks.values() if p.loadavg_1m is not None]
+    metrics.update(contention_counters(max(loads) if loads else None, own_threads, host_cores()))
+
+
+def import_phase(spec: RunSpec, recipe: Any, metrics: dict[str, Any], result: dict[str, Any]) -> tuple[bool, Any]:
+    """Import torch, diffusers and everything the recipe's backends use (the baseline must come
+    after them); the device check; the environment. Returns (on CUDA, the NVML reader or None)."""
+    started = time.perf_counter()
     import torch
 
     from diffquant.bench.env import capture_env
-    from diffquant.bench.measure import Nvml, Sampler, proc_status, weight_file_rss_mib
-    from diffquant.bench.phases import (
-        contention_counters,
-        host_cores,
-        import_for,
-        take_baseline,
-        warm_runtime,
-    )
+    from diffquant.bench.measure import Nvml
+    from diffquant.bench.phases import import_for, warm_runtime
     from diffquant.components import resolve_model
-    from diffquant.recipes import load_recipe
 
     on_cuda = spec.device.startswith("cuda")
     if on_cuda and not torch.cuda.is_available():
         raise DiffquantError("This run asks for device 'cuda' but torch sees no CUDA device here.",
                              hint="run with --device cpu, or on a machine with a GPU")
-    metrics["baseline.imports"] = ", ".join(import_for(load_recipe(spec.recipe), resolve_model(spec.model)))
+    metrics["baseline.imports"] = ", ".join(import_for(recipe, resolve_model(spec.model)))
     warm_runtime()
     metrics["worker.import_s"] = time.perf_counter() - started
     device_index = (torch.device(spec.device).index if on_cuda else None)
@@ -167,7 +196,14 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
     env["device"] = spec.device
     if nvml is not None and nvml.error:
         env["nvml"] = f"unavailable ({nvml.error})"
+    return on_cuda, nvml
 
+
+def baseline_phase(metrics: dict[str, Any]) -> Any:
+    """The process's memory once everything is imported and before any weight is read
+    (``bench.phases.Baseline``); what importing freed is handed back first."""
+    from diffquant.bench.measure import proc_status, weight_file_rss_mib
+    from diffquant.bench.phases import take_baseline
     from diffquant.file_pages import trim_heap
 
     gc.collect()
@@ -177,18 +213,7 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
     metrics["host.loadavg_1m.before_load"] = _loadavg()
     metrics["proc.rss_mib.before_load"] = baseline.rss_mib
     metrics["proc.rss_anon_mib.before_load"] = baseline.rss_anon_mib
-    own_threads = 1 if on_cuda else torch.get_num_threads()
-    with Sampler(interval_s=spec.sample_interval_s, gpu_used=nvml.used_mib if nvml else None,
-                 weight_files=weight_file_rss_mib) as sampler:
-        ctx = Context(spec, metrics, result, events, sampler, baseline, nvml, on_cuda,
-                      torch.cuda.synchronize if on_cuda else None)
-        pipe = load_phase(ctx)
-        generate_phase(ctx, pipe)
-        metrics["host.loadavg_1m.end"] = _loadavg()
-    metrics["sampler.interval_s"] = spec.sample_interval_s
-    metrics["sampler.samples"] = sum(p.samples for p in sampler.peaks.values())
-    loads = [p.loadavg_1m for p in sampler.peaks.values() if p.loadavg_1m is not None]
-    metrics.update(contention_counters(max(loads) if loads else None, own_threads, host_cores()))
+    return baseline
 
 
 def load_phase(ctx: Context) -> Any:
@@ -213,7 +238,8 @@ def load_phase(ctx: Context) -> Any:
     _fault(spec, "load")
     t0 = time.perf_counter()
     quant_cache = Path(spec.quant_cache_dir) if spec.quant_cache_dir else None
-    pipe = load_pipeline(spec.model, spec.recipe, device=spec.device, quant_cache_dir=quant_cache)
+    recipe = ctx.recipe if ctx.recipe is not None else received_recipe(spec)
+    pipe = load_pipeline(spec.model, recipe, device=spec.device, quant_cache_dir=quant_cache)
     if ctx.sync:
         ctx.sync()
     metrics["load.wall_s"] = time.perf_counter() - t0
@@ -231,8 +257,6 @@ def load_phase(ctx: Context) -> Any:
         metrics.update(cuda_counters("load", nvml=ctx.nvml))
         metrics["load.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
     info = load_info(pipe)
-    recipe = info.recipe
-    ctx.result["recipe"], ctx.result["recipe_hash"] = recipe.name, recipe.hash
     metrics["load.quant_cache_used"] = int(bool(info.quant_cache_used))
     metrics["load.notes"] = "; ".join(info.notes) if info.notes else None
     metrics.update(info.counters)
@@ -404,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
     metrics["worker.wall_s"] = time.perf_counter() - started
     events.send("phase", phase="done")
-    _write_json_atomic(Path(spec.result_path), result)
+    write_json_atomic(Path(spec.result_path), result)
     sys.stdout.flush()
     sys.stderr.flush()
     return code

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     from diffquant.arena.summary import print_section, read_summary
-    from diffquant.store import write_atomic
+    from diffquant.atomic import write_text_atomic as write_atomic
 
     summary = read_summary(args.db)
     if args.output is not None:

@@ -14,9 +14,9 @@ from diffquant.arguments import (
     parse_device,
     parse_guidance,
     parse_seeds,
-    parse_size,
     parse_steps,
     parse_timeout,
+    parse_width_height,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,7 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=argtype(parse_seeds), default="0", help="comma-separated seeds (default: 0)")
     parser.add_argument("--steps", type=argtype(parse_steps), default=None,
                         help="denoising steps (default: the model's)")
-    parser.add_argument("--size", type=argtype(parse_size), default=None,
+    parser.add_argument("--size", type=argtype(parse_width_height), default=None,
                         help="WIDTHxHEIGHT, e.g. 1024x1024, or one number for a square (default: the model's)")
     parser.add_argument("--guidance", type=argtype(parse_guidance), default=None,
                         help="guidance scale (default: the model's)")
@@ -282,7 +282,8 @@ class SweepDisplay:
 def finish_line(row: Any) -> str:
     from rich.markup import escape
 
-    from diffquant.store.summary import first_line, fmt_mib, fmt_s
+    from diffquant.figures import fmt_mib, fmt_s
+    from diffquant.store.summary import first_line
 
     if not row.ok:
         return f"[red]x {escape(row.recipe)}[/]: {escape(first_line(row.error or ''))}"

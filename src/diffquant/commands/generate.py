@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from diffquant.arguments import argtype, parse_device, parse_guidance, parse_seed, parse_size, parse_steps
+from diffquant.arguments import (
+    argtype,
+    parse_device,
+    parse_guidance,
+    parse_seed,
+    parse_steps,
+    parse_width_height,
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -20,7 +27,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=argtype(parse_seed), default=0, help="seed (default: 0)")
     parser.add_argument("--steps", type=argtype(parse_steps), default=None,
                         help="denoising steps (default: the model's)")
-    parser.add_argument("--size", type=argtype(parse_size), default=None,
+    parser.add_argument("--size", type=argtype(parse_width_height), default=None,
                         help="WIDTHxHEIGHT, or one number for a square (default: the model's)")
     parser.add_argument("--guidance", type=argtype(parse_guidance), default=None)
     parser.add_argument("--device", type=argtype(parse_device), default=None,

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from diffquant.arguments import argtype, parse_device, parse_size, parse_steps, parse_timeout
+from diffquant.arguments import argtype, parse_device, parse_steps, parse_timeout, parse_width_height
 
 DEFAULT_MODEL = "zoo:tiny-flux"
 
@@ -31,7 +31,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="compile axis (default: both)")
     parser.add_argument("--steps", type=argtype(parse_steps), default=2,
                         help="denoising steps per call (default: 2)")
-    parser.add_argument("--size", type=argtype(parse_size), default=None,
+    parser.add_argument("--size", type=argtype(parse_width_height), default=None,
                         help="WIDTHxHEIGHT, or one number for a square (default: the model's)")
     parser.add_argument("--device", type=argtype(parse_device), default=None,
                         help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -47,11 +47,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from diffquant.arguments import check_size_for_model
+    from diffquant.atomic import write_text_atomic as write_atomic
     from diffquant.bench.matrix import cells_json, matrix_table, plan_cells, run_matrix
     from diffquant.bench.sweep import resolve_settings
     from diffquant.commands.bench import default_quant_cache
     from diffquant.components import resolve_model
-    from diffquant.store import write_atomic
 
     width, height = args.size or (None, None)
     check_size_for_model(resolve_model(args.model), width, height)

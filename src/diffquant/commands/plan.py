@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from diffquant.arguments import argtype, parse_size, parse_steps
+from diffquant.arguments import argtype, parse_steps, parse_width_height
 
 LEGEND = ("Weights: exact, every component's stored bytes in the backend's own format (from the configs "
           "on the meta device). Resident: weights held in {mem} once loaded (offload moves some out{cpu}). "
@@ -32,7 +32,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="the device the recipes would run on (default: cuda)")
     parser.add_argument("--recipes", default=None,
                         help="comma-separated recipes (default: the seed's list on cuda, a CPU list on cpu)")
-    parser.add_argument("--size", type=argtype(parse_size), default=None,
+    parser.add_argument("--size", type=argtype(parse_width_height), default=None,
                         help="WIDTHxHEIGHT, or one number for a square (default: the model's)")
     parser.add_argument("--steps", type=argtype(parse_steps), default=None,
                         help="denoising steps (default: the model's)")

@@ -30,8 +30,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffquant.atomic import write_text_atomic as write_atomic
     from diffquant.errors import DiffquantError
-    from diffquant.store import ResultsDB, render, write_atomic
+    from diffquant.store import ResultsDB, render
 
     if not args.db.is_file():
         raise DiffquantError(f"No results database at {str(args.db)!r}.",

@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 def print_results(db_path: Path, metrics: list[str]) -> None:
     """The stored scores of ``metrics``, one line per run and metric; unavailable ones once each."""
+    from diffquant.figures import format_estimate
     from diffquant.quality.store import open_existing, read_quality
-    from diffquant.report.format import format_estimate
 
     with open_existing(db_path) as db:
         recipes = {r.id: r.recipe for r in db.runs()}

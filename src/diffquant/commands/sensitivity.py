@@ -60,12 +60,12 @@ def _prompts(path: Path | None) -> list[str] | None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    from diffquant.atomic import write_text_atomic as write_atomic
     from diffquant.components import read_components, resolve_model
     from diffquant.errors import DiffquantError
     from diffquant.recipes import load_recipe, recipe_to_toml
     from diffquant.sensitivity import measure_sensitivity, mix_recipe
     from diffquant.sensitivity.mix import budget_from
-    from diffquant.store.export import write_atomic
 
     wants_mix = args.extra_memory is not None or args.budget_bytes is not None
     if wants_mix != (args.output is not None):

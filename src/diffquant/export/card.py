@@ -35,7 +35,7 @@ def write_card(folder: Path, *, card_from: Path | None = None, base_model: str |
                name: str | None = None) -> Path:
     """(Re)write ``folder/README.md`` (and its sample images, with ``card_from``); returns its path.
     ``name`` is the folder's final name when it is written under a temporary one."""
-    from diffquant.store.export import write_atomic
+    from diffquant.atomic import write_text_atomic as write_atomic
 
     folder = Path(folder)
     export = read_export(folder, name)
@@ -224,8 +224,8 @@ def _loading_section(export: Export) -> list[str]:
 
 
 def _measured_section(m: Measured, images: list[tuple[str, str | None, str, int]]) -> list[str]:
-    from diffquant.report.format import format_estimate, metric_title
-    from diffquant.store.summary import COLUMNS, counters_legend, fmt_ratio, format_cell
+    from diffquant.figures import fmt_ratio, format_estimate, metric_title
+    from diffquant.store.summary import COLUMNS, counters_legend, format_cell
 
     s = m.settings
     lines = ["## Measured", "",

@@ -54,7 +54,7 @@ def save_component(component: Any, spec: QuantSpec | None, device: str, dtype: A
 def load_component(folder: Path, meta: dict[str, Any], dtype: Any, device: str) -> Any:
     """Rebuild a component written by :func:`save_component` with a ``diffquant_component.json``."""
     from diffquant.backends import get_backend
-    from diffquant.recipes.validate import recipe_from_dict
+    from diffquant.recipes.model import recipe_from_dict
 
     spec = recipe_from_dict({"quant": [meta["spec"]]}).quant[0]
     return get_backend(spec.backend).load_saved(Path(folder), meta, spec, dtype, device)

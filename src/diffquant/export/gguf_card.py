@@ -59,10 +59,10 @@ def write_gguf_card(gguf_path: Path, *, model_ref: str, model_dir: Path, compone
     """Write ``config.json`` and ``README.md`` beside ``gguf_path``; returns the card's path."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from diffquant import __version__
+    from diffquant._version import __version__
+    from diffquant.atomic import write_text_atomic as write_atomic
     from diffquant.export.card import CARD, HUB_ID, _measured_section, hub_base_model, measured_metadata
     from diffquant.export.measured import find_measured
-    from diffquant.store.export import write_atomic
     from diffquant.versions import library_versions
 
     folder = gguf_path.parent

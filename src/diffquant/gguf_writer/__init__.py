@@ -12,11 +12,7 @@ Importing this package loads numpy only; torch, safetensors and gguf load when a
 from __future__ import annotations
 
 from diffquant.gguf_writer.quantize import SUPPORTED_TYPES, dequantize_array, quantize_array
-from diffquant.gguf_writer.writer import ExportResult, export_gguf
-
-# Bump when the bytes written for the same model and options change (policy, layout, quantizers),
-# so that caches keyed on it (the gguf recipe backend) rebuild their files.
-WRITER_VERSION = 2  # 2: >2-D tensors kept as F32/F16, never BF16 (diffusers can only run those)
+from diffquant.gguf_writer.writer import WRITER_VERSION, ExportResult, export_gguf
 
 __all__ = ["SUPPORTED_TYPES", "WRITER_VERSION", "ExportResult", "dequantize_array", "export_gguf",
            "quantize_array"]

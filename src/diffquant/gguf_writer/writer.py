@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from diffquant.atomic import atomic_path
 from diffquant.errors import DiffquantError, unknown_choice
 from diffquant.gguf_writer.layout import OutTensor, Part, plan_layout
 from diffquant.gguf_writer.policy import TypePolicy
@@ -42,6 +43,11 @@ WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 GGML_MAX_NAME = 64  # ggml's tensor-name buffer, terminating NUL included
 
 Progress = Callable[[int, int, str, str], None]  # (index, total, tensor name, type)
+
+# Bump when the bytes written for the same model and options change (policy, layout, quantizers),
+# so that caches keyed on it (the gguf recipe backend) rebuild their files.
+WRITER_VERSION = 2  # 2: >2-D tensors kept as F32/F16, never BF16 (diffusers can only run those)
+
 
 
 @dataclass(frozen=True)
@@ -200,8 +206,7 @@ def export_gguf(model_dir: Path, out_path: Path, qtype: str, *, component: str =
     """
     import gguf
 
-    from diffquant import __version__
-    from diffquant.gguf_writer import WRITER_VERSION
+    from diffquant._version import __version__
 
     started = time.perf_counter()
     from diffquant.gguf_writer.mixes import is_mix
@@ -215,7 +220,6 @@ def export_gguf(model_dir: Path, out_path: Path, qtype: str, *, component: str =
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(path=None, arch=ARCHITECTURES.get(class_name, class_name.lower()))
     name = source_name or str(model_dir)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -233,22 +237,21 @@ def export_gguf(model_dir: Path, out_path: Path, qtype: str, *, component: str =
         writer.add_tensor_info(p.tensor.name, p.tensor.shape, np.dtype(np.float32), p.nbytes,
                                raw_dtype=gguf.GGMLQuantizationType[p.qtype])
     try:
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for i, p in enumerate(planned):
-            if progress:
-                progress(i, len(planned), p.tensor.name, p.qtype)
-            writer.write_tensor_data(_tensor_data(source, p, threads))
-        assert writer.fout is not None
-        for f in writer.fout:
-            f.flush()
-            os.fsync(f.fileno())
-        writer.close()
-        os.replace(tmp, out_path)
+        with atomic_path(out_path, suffix=".gguf") as tmp:
+            writer.write_header_to_file(path=tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for i, p in enumerate(planned):
+                if progress:
+                    progress(i, len(planned), p.tensor.name, p.qtype)
+                writer.write_tensor_data(_tensor_data(source, p, threads))
+            assert writer.fout is not None
+            for f in writer.fout:
+                f.flush()
+                os.fsync(f.fileno())
+            writer.close()
     except BaseException:
         writer.close()
-        tmp.unlink(missing_ok=True)
         raise
     return ExportResult(
         out_path=out_path, qtype=qtype,

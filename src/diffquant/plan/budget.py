@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from diffquant.figures import format_bytes  # re-exported: plan's callers import it from here
+
+__all__ = ["format_bytes", "parse_budget"]
+
 
 def parse_budget(text: str) -> int:
     """Bytes in a budget; one parser for every command (:func:`diffquant.arguments.parse_budget`:
@@ -9,12 +13,3 @@ def parse_budget(text: str) -> int:
     from diffquant.arguments import parse_budget as parse
 
     return parse(text)
-
-
-def format_bytes(n: float) -> str:
-    """Bytes in GiB (MiB below one GiB), the units the seed's and diffquant's tables use."""
-    if n == 0:
-        return "0"
-    if abs(n) >= 1024**3:
-        return f"{n / 1024**3:.2f} GiB"
-    return f"{n / 1024**2:.1f} MiB" if abs(n) < 100 * 1024**2 else f"{n / 1024**2:.0f} MiB"

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from diffquant.atomic import atomic_dir
 from diffquant.errors import DiffquantError
 from diffquant.zoo import ZOO_PREFIX
 
@@ -57,9 +56,7 @@ def _write_flux_configs(folder: Path, module: str, spec_fn: str) -> None:
     flux = importlib.import_module(module)
     spec = getattr(flux, spec_fn)()
     models = flux.meta_components(spec, (spec.clip["vocab_size"], spec.t5["vocab_size"]))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with atomic_dir(folder, done="model_index.json") as tmp:
         index: dict[str, object] = {"_class_name": "FluxPipeline"}
         for name, model in models.items():
             (tmp / name).mkdir()
@@ -71,14 +68,6 @@ def _write_flux_configs(folder: Path, module: str, spec_fn: str) -> None:
                 index[name] = ["transformers", type(model).__name__]
         index["scheduler"] = ["diffusers", "FlowMatchEulerDiscreteScheduler"]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "model_index.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _hub_configs(repo_id: str) -> Path:

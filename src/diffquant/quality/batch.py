@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diffquant.quality.registry import MetricUnavailable
+from diffquant.quality.errors import MetricUnavailable
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image

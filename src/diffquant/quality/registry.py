@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from diffquant.errors import unknown_choice
+from diffquant.quality.errors import MetricUnavailable
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffquant.quality.batch import Batch
@@ -24,10 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
 MetricFn = Callable[["Batch"], list[float]]
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
-
-
-class MetricUnavailable(Exception):
-    """A metric cannot be computed here; ``str(exc)`` says why and what would make it work."""
 
 
 @dataclass(frozen=True)

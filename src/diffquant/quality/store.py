@@ -21,7 +21,7 @@ from diffquant.quality.data import ImageInfo, RunInfo
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffquant.quality.scoring import BootstrapSettings, MetricResult
-    from diffquant.store import ResultsDB
+    from diffquant.store.db import ResultsDB
 
 QUALITY_SCHEMA_VERSION = 1
 
@@ -133,7 +133,7 @@ def load_runs(db: ResultsDB) -> list[RunInfo]:
 
 def open_existing(db_path: Path) -> ResultsDB:
     """Open a results database that must already exist (never create an empty one by mistake)."""
-    from diffquant.store import ResultsDB
+    from diffquant.store.db import ResultsDB
 
     path = Path(db_path).expanduser()
     if not path.is_file():

@@ -12,24 +12,22 @@ from typing import Any
 
 from diffquant.errors import DiffquantError, unknown_choice
 from diffquant.recipes import catalog as cat
-from diffquant.recipes.model import (
+from diffquant.recipes.specs import (
     DEFAULT_TARGET,
     SCHEMA_VERSION,
     CompileSpec,
     MemorySpec,
     OptionValue,
     QuantSpec,
-    Recipe,
+    quant_token,
 )
 from diffquant.recipes.validate import (
     FALSE_WORDS,
-    check_recipe,
     compile_components,
     describe,
     field_error,
     option_from_data,
     quant_options,
-    quant_token,
     skip_patterns,
 )
 
@@ -112,8 +110,9 @@ def _quant_from_dict(index: int, item: object) -> QuantSpec:
     return spec
 
 
-def recipe_from_dict(data: object) -> Recipe:
-    """Build and validate a Recipe from its dict form (as written by ``Recipe.to_dict``/TOML)."""
+def recipe_fields_from_dict(data: object) -> dict[str, Any]:
+    """The checked fields of a Recipe from its dict form (as written by ``Recipe.to_dict``/TOML), as
+    keyword arguments; ``Recipe.from_dict`` builds the recipe from them and runs the whole-recipe checks."""
     data = _table("(the recipe)", data, 'a table with dtype = "bfloat16" and [[quant]] entries')
     version = data.get("schema_version", SCHEMA_VERSION)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -151,7 +150,5 @@ def recipe_from_dict(data: object) -> Recipe:
         fullgraph=_bool("compile", comp, "fullgraph", False),
         regional=_bool("compile", comp, "regional", False),
         components=compile_components("|".join(components)) if components else ())
-    recipe = Recipe(quant=tuple(sorted(quant, key=lambda q: (q.target != DEFAULT_TARGET, q.target))),
-                    memory=memory, compile=compile_spec, dtype=dtype, schema_version=SCHEMA_VERSION)
-    check_recipe(recipe)
-    return recipe
+    return {"quant": tuple(sorted(quant, key=lambda q: (q.target != DEFAULT_TARGET, q.target))),
+            "memory": memory, "compile": compile_spec, "dtype": dtype, "schema_version": SCHEMA_VERSION}

@@ -1,7 +1,10 @@
-"""Recipe data model: frozen dataclasses with a schema version and a stable content hash.
+"""The Recipe: a frozen dataclass with a schema version, a stable content hash, its dict form
+(``to_dict`` / ``from_dict``) and its canonical string (``name``; ``parse.parse_recipe`` reads it back).
 
 A recipe says, per pipeline component, how to quantize it (``QuantSpec``), plus memory options
-(``MemorySpec``) and compile options (``CompileSpec``). No torch import here.
+(``MemorySpec``) and compile options (``CompileSpec``); those parts live in ``specs.py``, below the
+checks (``validate.py``) and the dict form (``dict_form.py``) that this module builds on.
+No torch import here.
 """
 
 from __future__ import annotations
@@ -11,63 +14,21 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
-DEFAULT_TARGET = "default"  # the denoiser and the large text encoder of whatever pipeline is loaded
+from diffquant.recipes import catalog as cat
+from diffquant.recipes.dict_form import recipe_fields_from_dict
+from diffquant.recipes.specs import (
+    DEFAULT_TARGET,
+    SCHEMA_VERSION,
+    CompileSpec,
+    MemorySpec,
+    OptionValue,
+    QuantSpec,
+    quant_token,
+)
+from diffquant.recipes.validate import check_recipe
 
-OptionValue = str | int | float | bool
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """How one component (or the default components) is quantized."""
-
-    backend: str  # "bnb" | "torchao" | "quanto" | "gguf" | "layerwise"
-    qtype: str  # backend-specific type, e.g. "nf4", "int8wo", "q4_k", "e4m3"
-    target: str = DEFAULT_TARGET  # component name, or "default"
-    options: tuple[tuple[str, OptionValue], ...] = ()  # sorted (key, value) pairs
-    skip_modules: tuple[str, ...] = ()  # module-name patterns left unquantized
-
-    def option(self, key: str, default: Any = None) -> Any:
-        return dict(self.options).get(key, default)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "type": self.qtype, "target": self.target,
-                "options": dict(self.options), "skip_modules": list(self.skip_modules)}
-
-
-@dataclass(frozen=True)
-class MemorySpec:
-    """Memory options applied after loading."""
-
-    offload: str = "none"  # none | model | sequential | group-leaf | group-block
-    blocks_per_group: int = 1  # group-block only
-    use_stream: bool = False  # group offload: overlap transfers with compute (needs CUDA)
-    offload_to_disk: bool = False  # group offload: keep offloaded weights in files, not RAM
-    vae_tiling: bool = False
-    vae_slicing: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"offload": self.offload, "blocks_per_group": self.blocks_per_group,
-                "use_stream": self.use_stream, "offload_to_disk": self.offload_to_disk,
-                "vae_tiling": self.vae_tiling, "vae_slicing": self.vae_slicing}
-
-
-@dataclass(frozen=True)
-class CompileSpec:
-    """torch.compile of the denoiser (or the named components)."""
-
-    enabled: bool = False
-    mode: str = "default"
-    fullgraph: bool = False
-    components: tuple[str, ...] = ("denoiser",)
-    regional: bool = False  # compile only the repeated blocks (diffusers' compile_repeated_blocks)
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"enabled": self.enabled, "mode": self.mode, "fullgraph": self.fullgraph,
-                                "components": list(self.components)}
-        if self.regional:  # only when set: every other recipe keeps its hash
-            data["regional"] = True
-        return data
+__all__ = ["DEFAULT_TARGET", "SCHEMA_VERSION", "CompileSpec", "MemorySpec", "OptionValue", "QuantSpec", "Recipe",
+           "format_recipe", "recipe_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -83,8 +44,6 @@ class Recipe:
     @property
     def name(self) -> str:
         """The canonical recipe string (parses back to an equal Recipe)."""
-        from diffquant.recipes.parse import format_recipe
-
         return format_recipe(self)
 
     @property
@@ -110,9 +69,66 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        from diffquant.recipes.dict_form import recipe_from_dict
-
-        return recipe_from_dict(data)
+        """Build and validate a Recipe from its dict form (as written by ``to_dict``/TOML)."""
+        recipe = cls(**recipe_fields_from_dict(data))
+        check_recipe(recipe)
+        return recipe
 
     def __str__(self) -> str:
         return self.name
+
+
+def recipe_from_dict(data: object) -> Recipe:
+    """Build and validate a Recipe from its dict form (``Recipe.to_dict``, TOML once parsed)."""
+    return Recipe.from_dict(data)
+
+
+# --- the canonical string (parse.parse_recipe reads it back) ----------------------------------------
+
+def _format_options(pairs: list[tuple[str, OptionValue]]) -> str:
+    if not pairs:
+        return ""
+    items = [k if v is True else f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in pairs]
+    return "(" + ",".join(items) + ")"
+
+
+def _format_quant(spec: QuantSpec) -> str:
+    name = quant_token(spec)
+    pairs = list(spec.options)
+    if spec.skip_modules:
+        pairs.append(("skip", "|".join(spec.skip_modules)))
+    text = name + _format_options(sorted(pairs))
+    return text if spec.target == DEFAULT_TARGET else f"{text}@{spec.target}"
+
+
+def format_recipe(recipe: Recipe) -> str:
+    """The canonical string of a recipe (``parse_recipe(format_recipe(r)) == r``)."""
+    tokens: list[str] = []
+    dtype_token = {v: k for k, v in cat.DTYPES.items()}[recipe.dtype]
+    if not recipe.quant or recipe.dtype != "bfloat16":
+        tokens.append(dtype_token)
+    tokens += [_format_quant(q) for q in recipe.quant]
+    mem = recipe.memory
+    if mem.offload != "none":
+        name = {v: k for k, v in cat.OFFLOAD_TOKENS.items() if k != "offload-sequential"}[mem.offload]
+        pairs: list[tuple[str, OptionValue]] = []
+        if mem.offload == "group-block" and mem.blocks_per_group != 1:
+            pairs.append(("blocks", mem.blocks_per_group))
+        if mem.offload_to_disk:
+            pairs.append(("disk", True))
+        if mem.use_stream:
+            pairs.append(("stream", True))
+        tokens.append(name + _format_options(pairs))
+    tokens += [tok for tok, attr in cat.VAE_TOKENS.items() if getattr(mem, attr)]
+    if recipe.compile.enabled:
+        pairs = []
+        if recipe.compile.fullgraph:
+            pairs.append(("fullgraph", True))
+        if recipe.compile.mode != "default":
+            pairs.append(("mode", recipe.compile.mode))
+        if recipe.compile.regional:
+            pairs.append(("regional", True))
+        if recipe.compile.components != cat.DEFAULT_COMPILE_COMPONENTS:
+            pairs.append(("components", "|".join(recipe.compile.components)))
+        tokens.append("compile" + _format_options(pairs))
+    return "+".join(tokens)

@@ -12,16 +12,25 @@ from dataclasses import replace
 
 from diffquant.errors import DiffquantError, unknown_choice
 from diffquant.recipes import catalog as cat
-from diffquant.recipes.model import DEFAULT_TARGET, CompileSpec, MemorySpec, OptionValue, QuantSpec, Recipe
+from diffquant.recipes.model import Recipe, format_recipe
+from diffquant.recipes.specs import (
+    DEFAULT_TARGET,
+    CompileSpec,
+    MemorySpec,
+    OptionValue,
+    QuantSpec,
+    quant_token,
+)
 from diffquant.recipes.validate import (
     check_recipe,
     check_value,
     compile_components,
     option_from_text,
     quant_options,
-    quant_token,
     skip_patterns,
 )
+
+__all__ = ["format_recipe", "parse_recipe"]
 
 _TOKEN = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+)(?:\((?P<opts>[^()]*)\))?(?:@(?P<target>[A-Za-z0-9_]+))?$")
 _HINT = "run `diffquant recipes` to see every recipe token and its options"
@@ -175,52 +184,3 @@ def _parse_offload(name: str, opts: dict[str, OptionValue], memory: MemorySpec) 
                              hint="use offload-group-block(blocks=N)")
     return replace(memory, offload=mode, blocks_per_group=int(opts.get("blocks", 1)),
                    use_stream=bool(opts.get("stream", False)), offload_to_disk=bool(opts.get("disk", False)))
-
-
-def _format_options(pairs: list[tuple[str, OptionValue]]) -> str:
-    if not pairs:
-        return ""
-    items = [k if v is True else f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in pairs]
-    return "(" + ",".join(items) + ")"
-
-
-def _format_quant(spec: QuantSpec) -> str:
-    name = quant_token(spec)
-    pairs = list(spec.options)
-    if spec.skip_modules:
-        pairs.append(("skip", "|".join(spec.skip_modules)))
-    text = name + _format_options(sorted(pairs))
-    return text if spec.target == DEFAULT_TARGET else f"{text}@{spec.target}"
-
-
-def format_recipe(recipe: Recipe) -> str:
-    """The canonical string of a recipe (``parse_recipe(format_recipe(r)) == r``)."""
-    tokens: list[str] = []
-    dtype_token = {v: k for k, v in cat.DTYPES.items()}[recipe.dtype]
-    if not recipe.quant or recipe.dtype != "bfloat16":
-        tokens.append(dtype_token)
-    tokens += [_format_quant(q) for q in recipe.quant]
-    mem = recipe.memory
-    if mem.offload != "none":
-        name = {v: k for k, v in cat.OFFLOAD_TOKENS.items() if k != "offload-sequential"}[mem.offload]
-        pairs: list[tuple[str, OptionValue]] = []
-        if mem.offload == "group-block" and mem.blocks_per_group != 1:
-            pairs.append(("blocks", mem.blocks_per_group))
-        if mem.offload_to_disk:
-            pairs.append(("disk", True))
-        if mem.use_stream:
-            pairs.append(("stream", True))
-        tokens.append(name + _format_options(pairs))
-    tokens += [tok for tok, attr in cat.VAE_TOKENS.items() if getattr(mem, attr)]
-    if recipe.compile.enabled:
-        pairs = []
-        if recipe.compile.fullgraph:
-            pairs.append(("fullgraph", True))
-        if recipe.compile.mode != "default":
-            pairs.append(("mode", recipe.compile.mode))
-        if recipe.compile.regional:
-            pairs.append(("regional", True))
-        if recipe.compile.components != cat.DEFAULT_COMPILE_COMPONENTS:
-            pairs.append(("components", "|".join(recipe.compile.components)))
-        tokens.append("compile" + _format_options(pairs))
-    return "+".join(tokens)

@@ -2,7 +2,7 @@
 
 Values keep their TOML types: ``vae_tiling = "false"`` (a string) and ``blocks_per_group = "2"``
 are refused with the fix, never read as a boolean or a number; ``skip_modules`` is a list of names
-(``skip_modules = "proj_out"`` is refused: write ``["proj_out"]``). See ``validate.recipe_from_dict``.
+(``skip_modules = "proj_out"`` is refused: write ``["proj_out"]``). See ``model.recipe_from_dict``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from diffquant.errors import DiffquantError
-from diffquant.recipes.dict_form import recipe_from_dict
-from diffquant.recipes.model import Recipe
+from diffquant.recipes.model import Recipe, recipe_from_dict
 
 if sys.version_info >= (3, 11):
     import tomllib

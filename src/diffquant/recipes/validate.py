@@ -15,13 +15,14 @@ from collections.abc import Mapping
 
 from diffquant.errors import DiffquantError, unknown_choice
 from diffquant.recipes import catalog as cat
-from diffquant.recipes.model import (
+from diffquant.recipes.specs import (
     DEFAULT_TARGET,
     CompileSpec,
     MemorySpec,
     OptionValue,
     QuantSpec,
-    Recipe,
+    RecipeFields,
+    quant_token,
 )
 
 NAME = re.compile(r"[A-Za-z0-9_]+")  # component names (targets, compile components)
@@ -205,11 +206,6 @@ def _check_kind(token: str, key: str, value: object, odef: cat.OptionDef) -> Non
 
 # --- whole recipes -------------------------------------------------------------------------------
 
-def quant_token(spec: QuantSpec) -> str:
-    backend = cat.BACKENDS.get(spec.backend) if isinstance(spec.backend, str) else None
-    return backend.token_for(spec.qtype) if backend else f"{spec.backend}-{spec.qtype}"
-
-
 def check_quant_spec(spec: QuantSpec) -> None:
     backend = cat.BACKENDS.get(spec.backend) if isinstance(spec.backend, str) else None
     if backend is None:
@@ -230,7 +226,7 @@ def check_quant_spec(spec: QuantSpec) -> None:
             raise DiffquantError(f"{token}: bad skip_modules {spec.skip_modules!r}.", hint="give names as strings")
 
 
-def check_recipe(recipe: Recipe) -> None:
+def check_recipe(recipe: RecipeFields) -> None:
     """Every field and cross-field rule, for any way the recipe was built."""
     targets = [q.target for q in recipe.quant]
     dupes = sorted({t for t in targets if targets.count(t) > 1})
@@ -285,10 +281,3 @@ def _check_compile(spec: CompileSpec, mem: MemorySpec) -> None:
         raise DiffquantError("compile and offload-seq contradict: sequential offload moves every weight "
                              "per call through hooks that torch.compile cannot trace.",
                              hint="use offload-model or offload-group-leaf with compile")
-
-
-def recipe_from_dict(data: object) -> Recipe:
-    """Build and validate a Recipe from its dict form (``recipes.dict_form``; kept importable here)."""
-    from diffquant.recipes.dict_form import recipe_from_dict as build
-
-    return build(data)

@@ -15,18 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffquant.quality.data import ImageInfo, RunInfo, canonical_recipe, settings_label
-from diffquant.quality.registry import METRICS, MetricInfo
-from diffquant.quality.store import QualityRow, load_runs, open_existing, read_image_quality, read_quality
-from diffquant.report.format import (
+from diffquant.figures import (
     counter_label,
     counter_unit,
     fmt_memory,
-    fmt_ratio,
+    fmt_ratio_ci,
     fmt_seconds,
     format_estimate,
     memory_unit,
+    report_ratio,
 )
+from diffquant.quality.data import ImageInfo, RunInfo, canonical_recipe, settings_label
+from diffquant.quality.registry import METRICS, MetricInfo
+from diffquant.quality.store import QualityRow, load_runs, open_existing, read_image_quality, read_quality
 
 # The seed's columns (keys of diffquant.store.summary.COLUMNS) in the order the report shows them.
 TABLE_KEYS = ("after_load_mib", "peak_mib", "inference_s", "compile_s", "weights_mib")
@@ -187,11 +188,11 @@ def collect(db_path: Path, reference: str | None = None) -> ReportData:
         if not run.ok:
             sweep.failed.append(run)
             continue
-        is_ref = canonical_recipe(run.recipe) == ref_recipe
+        summ = summary.get(run.id, {})
+        is_ref = bool(summ.get("is_reference"))  # the one rule (store.reference)
         view = RunView(run=run, is_reference=is_ref, anchor=f"run-{run.id}-{slug(run.recipe)}",
                        quality=quality.get(run.id, {}),
                        image_quality={im.id: image_quality.get(im.id, {}) for im in run.images})
-        summ = summary.get(run.id, {})
         view.contended = bool(summ.get("contended"))
         view.summary = summ
         for key in TABLE_KEYS:
@@ -214,7 +215,6 @@ def collect(db_path: Path, reference: str | None = None) -> ReportData:
 
 
 def _fill_columns(sweep: SweepView, store_columns: dict[str, Any]) -> None:
-    from diffquant.store.summary import fmt_ratio_ci
 
     for key in TABLE_KEYS:
         spec = store_columns.get(key)
@@ -240,7 +240,7 @@ def _fill_columns(sweep: SweepView, store_columns: dict[str, Any]) -> None:
                 cell.ratio_text = fmt_ratio_ci(cell.ratio, summ["inference_s.ratio_low"],
                                                summ["inference_s.ratio_high"])
             else:
-                cell.ratio_text = fmt_ratio(cell.ratio)
+                cell.ratio_text = report_ratio(cell.ratio)
             if process and summ.get(f"{key}.process") is not None and not summ.get(f"{key}.fallback"):
                 cell.extra = f"process {fmt_memory(summ[f'{key}.process'], memory_unit([summ[f'{key}.process']]))}"
             elif process and summ.get(f"{key}.fallback"):

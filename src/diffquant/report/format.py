@@ -1,129 +1,19 @@
-"""Numbers for people: every figure with its unit, and every memory figure with its counter."""
+"""Kept for the names importers know: the formatting lives in :mod:`diffquant.figures`."""
 
-from __future__ import annotations
+from diffquant.figures import (
+    METRIC_TITLES,
+    MIB_PER_GIB,
+    ascii_inf,
+    counter_label,
+    counter_unit,
+    fmt_memory,
+    fmt_number,
+    fmt_seconds,
+    format_estimate,
+    memory_unit,
+    metric_title,
+)
+from diffquant.figures import report_ratio as fmt_ratio  # this module's fmt_ratio was the report's
 
-import math
-
-MIB_PER_GIB = 1024.0
-
-_TOKENS = {
-    "rss": "RSS", "anon": "anon", "file": "file-backed", "vmhwm": "VmHWM", "cuda": "CUDA", "gpu": "GPU",
-    "max": "max", "peak": "peak", "reserved": "reserved", "allocated": "allocated", "used": "used",
-    "latency": "latency", "time": "time", "total": "total", "weights": "weights",
-}
-_PHASES = {"load": "after loading", "gen": "generation", "call": "per call", "first": "first call"}
-_UNITS = {"mib": "MiB", "gib": "GiB", "bytes": "bytes", "s": "s", "ms": "ms"}
-
-
-def _split(name: str) -> tuple[list[str], str, list[str]]:
-    """Words, unit and trailing qualifiers of a counter name (the phase prefix dropped)."""
-    parts = name.split(".")
-    if len(parts) > 1 and parts[0] in _PHASES:
-        parts = parts[1:]
-    words: list[str] = []
-    unit = ""
-    for i, part in enumerate(parts):
-        tokens = part.split("_")
-        if tokens[-1] in _UNITS:
-            unit = _UNITS[tokens[-1]]
-            words += tokens[:-1]
-            return words, unit, parts[i + 1:]
-        words += tokens
-    return words, unit, []
-
-
-def counter_label(name: str) -> str:
-    """``load.rss_anon_mib`` → ``RSS anon``; ``gen.cuda_max_reserved_mib`` → ``CUDA max reserved``;
-    ``call.latency_s.p50`` → ``latency p50``; ``gen.gpu_used_mib.nvml`` → ``GPU used (nvml)``."""
-    words, _, extra = _split(name)
-    label = " ".join(_TOKENS.get(w, w) for w in words if w)
-    for item in extra:
-        label += f" {item}" if item[:1] == "p" and item[1:].isdigit() else f" ({item})"
-    return label
-
-
-def counter_unit(name: str) -> str:
-    """The unit a counter is stored in, read from its name's suffix ('' when it has none)."""
-    _, unit, extra = _split(name)
-    return "" if extra[-1:] == ["n"] else unit
-
-
-def memory_unit(values_mib: list[float | None]) -> str:
-    """GiB when the largest value is at least 1 GiB, else MiB: one unit per column."""
-    finite = [v for v in values_mib if v is not None and math.isfinite(v)]
-    return "GiB" if finite and max(finite) >= MIB_PER_GIB else "MiB"
-
-
-def fmt_memory(value_mib: float | None, unit: str) -> str:
-    if value_mib is None:
-        return "—"
-    if unit == "GiB":
-        return f"{value_mib / MIB_PER_GIB:.3f} GiB"
-    return f"{value_mib:.1f} MiB"
-
-
-def fmt_seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value >= 100:
-        return f"{value:.0f} s"
-    if value >= 0.1:
-        return f"{value:.2f} s"
-    return f"{value * 1000:.1f} ms"
-
-
-def fmt_ratio(value: float | None) -> str:
-    return "" if value is None else f"×{value:.2f}"
-
-
-def _decimals(value: float) -> int | None:
-    magnitude = abs(value)
-    if magnitude == 0:
-        return 3
-    for limit, decimals in ((100, 1), (10, 2), (1, 3), (0.01, 4)):
-        if magnitude >= limit:
-            return decimals
-    return None  # scientific notation
-
-
-def _plain(value: float, decimals: int | None, signed: bool) -> str:
-    if math.isinf(value):
-        return ("+∞" if signed else "∞") if value > 0 else "−∞"
-    sign = "+" if signed else ""
-    if decimals is None:
-        return f"{value:{sign}.2e}"
-    return f"{value:{sign}.{decimals}f}"
-
-
-def fmt_number(value: float | None, unit: str = "", *, signed: bool = False) -> str:
-    """A metric value with its unit; ``inf`` shows as ∞ (PSNR of identical images)."""
-    if value is None or math.isnan(value):
-        return "—"
-    text = _plain(value, _decimals(value) if math.isfinite(value) else 0, signed)
-    return f"{text} {unit}".rstrip()
-
-
-def format_estimate(mean: float | None, low: float | None, high: float | None, unit: str = "", *,
-                    signed: bool = False) -> str:
-    """``31.20 dB [30.81, 31.62]`` - the mean with its 95% confidence interval."""
-    if mean is None or math.isnan(mean):
-        return "—"
-    decimals = _decimals(mean) if math.isfinite(mean) else 2
-    text = f"{_plain(mean, decimals, signed)} {unit}".rstrip()
-    if low is None or high is None or (low == high == mean) or math.isinf(mean):
-        return text
-    return f"{text} [{_plain(low, decimals, signed)}, {_plain(high, decimals, signed)}]"
-
-
-METRIC_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "ms-ssim": "MS-SSIM", "lpips": "LPIPS", "clip-score": "CLIP score",
-                 "shapes-adherence": "Shapes adherence", "latent-rel-error": "Latent rel. error"}
-
-
-def metric_title(name: str) -> str:
-    return METRIC_TITLES.get(name, name)
-
-
-def ascii_inf(text: str) -> str:
-    """For fonts without ∞ (the grid's): ``∞ dB`` → ``inf dB (identical)``."""
-    return text.replace("+∞", "+inf").replace("−∞", "-inf").replace("∞", "inf") + (
-        " (identical)" if "∞" in text else "")
+__all__ = ["METRIC_TITLES", "MIB_PER_GIB", "ascii_inf", "counter_label", "counter_unit", "fmt_memory", "fmt_number",
+           "fmt_ratio", "fmt_seconds", "format_estimate", "memory_unit", "metric_title"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffquant.errors import DiffquantError
-from diffquant.report.format import ascii_inf, fmt_number, metric_title
+from diffquant.figures import ascii_inf, fmt_number, metric_title
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image, ImageDraw, ImageFont

@@ -15,8 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diffquant.report.collect import ReportData, RunView, SweepView, collect
-from diffquant.report.format import (
+from diffquant.figures import (
     ascii_inf,
     counter_label,
     counter_unit,
@@ -24,6 +23,7 @@ from diffquant.report.format import (
     format_estimate,
     metric_title,
 )
+from diffquant.report.collect import ReportData, RunView, SweepView, collect
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -188,7 +188,7 @@ def environment_tables(envs: list[tuple[str, dict[str, Any]]]) -> dict[str, list
 def render_html(data: ReportData, assets: Assets) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    from diffquant import __version__
+    from diffquant._version import __version__
 
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)

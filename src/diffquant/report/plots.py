@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from diffquant.report.format import MIB_PER_GIB, metric_title
+from diffquant.figures import MIB_PER_GIB, metric_title
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffquant.quality.registry import MetricInfo

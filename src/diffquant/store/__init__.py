@@ -9,8 +9,9 @@ Stable API, read by the quality and report modules::
         db.connection                    # sqlite3.Connection, for modules with their own tables
 """
 
+from diffquant.atomic import write_text_atomic as write_atomic  # the name this package has always exported
 from diffquant.store.db import ImageRow, MetricValue, ResultsDB, RunRow
-from diffquant.store.export import FORMATS, render, to_csv, to_json, to_markdown, write_atomic
+from diffquant.store.export import FORMATS, render, to_csv, to_json, to_markdown
 from diffquant.store.schema import SCHEMA_VERSION
 from diffquant.store.summary import COLUMNS, summary_rows
 

@@ -12,10 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from diffquant.store.db import ResultsDB, RunRow
@@ -140,24 +137,3 @@ def render(db: ResultsDB, runs: Sequence[RunRow], fmt: str, reference: str = "bf
     if fmt == "md":
         return to_markdown(runs, reference)
     raise ValueError(f"unknown export format {fmt!r}; choose from {FORMATS}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a kept file gets the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

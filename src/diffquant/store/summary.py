@@ -31,7 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from diffquant.figures import fmt_mib, fmt_ratio, fmt_ratio_ci, fmt_s  # re-exported: scripts use them
 from diffquant.store.db import RunRow
+from diffquant.store.reference import choose_reference
 
 MIB = 1024 * 1024
 
@@ -102,22 +104,19 @@ def latency_samples(run: RunRow) -> list[float]:
 
 def summary_rows(runs: Sequence[RunRow], reference: str = "bf16") -> list[dict[str, Any]]:
     """One dict per run: recipe, status, the seed's columns and ``<key>.ratio`` against the
-    reference recipe's ok run of the same sweep (None where either side is missing); on CPU
+    reference run of the same sweep (``store.reference``; None where either side is missing); on CPU
     ``<key>.process`` (the whole process's figure) and ``<key>.fallback``; the latency's IQR
     (``inference_s.p25``/``.p75``, ``.n``) and the ratio's CI (``inference_s.ratio_low``/``_high``);
     ``contended``."""
-    refs: dict[str, RunRow] = {}
-    for run in runs:
-        if run.ok and run.recipe == reference:
-            refs[run.sweep_id] = run  # the latest one wins
+    runs = list(runs)
+    refs = [choose_reference(run, runs, reference, same_sweep_only=True)[0] for run in runs]
     rows = []
-    for run in runs:
+    for run, ref in zip(runs, refs):
         row: dict[str, Any] = {"id": run.id, "sweep_id": run.sweep_id, "model": run.model,
                                "recipe": run.recipe, "device": run_device(run), "status": run.status,
                                "error": first_line(run.error) if run.error else None,
                                "contended": is_contended(run) if run.ok else None,
-                               "is_reference": bool(refs.get(run.sweep_id) is run)}
-        ref = refs.get(run.sweep_id)
+                               "is_reference": ref is run}
         device = run_device(run)
         for column in COLUMNS:
             value, fallback = _value(run, column) if run.ok else (None, False)
@@ -185,34 +184,6 @@ CPU_NOTE = ("on CPU, memory is the model's own: RSS minus the worker's baseline 
 def first_line(text: str, limit: int = 160) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
     return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def fmt_mib(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 1024:.3f} GiB" if value >= 10 * 1024 else f"{value:.1f} MiB"
-
-
-def fmt_s(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 100:
-        return f"{value:.0f} s"
-    return f"{value:.3g} s" if value >= 0.01 else f"{value * 1000:.3g} ms"
-
-
-def fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}×"
-
-
-def fmt_ratio_ci(value: float | None, low: float | None, high: float | None) -> str:
-    """``1.34× [1.30, 1.38]``; ``≈1.01× [0.97, 1.05]`` when the interval holds 1.0."""
-    if value is None:
-        return "-"
-    if low is None or high is None:
-        return fmt_ratio(value)
-    mark = "≈" if low <= 1.0 <= high else ""
-    return f"{mark}{value:.2f}× [{low:.2f}, {high:.2f}]"
 
 
 def fmt_latency(row: dict[str, Any]) -> str:

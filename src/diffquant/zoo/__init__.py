@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffquant.atomic import atomic_dir
 from diffquant.errors import unknown_choice
 
 ZOO_PREFIX = "zoo:"
@@ -73,19 +72,8 @@ def ensure_model(name: str, cache_dir: Path | None = None) -> Path:
     folder = root / f"{entry.name}-v{entry.version}"
     if (folder / "model_index.json").exists():
         return folder
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=root))
-    try:
+    with atomic_dir(folder, done="model_index.json") as tmp:  # another process may finish it first
         build(tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            # Another process finished the same build first; keep theirs.
-            if not (folder / "model_index.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

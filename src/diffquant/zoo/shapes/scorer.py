@@ -137,14 +137,14 @@ def attribute_accuracy(images: list[Any], prompts: list[str], scorer: Any = None
 
 def model_pipeline_kwargs(pipe: Any) -> dict[str, Any]:
     """The pipeline arguments the model folder's ``diffquant.json`` fixes (e.g. true CFG), for a
-    pipeline from ``diffquant.load_pipeline`` or a plain ``FluxPipeline.from_pretrained(folder)``."""
-    from diffquant.pipeline import default_settings
+    pipeline from ``diffquant.load_pipeline`` or a plain ``FluxPipeline.from_pretrained(folder)``.
+    Read from the folder's metadata (the zoo's own file), not through the pipeline module."""
+    from diffquant.zoo.meta import read_model_meta
 
     info = getattr(pipe, "_diffquant_load_info", None)
-    if info is not None:
-        return dict(default_settings(info.model_ref).pipeline_kwargs)
-    folder = Path(str(getattr(pipe.config, "_name_or_path", "") or "."))
-    return dict(default_settings(str(folder)).pipeline_kwargs) if (folder / "diffquant.json").is_file() else {}
+    folder = Path(info.model_dir) if info is not None else Path(str(getattr(pipe.config, "_name_or_path", "") or "."))
+    meta = read_model_meta(folder)
+    return dict(meta.pipeline_kwargs) if meta is not None else {}
 
 
 def generate(pipe: Any, prompts: Sequence[str], seeds: Sequence[int] = (0,), steps: int | None = None,
