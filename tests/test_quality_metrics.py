@@ -201,7 +201,8 @@ def test_every_metric_declares_direction() -> None:
     directions = {m.name: m.higher_is_better for m in METRICS}
     assert directions["psnr"] and directions["ssim"] and not directions["lpips"]
     assert not directions["latent-rel-error"]
-    assert {m.name for m in METRICS if not m.needs_reference} == {"clip-score", "shapes-adherence"}
+    assert {m.name for m in METRICS if not m.needs_reference} == {"clip-score", "shapes-adherence", "shapes-shape",
+                                                                "shapes-all-correct"}
 
 
 # -- bootstrap ---------------------------------------------------------------------------------------

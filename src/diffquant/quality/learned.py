@@ -1,4 +1,5 @@
-"""Metrics that need learned weights: LPIPS, CLIP score, and the zoo:shapes adherence scorer.
+"""Metrics that need learned weights: LPIPS, CLIP score, and the zoo:shapes scorer's adherence,
+shape accuracy and all-attributes-right.
 
 Nothing is ever downloaded. When a package or the weights are missing, the factory raises
 :class:`MetricUnavailable` with the reason and what to do; the metric is then reported
@@ -7,8 +8,11 @@ Nothing is ever downloaded. When a package or the weights are missing, the facto
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 from diffquant.quality.batch import Batch
 from diffquant.quality.metrics import to_tensor
@@ -157,19 +161,98 @@ def make_clip_score(options: MetricOptions) -> MetricFn:
     return clip_score
 
 
-def make_shapes_adherence(options: MetricOptions) -> MetricFn:
+# The scorer's reading of an image, shared by the three zoo:shapes metrics: each of them scores
+# every run, so without it the CNN would read the same images three times. Keyed by the pixels
+# (not the path) so a re-generated image is read again; bounded, as a long session sees many runs.
+_SHAPES_READS: OrderedDict[bytes, dict[str, str]] = OrderedDict()
+_SHAPES_READS_MAX = 4096
+
+
+def _image_key(image: Any) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
+    digest = hashlib.blake2b(img.tobytes(), digest_size=16)
+    digest.update(f"{img.mode}{img.size}".encode())
+    return digest.digest()
+
+
+def shapes_reads(images: list[Any]) -> list[dict[str, str]]:
+    """The attributes the shipped scorer reads from each image; images read before are not re-read."""
+    from diffquant.zoo.shapes.scorer import predict
+
+    keys = [_image_key(im) for im in images]
+    todo = {k: im for k, im in zip(keys, images) if k not in _SHAPES_READS}
+    if todo:
+        for key, seen in zip(todo, predict(list(todo.values()))):
+            _SHAPES_READS[key] = seen
+    out = []
+    for key in keys:
+        _SHAPES_READS.move_to_end(key)
+        out.append(_SHAPES_READS[key])
+    while len(_SHAPES_READS) > _SHAPES_READS_MAX:
+        _SHAPES_READS.popitem(last=False)
+    return out
+
+
+def shapes_hits(batch: Batch) -> list[dict[str, bool]]:
+    """Per image, for each attribute its prompt names, whether the scorer reads it back."""
+    from diffquant.errors import DiffquantError
+    from diffquant.zoo.shapes.data import parse_prompt
+
+    if batch.model not in SHAPES_MODELS:
+        raise MetricUnavailable(f"only scores images of {' / '.join(SHAPES_MODELS)}; "
+                                f"this run's model is {batch.model}")
     try:
-        from diffquant.zoo.shapes.scorer import score_images
+        reads = shapes_reads(list(batch.images))
+    except DiffquantError as exc:  # the shipped scorer's weights are missing
+        raise MetricUnavailable(f"the zoo:shapes scorer does not load ({_first_line(exc)})") from exc
+    if len(reads) != len(batch):
+        raise MetricUnavailable(f"the shapes scorer returned {len(reads)} readings for {len(batch)} images")
+    return [{a: seen[a] == v for a, v in parse_prompt(prompt).items()}
+            for seen, prompt in zip(reads, batch.prompts, strict=True)]
+
+
+def _load_shapes_scorer() -> None:
+    """The scorer's module must import; its weights are read on first use (cached by ``load_scorer``)."""
+    try:
+        import diffquant.zoo.shapes.scorer  # noqa: F401
     except Exception as exc:
         raise MetricUnavailable(f"the zoo:shapes scorer does not load ({_first_line(exc)})") from exc
 
+
+def make_shapes_adherence(options: MetricOptions) -> MetricFn:
+    """Per image, the fraction of the attributes its prompt names that the scorer reads back
+    (``scorer.score_images``: a prompt naming none scores 0)."""
+    _load_shapes_scorer()
+
     def shapes_adherence(batch: Batch) -> list[float]:
-        if batch.model not in SHAPES_MODELS:
-            raise MetricUnavailable(f"only scores images of {' / '.join(SHAPES_MODELS)}; "
-                                    f"this run's model is {batch.model}")
-        values = [float(v) for v in score_images(list(batch.images), list(batch.prompts))]
-        if len(values) != len(batch):
-            raise MetricUnavailable(f"the shapes scorer returned {len(values)} scores for {len(batch)} images")
-        return values
+        return [sum(h.values()) / len(h) if h else 0.0 for h in shapes_hits(batch)]
 
     return shapes_adherence
+
+
+def make_shapes_shape(options: MetricOptions) -> MetricFn:
+    """Per image, 1 when the scorer reads back the shape the prompt names, else 0."""
+    _load_shapes_scorer()
+
+    def shapes_shape(batch: Batch) -> list[float]:
+        hits = shapes_hits(batch)
+        missing = [p for p, h in zip(batch.prompts, hits, strict=True) if "shape" not in h]
+        if missing:
+            raise MetricUnavailable(f"{len(missing)} prompt(s) name no shape (e.g. {missing[0]!r}); "
+                                    "shape accuracy needs every prompt to name one")
+        return [float(h["shape"]) for h in hits]
+
+    return shapes_shape
+
+
+def make_shapes_all_correct(options: MetricOptions) -> MetricFn:
+    """Per image, 1 when every attribute its prompt names is read back (adherence exactly 1)."""
+    _load_shapes_scorer()
+
+    def shapes_all_correct(batch: Batch) -> list[float]:
+        return [float(bool(h) and all(h.values())) for h in shapes_hits(batch)]
+
+    return shapes_all_correct

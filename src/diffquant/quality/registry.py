@@ -131,7 +131,14 @@ register_metric("clip-score", f"{_L}:make_clip_score", higher_is_better=True, ne
                             "be local (path) or in the Hugging Face cache")
 register_metric("shapes-adherence", f"{_L}:make_shapes_adherence", higher_is_better=True,
                 needs_reference=False,
-                description="prompt adherence of the built-in zoo:shapes model (its own scorer)")
+                description="prompt adherence of the built-in zoo:shapes model (its own scorer): per image, "
+                            "the fraction of the attributes the prompt names that are read back")
+register_metric("shapes-shape", f"{_L}:make_shapes_shape", higher_is_better=True, needs_reference=False,
+                description="zoo:shapes: 1 when the scorer reads back the shape the prompt names, else 0 "
+                            "(mean: shape accuracy, the attribute adherence averages away)")
+register_metric("shapes-all-correct", f"{_L}:make_shapes_all_correct", higher_is_better=True,
+                needs_reference=False,
+                description="zoo:shapes: 1 when every attribute the prompt names is read back, else 0")
 register_metric("latent-rel-error", f"{_M}:make_latent_rel_error", higher_is_better=False,
                 needs_reference=True, perfect=0.0,
                 description="relative error of the final latents, |q - ref| / |ref|")
