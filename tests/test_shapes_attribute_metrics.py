@@ -115,3 +115,43 @@ def test_the_metrics_agree_with_the_scorers_own_functions() -> None:
     assert np.mean(got["shapes-shape"]) == pytest.approx(attribute_accuracy(images, prompts)["shape"], abs=1e-4)
     assert got["shapes-all-correct"] == [float(v == 1.0) for v in got["shapes-adherence"]]
     assert 0.0 < np.mean(got["shapes-all-correct"]) < 1.0  # the mismatched prompts are caught
+
+
+def test_scored_database_stores_and_exports_the_three_metrics(tmp_path: Path) -> None:
+    """Through the real path: a zoo:shapes results database, `score_database` (all metrics, as
+    `diffquant bench` does), then the JSON export that `diffquant results --format json` prints."""
+    import json
+
+    from diffquant.quality import score_database
+    from diffquant.quality.store import read_quality
+    from diffquant.store import ImageRow, ResultsDB, RunRow, render
+
+    prompts = [s.caption for s in TRUTH[:3]]
+    settings = {"prompts": prompts, "seeds": [0], "steps": 2, "height": 64, "width": 64, "guidance_scale": None,
+                "device": "cpu", "repeats": 1, "warmup": 0}
+    other = {"square": "circle", "triangle": "square", "circle": "cross"}
+    runs = {"bf16": TRUTH[:3], "bnb-nf4": [replace(s, shape=other[s.shape]) for s in TRUTH[:3]]}
+    db_path = tmp_path / "results.db"
+    with ResultsDB(db_path) as db:
+        for k, (recipe, scenes) in enumerate(runs.items()):
+            rows = []
+            for i, scene in enumerate(scenes):
+                path = tmp_path / f"{recipe}-{i}.png"
+                data.render(scene).save(path)
+                rows.append(ImageRow(0, 0, prompts[i], i, 0, str(path), None))
+            db.record_run(RunRow(0, "sweep-1", "zoo:shapes", recipe, f"hash{k}", settings, "ok", None,
+                                 {"gen.peak_rss_mib": 100.0}, {}, "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z",
+                                 run_key=f"key{k}"), rows)
+    score_database(db_path, metrics=list(NAMES))
+    with ResultsDB(db_path) as db:
+        by_recipe = {r.id: r.recipe for r in db.runs()}
+        quality = {by_recipe[k]: v for k, v in read_quality(db.connection).items()}
+        exported = json.loads(render(db, db.runs(), "json", "bf16"))
+    assert {n: quality["bf16"][n].mean for n in NAMES} == {n: 1.0 for n in NAMES}
+    nf4 = quality["bnb-nf4"]
+    assert nf4["shapes-shape"].mean == 0.0 and nf4["shapes-all-correct"].mean == 0.0
+    assert nf4["shapes-adherence"].mean == pytest.approx(0.8)
+    assert nf4["shapes-shape"].delta_mean == pytest.approx(-1.0)  # paired with the reference's images
+    runs_json = exported["runs"] if isinstance(exported, dict) else exported
+    nf4_json = next(r for r in runs_json if r["recipe"] == "bnb-nf4")
+    assert set(NAMES) <= set(nf4_json["quality"])

@@ -169,7 +169,8 @@ def format_estimate(mean: float | None, low: float | None, high: float | None, u
 
 
 METRIC_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "ms-ssim": "MS-SSIM", "lpips": "LPIPS", "clip-score": "CLIP score",
-                 "shapes-adherence": "Shapes adherence", "latent-rel-error": "Latent rel. error"}
+                 "shapes-adherence": "Shapes adherence", "latent-rel-error": "Latent rel. error",
+                 "shapes-shape": "Shape accuracy", "shapes-all-correct": "All attributes right"}
 
 
 def metric_title(name: str) -> str:

@@ -78,12 +78,12 @@ def print_results(db_path: Path, metrics: list[str]) -> None:
             if row.delta_mean is not None:
                 text += "  Δref " + format_estimate(row.delta_mean, row.delta_ci_low, row.delta_ci_high, row.unit,
                                                     signed=True)
-            print(f"{recipe:{width}}  {row.metric:17} {text}  (n={row.n})")
+            print(f"{recipe:{width}}  {row.metric:18} {text}  (n={row.n})")
         elif row.status == "unavailable":
             reasons = unavailable.setdefault(row.metric, [])
             if row.reason and row.reason not in reasons:
                 reasons.append(row.reason)
         elif row.status == "error":
-            print(f"{recipe:{width}}  {row.metric:17} error: {row.reason}")
+            print(f"{recipe:{width}}  {row.metric:18} error: {row.reason}")
     for metric, reasons in unavailable.items():
         print(f"{metric}: unavailable - {'; '.join(reasons)}")

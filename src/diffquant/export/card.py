@@ -21,7 +21,8 @@ CARD = "README.md"
 IMAGES = "images"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 RELATIONS = ("adapter", "merge", "quantized", "finetune")
-_QUALITY_ORDER = ("psnr", "ssim", "ms-ssim", "lpips", "clip-score", "shapes-adherence", "latent-rel-error")
+_QUALITY_ORDER = ("psnr", "ssim", "ms-ssim", "lpips", "clip-score", "shapes-adherence", "shapes-shape",
+                  "shapes-all-correct", "latent-rel-error")
 
 
 def hub_base_model(source: str) -> str | None:
