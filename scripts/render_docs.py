@@ -19,6 +19,8 @@ Views (how a data file becomes rows):
   does not name are ignored, so the export can grow.
 - ``cpu_recipes``: ``benchmarks/bench_recipes_cpu.py``'s table of a ``runs`` file.
 - ``shapes_eval``: the adherence table of ``python -m diffquant.zoo.shapes.evaluate --json``.
+- ``shapes_attributes``: the same file's adherence beside per-attribute accuracy and all-attributes-right,
+  seen and held-out, for ``variants=`` (default ``bf16,random``).
 - ``gpu_check``: the table of a ``benchmarks/gpu_check.py`` result JSON.
 - ``sensitivity_mix``: the table of ``benchmarks/sensitivity_mix.py``'s result JSON.
 - ``script``: a table that a script's own renderer makes of its data (``script=``, ``function=`` default
@@ -296,8 +298,32 @@ def view_shapes_eval(data: Mapping[str, Any], block: Block) -> Table:
     ordered = sorted(results, key=lambda r: rank.get(r["variant"], len(rank)))  # stable: data order after
     rows = [[SHAPES_LABELS.get(r["variant"], r["variant"]), half_up(r["seen"], 3), half_up(r["heldout"], 3),
              half_up(r["seen_by_attribute"]["shape"], 2), half_up(r["seen_by_attribute"]["size"], 2),
-             half_up(r["seen_all_correct"], 2)] for r in ordered]
-    return ["variant", "seen", "held-out", "shape (seen)", "size (seen)", "all attributes right (seen)"], rows
+             half_up(r["seen_all_correct"], 2), half_up(r["heldout_by_attribute"]["shape"], 2),
+             half_up(r["heldout_all_correct"], 2)] for r in ordered]
+    return ["variant", "seen", "held-out", "shape (seen)", "size (seen)", "all attributes right (seen)",
+            "shape (held-out)", "all attributes right (held-out)"], rows
+
+
+SHAPES_ATTRIBUTES = ("shape", "colour", "background", "position", "size")
+
+
+def view_shapes_attributes(data: Mapping[str, Any], block: Block) -> Table:
+    """Adherence with each attribute's accuracy and all-attributes-right beside it, seen and held-out,
+    for the variants named by ``variants=`` (default ``bf16,random``), from the same evaluation JSON."""
+    by_name = {r["variant"]: r for r in data.get("results") or []}
+    rows = []
+    for name in block.attrs.get("variants", "bf16,random").split(","):
+        if name not in by_name:
+            raise DocsError(f"{block.where}: {block.attrs['source']} has no variant {name!r} "
+                            f"(it has {', '.join(by_name) or 'none'})")
+        r = by_name[name]
+        label = SHAPES_LABELS.get(name, name).split(" (")[0]
+        for split, what in (("seen", "seen prompts"), ("heldout", "held-out shape/colour pairs")):
+            attrs = r[f"{split}_by_attribute"]
+            rows.append([f"{label}, {what}", half_up(r[split], 2),
+                         *(half_up(attrs[a], 2) if a in attrs else "—" for a in SHAPES_ATTRIBUTES),
+                         half_up(r[f"{split}_all_correct"], 2)])
+    return ["zoo:shapes", "adherence", *SHAPES_ATTRIBUTES, "all attributes right"], rows
 
 
 def view_gpu_check(data: Mapping[str, Any], block: Block) -> Table:
@@ -365,6 +391,7 @@ def view_script(data: Mapping[str, Any], block: Block) -> Table:
 VIEWS: dict[str, Callable[[Mapping[str, Any], Block], Table]] = {
     "script": view_script,
     "rows": view_rows, "runs": view_runs, "cpu_recipes": view_cpu_recipes, "shapes_eval": view_shapes_eval,
+    "shapes_attributes": view_shapes_attributes,
     "gpu_check": view_gpu_check, "sensitivity_mix": view_sensitivity_mix,
 }
 

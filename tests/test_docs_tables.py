@@ -147,3 +147,22 @@ def test_gpu_check_view_renders_the_checks_table(render_docs) -> None:
     assert rows[0] == ["bf16", "23.800", "23.800 / 23.828 / 24.414", "27.344 / 28.320 / 28.906", "23.800", "0.250",
                        "31.447 / 36.166", "0.24"]
     assert rows[1][:2] == ["gguf-q4_k", "error: RuntimeError: CUDA out of memory"] and rows[1][-2:] == ["-", "-"]
+
+
+def test_shapes_attributes_view_puts_each_attribute_beside_adherence(render_docs, copy: Path, capsys) -> None:
+    source = copy / "docs" / "shapes-eval.json"
+    data = json.loads(source.read_text(encoding="utf-8"))
+    bf16 = next(r for r in data["results"] if r["variant"] == "bf16")
+    bf16["seen_by_attribute"]["shape"] = 0.875  # a retrained model: the README's table must follow
+    bf16["heldout_all_correct"] = 0.7
+    source.write_text(json.dumps(data), encoding="utf-8")
+    assert render_docs.main(["--check", "--root", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "README.md" in err and "table:shapes_attributes" in err
+    assert render_docs.main(["--root", str(copy)]) == 0
+    readme = (copy / "README.md").read_text(encoding="utf-8")
+    assert "| bf16, seen prompts | 0.85 | 0.88 | 1.00 | 1.00 | 1.00 | 0.92 |" in readme
+    assert "| bf16, held-out shape/colour pairs | 0.78 | 0.25 |" in readme and "| 0.70 |" in readme
+    block = render_docs.Block(Path("x.md"), "t", {"source": "x.json", "variants": "bf16,int3"}, 0, 1)
+    with pytest.raises(render_docs.DocsError, match="no variant 'int3'"):
+        render_docs.view_shapes_attributes(data, block)
