@@ -155,3 +155,9 @@ def test_scored_database_stores_and_exports_the_three_metrics(tmp_path: Path) ->
     runs_json = exported["runs"] if isinstance(exported, dict) else exported
     nf4_json = next(r for r in runs_json if r["recipe"] == "bnb-nf4")
     assert set(NAMES) <= set(nf4_json["quality"])
+    from diffquant.figures import metric_title
+    from diffquant.report.collect import collect
+
+    sweep = collect(db_path).sweeps[0]  # what report.html lays out, one section per metric
+    assert [m.name for m in sweep.metrics if m.name in NAMES] == list(NAMES)
+    assert metric_title("shapes-shape") == "Shape accuracy"
