@@ -8,20 +8,31 @@ from typing import Any
 
 from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec, Recipe
-from diffquant.sensitivity.capture import Captured, capture_inputs, run_denoiser
+from diffquant.sensitivity.capture import Captured, capture_inputs, first_step_calls, recondition, run_denoiser
 from diffquant.sensitivity.groups import Group, make_groups, quantized_linears
 
 
 @dataclass
 class GroupResult:
-    name: str
-    modules: tuple[str, ...]
-    rel_error: float  # ||y_q - y_ref||^2 / ||y_ref||^2 over all captured calls, this group quantized
+    name: str  # text-encoder groups carry their component: "text_encoder_2:encoder.block.0..."
+    modules: tuple[str, ...]  # module names inside ``component``
+    rel_error: float  # ||y_q - y_ref||^2 / ||y_ref||^2 of the denoiser output over all captured calls
     bytes_ref: int  # the group's weights at the reference precision
     bytes_quant: int  # ... under the recipe
     rel_error_upgrade: float = 0.0  # the same with the group one type up (0: kept at reference)
     bytes_upgrade: int = 0
     psnr_db: float | None = None  # end image vs reference, this group alone quantized (top groups)
+    component: str = ""  # the pipeline component the modules belong to ("": the denoiser)
+
+
+@dataclass
+class EncoderPart:
+    """A text encoder the recipe quantizes: measured through the denoiser's output (its groups
+    change the text conditioning of the captured calls)."""
+    spec: dict[str, Any]
+    upgrade: str | None
+    module_bytes: dict[str, tuple[int, int, int]]
+    uniform_rel_error: float  # every group of this encoder quantized, the denoiser at reference
 
 
 @dataclass
@@ -31,15 +42,20 @@ class SensitivityResult:
     spec: dict[str, Any]  # the denoiser's QuantSpec as a dict
     denoiser: str
     granularity: str
-    upgrade: str | None  # the type a kept group moves to (None: the reference precision)
-    groups: list[GroupResult]  # ranked, most sensitive first
-    module_bytes: dict[str, tuple[int, int, int]]  # module -> (reference, recipe, upgrade) bytes
-    uniform_rel_error: float  # every group quantized at once: the uniform recipe
+    upgrade: str | None  # the type a kept denoiser group moves to (None: the reference precision)
+    groups: list[GroupResult]  # ranked across components, most sensitive first
+    module_bytes: dict[str, tuple[int, int, int]]  # denoiser module -> (reference, recipe, upgrade) bytes
+    uniform_rel_error: float  # every group of every measured component quantized: the uniform recipe
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    encoders: dict[str, EncoderPart] = field(default_factory=dict)  # text encoders measured too
+    denoiser_uniform_rel_error: float = 0.0  # the denoiser's groups alone
 
     def total_quant_bytes(self) -> int:
         return sum(g.bytes_quant for g in self.groups)
+
+    def component_of(self, group: GroupResult) -> str:
+        return group.component or self.denoiser
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -95,9 +111,9 @@ def _quantized(backend: Any, spec: QuantSpec, model: Any, names: tuple[str, ...]
     return out
 
 
-def _rel_error(model: Any, captured: Captured) -> float:
+def _rel_error(model: Any, calls: list[Any], outputs: list[Any]) -> float:
     num = den = 0.0
-    for call, ref in zip(captured.calls, captured.outputs, strict=True):
+    for call, ref in zip(calls, outputs, strict=True):
         out = run_denoiser(model, call)
         num += float((out - ref).pow(2).sum())
         den += float(ref.pow(2).sum())
@@ -110,21 +126,52 @@ def _bytes(layer: Any) -> int:
     return module_stats(layer).weight_bytes
 
 
-def _error_with(swapper: _Swapper, layers: dict[str, Any], captured: Captured) -> float:
-    old = swapper.swap(layers)
-    try:
-        return _rel_error(swapper.model, captured)
-    finally:
-        swapper.swap(old)
+@dataclass
+class _Part:
+    """One measured component: its module, spec, backend and how its groups are evaluated."""
+    component: str
+    model: Any
+    spec: QuantSpec
+    backend: Any
+    up_spec: QuantSpec | None
+    groups: list[Group]
+    names: list[str]
+
+    @property
+    def swapper(self) -> _Swapper:
+        return _Swapper(self.model)
+
+
+def _encoder_parts(recipe: Recipe, components: dict[str, Any], pipe: Any, denoiser_name: str,
+                   granularity: str) -> list[_Part]:
+    """The text encoders the recipe quantizes with a backend that can quantize one module."""
+    from diffquant.components import resolve_targets
+
+    parts = []
+    for component, spec in resolve_targets(recipe, components).items():
+        if component == denoiser_name or not component.startswith("text_encoder"):
+            continue
+        backend = backend_for(spec)
+        model = getattr(pipe, component, None)
+        if model is None:
+            continue
+        names = quantized_linears(model, spec, backend)
+        if names:
+            upgrade = backend.upgrade_type(spec)
+            parts.append(_Part(component, model, spec, backend, replace(spec, qtype=upgrade) if upgrade else None,
+                               make_groups(names, granularity), names))
+    return parts
 
 
 def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = "layer",
                         prompts: list[str] | None = None, seed: int = 0, steps: int | None = None,
                         calls_per_prompt: int = 4, psnr_top: int = 3, device: str | None = None,
-                        progress: Any = None) -> tuple[SensitivityResult, Any]:
-    """Rank the denoiser's module groups by the error the recipe causes in each alone.
+                        progress: Any = None, text_encoders: bool = True) -> tuple[SensitivityResult, Any]:
+    """Rank the module groups of the denoiser and of the text encoders the recipe quantizes by the
+    error each alone causes in the denoiser's output (one scale for every component).
 
-    Returns the result and the loaded reference denoiser (mixing asks its backend about it).
+    Returns the result and the loaded reference models by component name (mixing asks their
+    backends about them).
     """
     from diffquant.components import read_components, resolve_model
     from diffquant.pipeline import load_pipeline
@@ -143,54 +190,99 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
     names = quantized_linears(denoiser, spec, backend)
     if not names:
         raise DiffquantError(f"{spec.backend}-{spec.qtype} quantizes no linear layer of {denoiser_name}.")
-    groups = make_groups(names, granularity)
+    upgrade = backend.upgrade_type(spec)
+    main = _Part(denoiser_name, denoiser, spec, backend, replace(spec, qtype=upgrade) if upgrade else None,
+                 make_groups(names, granularity), names)
+    encoders = _encoder_parts(recipe, components, pipe, denoiser_name, granularity) if text_encoders else []
     prompts = prompts or _model_prompts(model)
     captured = capture_inputs(pipe, denoiser, prompts, seed=seed, steps=steps, calls_per_prompt=calls_per_prompt)
-    upgrade = backend.upgrade_type(spec)
-    up_spec = replace(spec, qtype=upgrade) if upgrade else None
-    swapper = _Swapper(denoiser)
 
-    module_bytes: dict[str, tuple[int, int, int]] = {}
-    results = []
-    for index, group in enumerate(groups):
-        if progress:
-            progress(index, len(groups), group.name)
-        results.append(_measure_group(group, backend, spec, up_spec, swapper, captured, module_bytes))
-    every = _quantized(backend, spec, denoiser, tuple(names))
-    uniform = _error_with(swapper, every, captured)
-    del every
+    total = len(main.groups) + sum(len(p.groups) for p in encoders)
+    done = 0
+    results: list[GroupResult] = []
+    byte_tables: dict[str, dict[str, tuple[int, int, int]]] = {}
+    for part in (main, *encoders):
+        table = byte_tables.setdefault(part.component, {})
+        for group in part.groups:
+            if progress:
+                progress(done, total, _label(part, main, group.name))
+            done += 1
+            results.append(_measure_group(part, main, group, pipe, captured, table))
+    errors = {part.component: _error_of(part, main, pipe, captured,
+                                        _quantized(part.backend, part.spec, part.model, tuple(part.names)))
+              for part in (main, *encoders)}
+    uniform = _uniform_error((main, *encoders), main, pipe, captured)
     results.sort(key=lambda r: (-r.rel_error, r.name))
     if psnr_top:
-        _end_image_psnr(pipe, denoiser, results[:psnr_top], backend, spec, swapper, captured, steps)
+        parts = {p.component: p for p in (main, *encoders)}
+        _end_image_psnr(pipe, results[:psnr_top], parts, denoiser_name, captured, steps)
     settings = {"prompts": captured.prompts, "seed": seed, "steps": steps, "calls_per_prompt": calls_per_prompt,
                 "calls": len(captured.calls), "device": device or "auto", "metric": "relative MSE of the "
-                "denoiser output over the captured calls"}
-    result = SensitivityResult(model=model, recipe=recipe.name, spec=spec.to_dict(), denoiser=denoiser_name,
-                               granularity=granularity, upgrade=upgrade, groups=results,
-                               module_bytes=module_bytes, uniform_rel_error=uniform, settings=settings,
-                               seconds=time.perf_counter() - started)
-    return result, denoiser
+                "denoiser output over the captured calls (text-encoder groups: the calls re-conditioned on "
+                "the prompts encoded with that group quantized, the denoiser at reference)"}
+    result = SensitivityResult(
+        model=model, recipe=recipe.name, spec=spec.to_dict(), denoiser=denoiser_name, granularity=granularity,
+        upgrade=upgrade, groups=results, module_bytes=byte_tables[denoiser_name], uniform_rel_error=uniform,
+        settings=settings, seconds=time.perf_counter() - started,
+        encoders={p.component: EncoderPart(p.spec.to_dict(), p.up_spec.qtype if p.up_spec else None,
+                                           byte_tables[p.component], errors[p.component]) for p in encoders},
+        denoiser_uniform_rel_error=errors[denoiser_name])
+    models = {denoiser_name: denoiser, **{p.component: p.model for p in encoders}}
+    return result, models
 
 
-def _measure_group(group: Group, backend: Any, spec: QuantSpec, up_spec: QuantSpec | None, swapper: _Swapper,
-                   captured: Captured, module_bytes: dict[str, tuple[int, int, int]]) -> GroupResult:
-    model = swapper.model
-    layers = _quantized(backend, spec, model, group.modules)
-    error = _error_with(swapper, layers, captured)
-    ups = _quantized(backend, up_spec, model, group.modules) if up_spec else {n: model.get_submodule(n)
-                                                                             for n in group.modules}
-    error_up = _error_with(swapper, ups, captured) if up_spec else 0.0
+def _label(part: _Part, main: _Part, name: str) -> str:
+    return name if part is main else f"{part.component}:{name}"
+
+
+def _error_of(part: _Part, main: _Part, pipe: Any, captured: Captured, layers: dict[str, Any]) -> float:
+    """Relative error of the denoiser output with ``layers`` swapped into ``part``'s model."""
+    swapper = part.swapper
+    old = swapper.swap(layers)
+    try:
+        if part is main:
+            return _rel_error(main.model, captured.calls, captured.outputs)
+        calls = recondition(captured, first_step_calls(pipe, main.model, captured))
+        return _rel_error(main.model, calls, captured.outputs)
+    finally:
+        swapper.swap(old)
+
+
+def _uniform_error(parts: tuple[_Part, ...], main: _Part, pipe: Any, captured: Captured) -> float:
+    """Every measured component quantized at once: the uniform recipe."""
+    olds = []
+    try:
+        for part in parts:
+            olds.append((part, part.swapper.swap(_quantized(part.backend, part.spec, part.model,
+                                                            tuple(part.names)))))
+        calls = recondition(captured, first_step_calls(pipe, main.model, captured)) if len(parts) > 1 \
+            else captured.calls
+        return _rel_error(main.model, calls, captured.outputs)
+    finally:
+        for part, old in reversed(olds):
+            part.swapper.swap(old)
+
+
+def _measure_group(part: _Part, main: _Part, group: Group, pipe: Any, captured: Captured,
+                   module_bytes: dict[str, tuple[int, int, int]]) -> GroupResult:
+    model = part.model
+    layers = _quantized(part.backend, part.spec, model, group.modules)
+    error = _error_of(part, main, pipe, captured, layers)
+    ups = _quantized(part.backend, part.up_spec, model, group.modules) if part.up_spec \
+        else {n: model.get_submodule(n) for n in group.modules}
+    error_up = _error_of(part, main, pipe, captured, ups) if part.up_spec else 0.0
     for name in group.modules:
         module_bytes[name] = (_bytes(model.get_submodule(name)), _bytes(layers[name]), _bytes(ups[name]))
-    return GroupResult(name=group.name, modules=group.modules, rel_error=error,
+    return GroupResult(name=_label(part, main, group.name), modules=group.modules, rel_error=error,
                        bytes_ref=sum(module_bytes[n][0] for n in group.modules),
                        bytes_quant=sum(module_bytes[n][1] for n in group.modules),
                        rel_error_upgrade=error_up,
-                       bytes_upgrade=sum(module_bytes[n][2] for n in group.modules))
+                       bytes_upgrade=sum(module_bytes[n][2] for n in group.modules),
+                       component="" if part is main else part.component)
 
 
-def _end_image_psnr(pipe: Any, denoiser: Any, top: list[GroupResult], backend: Any, spec: QuantSpec,
-                    swapper: _Swapper, captured: Captured, steps: int | None) -> None:
+def _end_image_psnr(pipe: Any, top: list[GroupResult], parts: dict[str, _Part], denoiser: str,
+                    captured: Captured, steps: int | None) -> None:
     """PSNR of the final image with only this group quantized, against the reference image."""
     from diffquant.pipeline import generate
     from diffquant.quality.metrics import to_tensor
@@ -200,7 +292,9 @@ def _end_image_psnr(pipe: Any, denoiser: Any, top: list[GroupResult], backend: A
 
     reference = images()
     for group in top:
-        old = swapper.swap(_quantized(backend, spec, denoiser, group.modules))
+        part = parts[group.component or denoiser]
+        swapper = part.swapper
+        old = swapper.swap(_quantized(part.backend, part.spec, part.model, group.modules))
         try:
             values = [_psnr(a, b) for a, b in zip(images(), reference, strict=True)]
         finally:
