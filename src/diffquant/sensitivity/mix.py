@@ -17,7 +17,7 @@ from typing import Any
 
 from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec, Recipe
-from diffquant.sensitivity.run import SensitivityResult, backend_for
+from diffquant.sensitivity.run import GroupResult, SensitivityResult, backend_for
 
 
 @dataclass(frozen=True)
@@ -93,11 +93,18 @@ def _steps(result: SensitivityResult, parts: dict[str, _Component]
     for g in result.groups:
         ladder: list[tuple[str | None, float, int]] = []
         upgrade = parts[result.component_of(g)].upgrade
-        if upgrade:
-            ladder.append((upgrade, g.rel_error_upgrade, g.bytes_upgrade))
+        if upgrade:  # the upgrade's proxy error, at the group's own rate into the end image
+            rate = _error(g) / g.rel_error if g.rel_error else 0.0
+            ladder.append((upgrade, g.rel_error_upgrade * rate, g.bytes_upgrade))
         ladder.append((None, 0.0, g.bytes_ref))
         ladders[g.name] = ladder
     return ladders
+
+
+def _error(group: GroupResult) -> float:
+    """What the mix removes: the end-image error where the sweep put groups on that scale
+    (calibrated, or measured for the top groups), else the denoiser-output error."""
+    return group.image_error() if group.image_mse is not None or group.image_mse_est else group.rel_error
 
 
 def _mixed_specs(parts: dict[str, _Component], chosen: dict[str, dict[str, str | None]]) -> dict[str, QuantSpec]:
@@ -130,7 +137,7 @@ def mix_recipe(result: SensitivityResult, recipe: Recipe, models: Any, extra_byt
         for name, g in groups.items():
             if name in blocked or level[name] + 1 >= len(ladders[name]):
                 continue
-            err_now = g.rel_error if level[name] < 0 else ladders[name][level[name]][1]
+            err_now = _error(g) if level[name] < 0 else ladders[name][level[name]][1]
             bytes_now = g.bytes_quant if level[name] < 0 else ladders[name][level[name]][2]
             _, err_next, bytes_next = ladders[name][level[name] + 1]
             removed = err_now - err_next
@@ -153,7 +160,7 @@ def mix_recipe(result: SensitivityResult, recipe: Recipe, models: Any, extra_byt
         if cost > extra_bytes:
             blocked.add(name)
             continue
-        err_now = groups[name].rel_error if level[name] < 0 else ladders[name][level[name]][1]
+        err_now = _error(groups[name]) if level[name] < 0 else ladders[name][level[name]][1]
         level[name] += 1
         chosen = trial
         choices.append(MixChoice(name, to_type or "reference", err_now - err_next, cost - spent))
