@@ -328,15 +328,18 @@ def view_sensitivity_mix(data: Mapping[str, Any], block: Block) -> Table:
         u = uniform[r["base"]]
         psnr = r["quality"].get("psnr") or {}
         ssim = (r["quality"].get("ssim") or {}).get("mean")
+        adherence = (r["quality"].get("shapes-adherence") or {}).get("mean")
         u_psnr = (u["quality"].get("psnr") or {}).get("mean")
         extra = (r[key] - u[key]) / u[key]
         removed = "" if r is u or u_psnr is None or psnr.get("mean") is None else \
             f"{100 * (1 - math.pow(10, -(psnr['mean'] - u_psnr) / 10)):.1f}%"
         rows.append([r["base"], r["kind"], f"{r[key] / MIB:.2f}", f"{100 * extra:+.1f}%",
                      (f"{psnr.get('mean', float('nan')):.2f} [{psnr.get('ci_low', float('nan')):.2f}, "
-                      f"{psnr.get('ci_high', float('nan')):.2f}]"), "" if ssim is None else f"{ssim:.4f}", removed])
+                      f"{psnr.get('ci_high', float('nan')):.2f}]"), "" if ssim is None else f"{ssim:.4f}",
+                     "" if adherence is None else f"{adherence:.2f}", removed])
     size = "quantized components MiB" if key == "quantized_components_bytes" else "transformer MiB"
-    return ["base recipe", "mix", size, "bytes vs uniform", "PSNR vs bf16, dB [95% CI]", "SSIM", "error removed"], rows
+    return ["base recipe", "mix", size, "bytes vs uniform", "PSNR vs bf16, dB [95% CI]", "SSIM", "adherence",
+            "error removed"], rows
 
 
 def view_script(data: Mapping[str, Any], block: Block) -> Table:
