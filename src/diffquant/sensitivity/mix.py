@@ -102,9 +102,9 @@ def _steps(result: SensitivityResult, parts: dict[str, _Component]
 
 
 def _error(group: GroupResult) -> float:
-    """What the mix removes: the end-image error where the sweep put groups on that scale
-    (calibrated, or measured for the top groups), else the denoiser-output error."""
-    return group.image_error() if group.image_mse is not None or group.image_mse_est else group.rel_error
+    """What the mix removes: the end-image error where the sweep calibrated the groups to that
+    scale (measured for the top groups, estimated for the rest), else the denoiser-output error."""
+    return group.image_error() if group.image_mse_est else group.rel_error
 
 
 def _mixed_specs(parts: dict[str, _Component], chosen: dict[str, dict[str, str | None]]) -> dict[str, QuantSpec]:

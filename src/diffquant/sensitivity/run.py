@@ -188,7 +188,7 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
     error each alone causes in the denoiser's output, put on the end image's scale.
 
     The denoiser-output error is one scale for every component, but not one exchange rate into
-    the end image: on zoo:shapes a T5 group moves the image ~300x more per unit of it than a
+    the end image: on zoo:shapes a T5 group moves the image far more per unit of it than a
     transformer group (a conditioning change steers every step the same way). With ``calibrate``
     each component's uniform quantization is also run end to end once; its image MSE over its
     proxy error converts that component's groups (``image_mse_est``), and the ranking is by that.
@@ -240,12 +240,14 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
     calibration: dict[str, float | None] = {c: None for c in parts}
     if calibrate or psnr_top:
         images = _Images(pipe, captured, steps)
-        if calibrate:
+        if calibrate:  # without it there is no end-image scale: the ranking stays on the proxy
             calibration = {c: images.mse(part, tuple(part.names)) for c, part in parts.items()}
-        for group in results:
-            mse, proxy = calibration[group.component or denoiser_name], errors[group.component or denoiser_name]
-            group.image_mse_est = group.rel_error * (mse / proxy if mse is not None and proxy else 1.0)
-        results.sort(key=lambda r: (-r.image_mse_est, r.name))
+            for group in results:
+                mse, proxy = calibration[group.component or denoiser_name], errors[group.component or denoiser_name]
+                group.image_mse_est = group.rel_error * (mse / proxy if mse is not None and proxy else 0.0)
+            results.sort(key=lambda r: (-r.image_mse_est, r.name))
+        else:
+            results.sort(key=lambda r: (-r.rel_error, r.name))
         for group in results[:psnr_top]:
             group.image_mse = images.mse(parts[group.component or denoiser_name], group.modules)
             group.psnr_db = _psnr_of(group.image_mse)
