@@ -251,6 +251,8 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
         for group in results[:psnr_top]:
             group.image_mse = images.mse(parts[group.component or denoiser_name], group.modules)
             group.psnr_db = _psnr_of(group.image_mse)
+        if calibrate:
+            _match_measured(results)
     else:
         results.sort(key=lambda r: (-r.rel_error, r.name))
     settings = {"prompts": captured.prompts, "seed": seed, "steps": steps, "calls_per_prompt": calls_per_prompt,
@@ -317,6 +319,23 @@ def _measure_group(part: _Part, main: _Part, group: Group, pipe: Any, captured: 
                        rel_error_upgrade=error_up,
                        bytes_upgrade=sum(module_bytes[n][2] for n in group.modules),
                        component="" if part is main else part.component)
+
+
+def _match_measured(results: list[GroupResult]) -> None:
+    """Scale every estimate by how the measured groups compare with theirs, and re-rank.
+
+    The calibration converts at the rate of a whole component quantized; a group alone moves the
+    end image less than its share of that (errors compound along the trajectory). Without this,
+    a measured group would compete against inflated estimates and lose. One factor for all
+    components keeps the calibration's exchange rates between them."""
+    measured = [g for g in results if g.image_mse is not None and g.image_mse_est > 0]
+    estimated = sum(g.image_mse_est for g in measured)
+    if not measured or estimated <= 0:
+        return
+    rate = sum(g.image_mse or 0.0 for g in measured) / estimated
+    for group in results:
+        group.image_mse_est *= rate
+    results.sort(key=lambda r: (-r.image_error(), r.name))
 
 
 class _Images:
