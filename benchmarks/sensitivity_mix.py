@@ -1,8 +1,9 @@
 """Uniform recipe vs the community's rule-based mix vs the sensitivity-based mix, through bench.
 
 For each base recipe (default: bnb-nf4 and gguf-q2_k on zoo:shapes):
-1. `diffquant sensitivity` at layer granularity -> a mixed recipe at +10% of the quantized
-   layers' bytes, and one at the rule-based mix's extra bytes (the equal-bytes comparison);
+1. `diffquant sensitivity` at layer granularity (transformer and the text encoders the recipe
+   quantizes) -> a mixed recipe at +10% of the quantized components' weight bytes, and one at the
+   rule-based mix's extra bytes (the equal-bytes comparison);
 2. the rule-based mix: for GGUF the named mix (Q2_K -> Q2_K_M, llama.cpp's rules), for other
    backends stable-diffusion.cpp's rule (embedders and final layers kept precise);
 3. one `diffquant bench` sweep of bf16 + all of them (same prompts, seeds, steps), scored
@@ -28,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Top-level names as one-name globs: bitsandbytes also matches a plain word as any path segment,
 # and "proj_out" would then keep every single block's proj_out too.
+# Groups whose end-image error is measured alone (the rest are estimated from the proxy).
+PSNR_TOP = 8
 RULE_SKIP = ("[x]_embedder", "[c]ontext_embedder", "time_text_embed.*", "norm_out.*", "[p]roj_out")
 
 
@@ -58,11 +61,19 @@ def denoiser_only(recipe: str) -> bool:
     return BACKENDS[parse_recipe(recipe).quant[0].backend].denoiser_only
 
 
-def transformer_bytes(model: str, recipe: str) -> int:
+def component_bytes(model: str, recipe: str) -> dict[str, int]:
     from diffquant.inspect import component_stats
     from diffquant.pipeline import load_pipeline
 
-    return component_stats(load_pipeline(model, recipe, device="cpu"))["transformer"].weight_bytes
+    return {name: s.weight_bytes for name, s in component_stats(load_pipeline(model, recipe, device="cpu")).items()}
+
+
+def quantized_components(model: str, recipe: str) -> tuple[str, ...]:
+    """The components the base recipe quantizes: the bytes the budget is a share of."""
+    from diffquant.components import read_components, resolve_model, resolve_targets
+    from diffquant.recipes import parse_recipe
+
+    return tuple(resolve_targets(parse_recipe(recipe), read_components(resolve_model(model))))
 
 
 def sensitivity_mixes(model: str, recipe: str, extra_bytes: list[int]) -> tuple[dict, list[str]]:
@@ -70,15 +81,18 @@ def sensitivity_mixes(model: str, recipe: str, extra_bytes: list[int]) -> tuple[
     from diffquant.recipes import parse_recipe
     from diffquant.sensitivity import measure_sensitivity, mix_recipe
 
-    result, denoiser = measure_sensitivity(model, recipe, granularity="layer", psnr_top=0, device="cpu")
+    result, models = measure_sensitivity(model, recipe, granularity="layer", psnr_top=PSNR_TOP, device="cpu")
     components = read_components(resolve_model(model))
-    mixes = []
+    mixes, chosen = [], []
     for budget in extra_bytes:
-        mixed, _choices, _spent = mix_recipe(result, parse_recipe(recipe), denoiser, budget, components)
+        mixed, choices, _spent = mix_recipe(result, parse_recipe(recipe), models, budget, components)
         mixes.append(mixed.name)
+        chosen.append([c.group for c in choices])
     summary = {"seconds": result.seconds, "uniform_rel_error": result.uniform_rel_error,
-               "top": [(g.name, g.rel_error) for g in result.groups[:5]],
-               "quant_bytes": result.total_quant_bytes()}
+               "calibration": {"denoiser": [result.denoiser_uniform_rel_error, result.denoiser_uniform_image_mse],
+                               **{c: [p.uniform_rel_error, p.uniform_image_mse] for c, p in result.encoders.items()}},
+               "top": [(g.name, g.rel_error, g.image_mse_est, g.image_mse) for g in result.groups[:12]],
+               "chosen": chosen, "quant_bytes": result.total_quant_bytes()}
     return summary, mixes
 
 
@@ -106,23 +120,28 @@ def main() -> int:
     rows = []
     to_bench = ["bf16"]
     for recipe in args.recipes.split(","):
-        uniform = transformer_bytes(args.model, recipe)
+        counted = quantized_components(args.model, recipe)
+
+        def quant_bytes(name: str, counted: tuple[str, ...] = counted) -> dict[str, int]:
+            sizes = component_bytes(args.model, name)
+            return {"transformer_bytes": sizes["transformer"], "quantized_components": list(counted),
+                    "quantized_components_bytes": sum(sizes[c] for c in counted)}
+
+        uniform = quant_bytes(recipe)["quantized_components_bytes"]
         rule = rule_based(recipe)
-        rule_extra = transformer_bytes(args.model, rule) - uniform
+        rule_extra = quant_bytes(rule)["quantized_components_bytes"] - uniform
         budget = int(args.extra * uniform)
         summary, (mix, mix_equal) = sensitivity_mixes(args.model, recipe, [budget, max(rule_extra, 0)])
         entries = [("uniform", recipe), ("rule-based", rule), (f"sensitivity +{args.extra:.0%}", mix),
                    ("sensitivity, rule's bytes", mix_equal)]
         for kind, name in entries:
-            rows.append({"base": recipe, "kind": kind, "recipe": name,
-                         "transformer_bytes": transformer_bytes(args.model, name)})
+            rows.append({"base": recipe, "kind": kind, "recipe": name, **quant_bytes(name)})
             to_bench.append(name)
         rows.append({"base": recipe, "kind": "sweep", "sensitivity": summary})
         if not denoiser_only(recipe):  # where the error comes from: each component alone
             for part in ("transformer", "text_encoder_2"):
                 name = f"{recipe}@{part}"
-                rows.append({"base": recipe, "kind": f"only {part}", "recipe": name,
-                             "transformer_bytes": transformer_bytes(args.model, name)})
+                rows.append({"base": recipe, "kind": f"only {part}", "recipe": name, **quant_bytes(name)})
                 to_bench.append(name)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "mix.db"
@@ -138,8 +157,10 @@ def main() -> int:
             row["quality"] = scores.get(parse_recipe(row["recipe"]).name, {})
     bf16 = scores.get("bf16", {})
     data = {"model": args.model, "seeds": args.seeds, "rows": rows, "bf16": bf16,
-            "method": "sensitivity: layer granularity, relative MSE of the denoiser output on captured calls; "
-                      "mix: greedy on error removed per byte added",
+            "method": "sensitivity: layer granularity over the transformer and the text encoders the recipe "
+                      "quantizes, relative MSE of the denoiser output on captured calls, calibrated per component "
+                      f"to end-image MSE, the top {PSNR_TOP} groups' end-image MSE measured; mix: greedy on "
+                      "end-image error removed per byte added; bytes: the components the base recipe quantizes",
             "host_load_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
             "seconds": time.time() - started, "commit": _commit()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +186,8 @@ def print_table(data: dict) -> None:
         print(f"\n{base} on {data['model']}")
         for r in rows:
             q = r["quality"].get("psnr", {})
-            extra = (r["transformer_bytes"] - uniform["transformer_bytes"]) / uniform["transformer_bytes"]
+            key = "quantized_components_bytes" if "quantized_components_bytes" in r else "transformer_bytes"
+            extra = (r[key] - uniform[key]) / uniform[key]
             gain = "" if u_psnr is None or q.get("mean") is None or r is uniform else \
                 f"error removed {recovered(u_psnr, q['mean']):5.1%}"
             print(f"  {r['kind']:28s} +{extra:6.1%} bytes  PSNR {q.get('mean', float('nan')):6.2f} "

@@ -339,25 +339,32 @@ def view_gpu_check(data: Mapping[str, Any], block: Block) -> Table:
 
 
 def view_sensitivity_mix(data: Mapping[str, Any], block: Block) -> Table:
-    """Uniform vs rule-based vs sensitivity mixes from ``benchmarks/sensitivity_mix.py``."""
+    """Uniform vs rule-based vs sensitivity mixes from ``benchmarks/sensitivity_mix.py``. Bytes:
+    the components the base recipe quantizes where the data has them, else the transformer."""
     import math
 
     rows_in = [r for r in data.get("rows") or [] if "recipe" in r]
     if not rows_in:
         raise DocsError(f"{block.where}: {block.attrs['source']} is not a benchmarks/sensitivity_mix.py result")
     uniform = {r["base"]: r for r in rows_in if r["kind"] == "uniform"}
+    key = "quantized_components_bytes" if all("quantized_components_bytes" in r for r in rows_in) \
+        else "transformer_bytes"
     rows = []
     for r in rows_in:
         u = uniform[r["base"]]
         psnr = r["quality"].get("psnr") or {}
+        ssim = (r["quality"].get("ssim") or {}).get("mean")
+        adherence = (r["quality"].get("shapes-adherence") or {}).get("mean")
         u_psnr = (u["quality"].get("psnr") or {}).get("mean")
-        extra = (r["transformer_bytes"] - u["transformer_bytes"]) / u["transformer_bytes"]
+        extra = (r[key] - u[key]) / u[key]
         removed = "" if r is u or u_psnr is None or psnr.get("mean") is None else \
             f"{100 * (1 - math.pow(10, -(psnr['mean'] - u_psnr) / 10)):.1f}%"
-        rows.append([r["base"], r["kind"], f"{r['transformer_bytes'] / MIB:.2f}", f"{100 * extra:+.1f}%",
+        rows.append([r["base"], r["kind"], f"{r[key] / MIB:.2f}", f"{100 * extra:+.1f}%",
                      (f"{psnr.get('mean', float('nan')):.2f} [{psnr.get('ci_low', float('nan')):.2f}, "
-                      f"{psnr.get('ci_high', float('nan')):.2f}]"), removed])
-    return ["base recipe", "mix", "transformer MiB", "bytes vs uniform", "PSNR vs bf16, dB [95% CI]",
+                      f"{psnr.get('ci_high', float('nan')):.2f}]"), "" if ssim is None else f"{ssim:.4f}",
+                     "" if adherence is None else f"{adherence:.2f}", removed])
+    size = "quantized components MiB" if key == "quantized_components_bytes" else "transformer MiB"
+    return ["base recipe", "mix", size, "bytes vs uniform", "PSNR vs bf16, dB [95% CI]", "SSIM", "adherence",
             "error removed"], rows
 
 

@@ -105,16 +105,17 @@ def test_top_groups_agree_with_a_real_load(nf4_sweep) -> None:
     from diffquant.backends import bnb
     from diffquant.recipes import Recipe, parse_recipe
 
-    result, denoiser = nf4_sweep
+    result, models = nf4_sweep
     base = parse_recipe("bnb-nf4@transformer")
     everything = list(result.module_bytes)
 
     def only(group) -> Recipe:
         others = {m: None for m in everything if m not in group.modules}
-        spec = bnb.keep_precise(base.quant[0], others, denoiser)
+        spec = bnb.keep_precise(base.quant[0], others, models["transformer"])
         return replace(base, quant=(spec,))
 
-    top, bottom = result.groups[0], result.groups[-1]
+    ranked = [g for g in result.groups if not g.component]  # the transformer's groups
+    top, bottom = ranked[0], ranked[-1]
     assert _latent_error(only(top)) > 2 * _latent_error(only(bottom))
 
 
@@ -124,15 +125,16 @@ def test_mixed_recipe_is_an_ordinary_recipe_within_budget(nf4_sweep, tmp_path: P
     from diffquant.recipes import load_recipe, parse_recipe, recipe_to_toml
     from diffquant.sensitivity import mix_recipe
 
-    result, denoiser = nf4_sweep
+    result, models = nf4_sweep
     budget = int(0.25 * result.total_quant_bytes())
     recipe = parse_recipe("bnb-nf4")
-    mixed, choices, spent = mix_recipe(result, recipe, denoiser, budget, read_components(resolve_model(MODEL)))
+    mixed, choices, spent = mix_recipe(result, recipe, models, budget, read_components(resolve_model(MODEL)))
     assert choices and 0 < spent <= budget
-    # the most error per byte goes first; the text encoder keeps the uniform recipe
+    # the most error per byte goes first, kept in its own component's options
     assert {s.target for s in mixed.quant} == {"transformer", "text_encoder_2"}
     first = next(g for g in result.groups if g.name == choices[0].group)
-    assert all(bnb.keeps_precise(mixed.spec_for("transformer"), m, denoiser) for m in first.modules)
+    component = first.component or "transformer"
+    assert all(bnb.keeps_precise(mixed.spec_for(component), m, models[component]) for m in first.modules)
     path = tmp_path / "mixed.toml"
     path.write_text(recipe_to_toml(mixed))
     again = load_recipe(str(path))
@@ -147,12 +149,13 @@ def test_gguf_mix_bumps_types_and_loads(tmp_path: Path) -> None:
     from diffquant.recipes import parse_recipe
     from diffquant.sensitivity import measure_sensitivity, mix_recipe
 
-    result, denoiser = measure_sensitivity(MODEL, "gguf-q2_k", granularity="kind", calls_per_prompt=1,
-                                           psnr_top=0, device="cpu", prompts=["a red square"])
+    result, models = measure_sensitivity(MODEL, "gguf-q2_k", granularity="kind", calls_per_prompt=1,
+                                         psnr_top=0, device="cpu", prompts=["a red square"])
+    assert not result.encoders  # GGUF quantizes the denoiser only
     assert result.upgrade == "q3_k"
     assert all(g.bytes_quant < g.bytes_upgrade < g.bytes_ref for g in result.groups)
     recipe = parse_recipe("gguf-q2_k")
-    mixed, choices, spent = mix_recipe(result, recipe, denoiser, int(0.3 * result.total_quant_bytes()),
+    mixed, choices, spent = mix_recipe(result, recipe, models, int(0.3 * result.total_quant_bytes()),
                                        read_components(resolve_model(MODEL)))
     assert choices and "Q3_K" in str(mixed.quant[0].option("keep"))
     uniform = component_stats(load_pipeline(MODEL, recipe, device="cpu"))["transformer"].weight_bytes

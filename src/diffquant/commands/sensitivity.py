@@ -13,11 +13,13 @@ from diffquant.arguments import argtype, parse_device, parse_seed, parse_steps
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "sensitivity", help="rank the denoiser's layers by the error a recipe causes in each",
-        description="Quantize one group of the denoiser's linear layers at a time with RECIPE (the rest at the "
-                    "reference precision), run the denoiser on inputs captured from reference generations and "
-                    "rank the groups by the relative error of its output. With --extra-memory or --budget-bytes "
-                    "and -o, write a mixed recipe (TOML) that keeps the most sensitive groups precise.")
+        "sensitivity", help="rank the denoiser's and text encoders' layers by the error a recipe causes in each",
+        description="Quantize one group of linear layers at a time with RECIPE (the rest at the reference "
+                    "precision) - the denoiser's, and the text encoders' the recipe quantizes (their prompts "
+                    "re-encoded) - run the denoiser on inputs captured from reference generations and rank the "
+                    "groups by the relative error of its output, converted per component to end-image error. "
+                    "With --extra-memory or --budget-bytes and -o, write a mixed recipe (TOML) that keeps the "
+                    "most sensitive groups precise.")
     parser.add_argument("model", help="Hub id, local pipeline folder, or zoo:NAME")
     parser.add_argument("--recipe", required=True, help="a quantizing recipe, e.g. bnb-nf4 or gguf-q4_k")
     parser.add_argument("--groups", default="layer", help="layer | block | kind (default: layer)")
@@ -28,6 +30,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--calls", type=int, default=4,
                         help="denoiser calls kept per prompt, spread over the schedule (default: 4)")
     parser.add_argument("--psnr-top", type=int, default=3, help="end-image PSNR for the N top groups (default: 3)")
+    parser.add_argument("--denoiser-only", action="store_true",
+                        help="rank the denoiser's groups only, not the text encoders' the recipe quantizes")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="skip the end-image run per component (rank by the denoiser-output error alone)")
     parser.add_argument("--device", type=argtype(parse_device), default=None,
                         help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--db", type=Path, default=None, help="append the ranking to this results database")
@@ -83,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
         if not quiet:
             print(f"\r[{i + 1}/{n}] {name[:60]:60s}", end="", file=sys.stderr, flush=True)
 
-    result, denoiser = measure_sensitivity(args.model, recipe, granularity=args.groups,
+    result, models = measure_sensitivity(args.model, recipe, granularity=args.groups,
                                            prompts=_prompts(args.prompts), seed=args.seed, steps=args.steps,
                                            calls_per_prompt=args.calls, psnr_top=args.psnr_top,
-                                           device=args.device, progress=progress)
+                                           device=args.device, progress=progress,
+                                           text_encoders=not args.denoiser_only, calibrate=not args.no_calibrate)
     if not quiet:
         print(file=sys.stderr)
     mix: dict[str, Any] | None = None
@@ -94,10 +101,10 @@ def run(args: argparse.Namespace) -> int:
         extra = args.budget_bytes if args.budget_bytes is not None else args.extra_memory
         budget = budget_from(result, extra)
         components = read_components(resolve_model(args.model))
-        mixed, choices, spent = mix_recipe(result, recipe, denoiser, budget, components)
+        mixed, choices, spent = mix_recipe(result, recipe, models, budget, components)
         write_atomic(args.output, recipe_to_toml(mixed))
         mix = {"recipe": mixed.name, "hash": mixed.hash, "file": str(args.output), "budget_bytes": budget,
-               "bytes_added": spent, "method": "greedy on error removed per byte added",
+               "bytes_added": spent, "method": "greedy on end-image error removed per byte added",
                "choices": [c.__dict__ for c in choices]}
     if args.db is not None:
         from diffquant.sensitivity.store import save_result
@@ -123,14 +130,17 @@ def _print_table(result: Any, top: int) -> None:
     up = result.upgrade or "reference"
     table = Table(title=f"{result.model} · {result.recipe} · {result.denoiser} by {result.granularity} "
                         f"({result.settings['calls']} captured calls)")
-    for col in ("rank", "group", "rel. error", f"rel. error at {up}", "share of bytes", "end PSNR dB"):
+    for col in ("rank", "group", "rel. error", f"rel. error at {up}", "end MSE (est.)", "share of bytes",
+                "end PSNR dB"):
         table.add_column(col, justify="left" if col == "group" else "right")
     for rank, g in enumerate(result.groups[:top], start=1):
         table.add_row(str(rank), g.name, f"{g.rel_error:.3e}", f"{g.rel_error_upgrade:.3e}",
+                      "" if not g.image_mse_est else f"{g.image_mse_est:.2e}",
                       f"{100 * g.bytes_quant / total:.1f}%", "" if g.psnr_db is None else f"{g.psnr_db:.2f}")
     console = Console(width=max(120, Console().width))
     console.print(table)
     console.print(f"uniform {result.recipe}: relative error {result.uniform_rel_error:.3e} with every group "
                   f"quantized; {len(result.groups)} groups; {result.seconds:.1f} s. rel. error = "
-                  "||y_q - y_ref||² / ||y_ref||² of the denoiser output (lower is better).")
+                  "||y_q - y_ref||² / ||y_ref||² of the denoiser output (lower is better); end MSE (est.) = "
+                  "it times its component's end-image rate (the ranking's order).")
 

@@ -8,20 +8,46 @@ from typing import Any
 
 from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec, Recipe
-from diffquant.sensitivity.capture import Captured, capture_inputs, run_denoiser
+from diffquant.sensitivity.capture import (
+    Captured,
+    capture_inputs,
+    first_step_calls,
+    recondition,
+    run_denoiser,
+)
 from diffquant.sensitivity.groups import Group, make_groups, quantized_linears
 
 
 @dataclass
 class GroupResult:
-    name: str
-    modules: tuple[str, ...]
-    rel_error: float  # ||y_q - y_ref||^2 / ||y_ref||^2 over all captured calls, this group quantized
+    name: str  # text-encoder groups carry their component: "text_encoder_2:encoder.block.0..."
+    modules: tuple[str, ...]  # module names inside ``component``
+    rel_error: float  # ||y_q - y_ref||^2 / ||y_ref||^2 of the denoiser output over all captured calls
     bytes_ref: int  # the group's weights at the reference precision
     bytes_quant: int  # ... under the recipe
     rel_error_upgrade: float = 0.0  # the same with the group one type up (0: kept at reference)
     bytes_upgrade: int = 0
     psnr_db: float | None = None  # end image vs reference, this group alone quantized (top groups)
+    component: str = ""  # the pipeline component the modules belong to ("": the denoiser)
+    # End-image error (MSE of the image against the reference image, [0, 1] pixels): estimated
+    # for every group as rel_error x its component's calibration; measured for the top groups.
+    image_mse_est: float = 0.0
+    image_mse: float | None = None
+
+    def image_error(self) -> float:
+        """The group's end-image error: measured where it was, else estimated."""
+        return self.image_mse if self.image_mse is not None else self.image_mse_est
+
+
+@dataclass
+class EncoderPart:
+    """A text encoder the recipe quantizes: measured through the denoiser's output (its groups
+    change the text conditioning of the captured calls)."""
+    spec: dict[str, Any]
+    upgrade: str | None
+    module_bytes: dict[str, tuple[int, int, int]]
+    uniform_rel_error: float  # every group of this encoder quantized, the denoiser at reference
+    uniform_image_mse: float | None = None  # ... its end-image error (the calibration)
 
 
 @dataclass
@@ -31,15 +57,21 @@ class SensitivityResult:
     spec: dict[str, Any]  # the denoiser's QuantSpec as a dict
     denoiser: str
     granularity: str
-    upgrade: str | None  # the type a kept group moves to (None: the reference precision)
-    groups: list[GroupResult]  # ranked, most sensitive first
-    module_bytes: dict[str, tuple[int, int, int]]  # module -> (reference, recipe, upgrade) bytes
-    uniform_rel_error: float  # every group quantized at once: the uniform recipe
+    upgrade: str | None  # the type a kept denoiser group moves to (None: the reference precision)
+    groups: list[GroupResult]  # ranked across components, most sensitive first
+    module_bytes: dict[str, tuple[int, int, int]]  # denoiser module -> (reference, recipe, upgrade) bytes
+    uniform_rel_error: float  # every group of every measured component quantized: the uniform recipe
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    encoders: dict[str, EncoderPart] = field(default_factory=dict)  # text encoders measured too
+    denoiser_uniform_rel_error: float = 0.0  # the denoiser's groups alone
+    denoiser_uniform_image_mse: float | None = None  # ... its end-image error (the calibration)
 
     def total_quant_bytes(self) -> int:
         return sum(g.bytes_quant for g in self.groups)
+
+    def component_of(self, group: GroupResult) -> str:
+        return group.component or self.denoiser
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -93,9 +125,9 @@ def _quantized(backend: Any, spec: QuantSpec, model: Any, names: tuple[str, ...]
     return out
 
 
-def _rel_error(model: Any, captured: Captured) -> float:
+def _rel_error(model: Any, calls: list[Any], outputs: list[Any]) -> float:
     num = den = 0.0
-    for call, ref in zip(captured.calls, captured.outputs, strict=True):
+    for call, ref in zip(calls, outputs, strict=True):
         out = run_denoiser(model, call)
         num += float((out - ref).pow(2).sum())
         den += float(ref.pow(2).sum())
@@ -108,21 +140,60 @@ def _bytes(layer: Any) -> int:
     return module_stats(layer).weight_bytes
 
 
-def _error_with(swapper: _Swapper, layers: dict[str, Any], captured: Captured) -> float:
-    old = swapper.swap(layers)
-    try:
-        return _rel_error(swapper.model, captured)
-    finally:
-        swapper.swap(old)
+@dataclass
+class _Part:
+    """One measured component: its module, spec, backend and how its groups are evaluated."""
+    component: str
+    model: Any
+    spec: QuantSpec
+    backend: Any
+    up_spec: QuantSpec | None
+    groups: list[Group]
+    names: list[str]
+
+    @property
+    def swapper(self) -> _Swapper:
+        return _Swapper(self.model)
+
+
+def _encoder_parts(recipe: Recipe, components: dict[str, Any], pipe: Any, denoiser_name: str,
+                   granularity: str) -> list[_Part]:
+    """The text encoders the recipe quantizes with a backend that can quantize one module."""
+    from diffquant.components import resolve_targets
+
+    parts = []
+    for component, spec in resolve_targets(recipe, components).items():
+        if component == denoiser_name or not component.startswith("text_encoder"):
+            continue
+        backend = backend_for(spec)
+        model = getattr(pipe, component, None)
+        if model is None:
+            continue
+        names = quantized_linears(model, spec, backend)
+        if names:
+            upgrade = backend.upgrade_type(spec)
+            parts.append(_Part(component, model, spec, backend, replace(spec, qtype=upgrade) if upgrade else None,
+                               make_groups(names, granularity), names))
+    return parts
 
 
 def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = "layer",
                         prompts: list[str] | None = None, seed: int = 0, steps: int | None = None,
                         calls_per_prompt: int = 4, psnr_top: int = 3, device: str | None = None,
-                        progress: Any = None) -> tuple[SensitivityResult, Any]:
-    """Rank the denoiser's module groups by the error the recipe causes in each alone.
+                        progress: Any = None, text_encoders: bool = True,
+                        calibrate: bool = True) -> tuple[SensitivityResult, Any]:
+    """Rank the module groups of the denoiser and of the text encoders the recipe quantizes by the
+    error each alone causes in the denoiser's output, put on the end image's scale.
 
-    Returns the result and the loaded reference denoiser (mixing asks its backend about it).
+    The denoiser-output error is one scale for every component, but not one exchange rate into
+    the end image: on zoo:shapes a T5 group moves the image far more per unit of it than a
+    transformer group (a conditioning change steers every step the same way). With ``calibrate``
+    each component's uniform quantization is also run end to end once; its image MSE over its
+    proxy error converts that component's groups (``image_mse_est``), and the ranking is by that.
+    The ``psnr_top`` top groups get their end-image error measured alone (``image_mse``).
+
+    Returns the result and the loaded reference models by component name (mixing asks their
+    backends about them).
     """
     from diffquant.components import read_components, resolve_model
     from diffquant.pipeline import load_pipeline
@@ -141,75 +212,159 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
     names = quantized_linears(denoiser, spec, backend)
     if not names:
         raise DiffquantError(f"{spec.backend}-{spec.qtype} quantizes no linear layer of {denoiser_name}.")
-    groups = make_groups(names, granularity)
+    upgrade = backend.upgrade_type(spec)
+    main = _Part(denoiser_name, denoiser, spec, backend, replace(spec, qtype=upgrade) if upgrade else None,
+                 make_groups(names, granularity), names)
+    encoders = _encoder_parts(recipe, components, pipe, denoiser_name, granularity) if text_encoders else []
     prompts = prompts or _model_prompts(model)
     captured = capture_inputs(pipe, denoiser, prompts, seed=seed, steps=steps, calls_per_prompt=calls_per_prompt)
-    upgrade = backend.upgrade_type(spec)
-    up_spec = replace(spec, qtype=upgrade) if upgrade else None
-    swapper = _Swapper(denoiser)
 
-    module_bytes: dict[str, tuple[int, int, int]] = {}
-    results = []
-    for index, group in enumerate(groups):
-        if progress:
-            progress(index, len(groups), group.name)
-        results.append(_measure_group(group, backend, spec, up_spec, swapper, captured, module_bytes))
-    every = _quantized(backend, spec, denoiser, tuple(names))
-    uniform = _error_with(swapper, every, captured)
-    del every
-    results.sort(key=lambda r: (-r.rel_error, r.name))
-    if psnr_top:
-        _end_image_psnr(pipe, denoiser, results[:psnr_top], backend, spec, swapper, captured, steps)
+    total = len(main.groups) + sum(len(p.groups) for p in encoders)
+    done = 0
+    results: list[GroupResult] = []
+    byte_tables: dict[str, dict[str, tuple[int, int, int]]] = {}
+    for part in (main, *encoders):
+        table = byte_tables.setdefault(part.component, {})
+        for group in part.groups:
+            if progress:
+                progress(done, total, _label(part, main, group.name))
+            done += 1
+            results.append(_measure_group(part, main, group, pipe, captured, table))
+    errors = {part.component: _error_of(part, main, pipe, captured,
+                                        _quantized(part.backend, part.spec, part.model, tuple(part.names)))
+              for part in (main, *encoders)}
+    uniform = _uniform_error((main, *encoders), main, pipe, captured)
+    parts = {p.component: p for p in (main, *encoders)}
+    calibration: dict[str, float | None] = {c: None for c in parts}
+    if calibrate or psnr_top:
+        images = _Images(pipe, captured, steps)
+        if calibrate:  # without it there is no end-image scale: the ranking stays on the proxy
+            calibration = {c: images.mse(part, tuple(part.names)) for c, part in parts.items()}
+            for group in results:
+                mse, proxy = calibration[group.component or denoiser_name], errors[group.component or denoiser_name]
+                group.image_mse_est = group.rel_error * (mse / proxy if mse is not None and proxy else 0.0)
+            results.sort(key=lambda r: (-r.image_mse_est, r.name))
+        else:
+            results.sort(key=lambda r: (-r.rel_error, r.name))
+        for group in results[:psnr_top]:
+            group.image_mse = images.mse(parts[group.component or denoiser_name], group.modules)
+            group.psnr_db = _psnr_of(group.image_mse)
+        if calibrate:
+            _match_measured(results)
+    else:
+        results.sort(key=lambda r: (-r.rel_error, r.name))
     settings = {"prompts": captured.prompts, "seed": seed, "steps": steps, "calls_per_prompt": calls_per_prompt,
                 "calls": len(captured.calls), "device": device or "auto", "metric": "relative MSE of the "
-                "denoiser output over the captured calls"}
-    result = SensitivityResult(model=model, recipe=recipe.name, spec=spec.to_dict(), denoiser=denoiser_name,
-                               granularity=granularity, upgrade=upgrade, groups=results,
-                               module_bytes=module_bytes, uniform_rel_error=uniform, settings=settings,
-                               seconds=time.perf_counter() - started)
-    return result, denoiser
+                "denoiser output over the captured calls (text-encoder groups: the calls re-conditioned on "
+                "the prompts encoded with that group quantized, the denoiser at reference)"}
+    result = SensitivityResult(
+        model=model, recipe=recipe.name, spec=spec.to_dict(), denoiser=denoiser_name, granularity=granularity,
+        upgrade=upgrade, groups=results, module_bytes=byte_tables[denoiser_name], uniform_rel_error=uniform,
+        settings=settings, seconds=time.perf_counter() - started,
+        encoders={p.component: EncoderPart(p.spec.to_dict(), p.up_spec.qtype if p.up_spec else None,
+                                           byte_tables[p.component], errors[p.component], calibration[p.component])
+                  for p in encoders},
+        denoiser_uniform_rel_error=errors[denoiser_name], denoiser_uniform_image_mse=calibration[denoiser_name])
+    models = {denoiser_name: denoiser, **{p.component: p.model for p in encoders}}
+    return result, models
 
 
-def _measure_group(group: Group, backend: Any, spec: QuantSpec, up_spec: QuantSpec | None, swapper: _Swapper,
-                   captured: Captured, module_bytes: dict[str, tuple[int, int, int]]) -> GroupResult:
-    model = swapper.model
-    layers = _quantized(backend, spec, model, group.modules)
-    error = _error_with(swapper, layers, captured)
-    ups = _quantized(backend, up_spec, model, group.modules) if up_spec else {n: model.get_submodule(n)
-                                                                             for n in group.modules}
-    error_up = _error_with(swapper, ups, captured) if up_spec else 0.0
+def _label(part: _Part, main: _Part, name: str) -> str:
+    return name if part is main else f"{part.component}:{name}"
+
+
+def _error_of(part: _Part, main: _Part, pipe: Any, captured: Captured, layers: dict[str, Any]) -> float:
+    """Relative error of the denoiser output with ``layers`` swapped into ``part``'s model."""
+    swapper = part.swapper
+    old = swapper.swap(layers)
+    try:
+        if part is main:
+            return _rel_error(main.model, captured.calls, captured.outputs)
+        calls = recondition(captured, first_step_calls(pipe, main.model, captured))
+        return _rel_error(main.model, calls, captured.outputs)
+    finally:
+        swapper.swap(old)
+
+
+def _uniform_error(parts: tuple[_Part, ...], main: _Part, pipe: Any, captured: Captured) -> float:
+    """Every measured component quantized at once: the uniform recipe."""
+    olds = []
+    try:
+        for part in parts:
+            olds.append((part, part.swapper.swap(_quantized(part.backend, part.spec, part.model,
+                                                            tuple(part.names)))))
+        calls = recondition(captured, first_step_calls(pipe, main.model, captured)) if len(parts) > 1 \
+            else captured.calls
+        return _rel_error(main.model, calls, captured.outputs)
+    finally:
+        for part, old in reversed(olds):
+            part.swapper.swap(old)
+
+
+def _measure_group(part: _Part, main: _Part, group: Group, pipe: Any, captured: Captured,
+                   module_bytes: dict[str, tuple[int, int, int]]) -> GroupResult:
+    model = part.model
+    layers = _quantized(part.backend, part.spec, model, group.modules)
+    error = _error_of(part, main, pipe, captured, layers)
+    ups = _quantized(part.backend, part.up_spec, model, group.modules) if part.up_spec \
+        else {n: model.get_submodule(n) for n in group.modules}
+    error_up = _error_of(part, main, pipe, captured, ups) if part.up_spec else 0.0
     for name in group.modules:
         module_bytes[name] = (_bytes(model.get_submodule(name)), _bytes(layers[name]), _bytes(ups[name]))
-    return GroupResult(name=group.name, modules=group.modules, rel_error=error,
+    return GroupResult(name=_label(part, main, group.name), modules=group.modules, rel_error=error,
                        bytes_ref=sum(module_bytes[n][0] for n in group.modules),
                        bytes_quant=sum(module_bytes[n][1] for n in group.modules),
                        rel_error_upgrade=error_up,
-                       bytes_upgrade=sum(module_bytes[n][2] for n in group.modules))
+                       bytes_upgrade=sum(module_bytes[n][2] for n in group.modules),
+                       component="" if part is main else part.component)
 
 
-def _end_image_psnr(pipe: Any, denoiser: Any, top: list[GroupResult], backend: Any, spec: QuantSpec,
-                    swapper: _Swapper, captured: Captured, steps: int | None) -> None:
-    """PSNR of the final image with only this group quantized, against the reference image."""
-    from diffquant.pipeline import generate
-    from diffquant.quality.metrics import to_tensor
+def _match_measured(results: list[GroupResult]) -> None:
+    """Scale every estimate by how the measured groups compare with theirs, and re-rank.
 
-    def images() -> list[Any]:
-        return [to_tensor(generate(pipe, p, seed=captured.seed, steps=steps).image) for p in captured.prompts]
+    The calibration converts at the rate of a whole component quantized; a group alone moves the
+    end image less than its share of that (errors compound along the trajectory). Without this,
+    a measured group would compete against inflated estimates and lose. One factor for all
+    components keeps the calibration's exchange rates between them."""
+    measured = [g for g in results if g.image_mse is not None and g.image_mse_est > 0]
+    estimated = sum(g.image_mse_est for g in measured)
+    if not measured or estimated <= 0:
+        return
+    rate = sum(g.image_mse or 0.0 for g in measured) / estimated
+    for group in results:
+        group.image_mse_est *= rate
+    results.sort(key=lambda r: (-r.image_error(), r.name))
 
-    reference = images()
-    for group in top:
-        old = swapper.swap(_quantized(backend, spec, denoiser, group.modules))
+
+class _Images:
+    """End images of the captured prompts and seed, against the reference pipeline's."""
+
+    def __init__(self, pipe: Any, captured: Captured, steps: int | None) -> None:
+        self.pipe, self.captured, self.steps = pipe, captured, steps
+        self.reference = self._images()
+
+    def _images(self) -> list[Any]:
+        from diffquant.pipeline import generate
+        from diffquant.quality.metrics import to_tensor
+
+        return [to_tensor(generate(self.pipe, p, seed=self.captured.seed, steps=self.steps).image).float()
+                for p in self.captured.prompts]
+
+    def mse(self, part: _Part, modules: tuple[str, ...]) -> float:
+        """Mean image MSE with ``modules`` of ``part`` quantized (the rest at reference)."""
+        swapper = part.swapper
+        old = swapper.swap(_quantized(part.backend, part.spec, part.model, modules))
         try:
-            values = [_psnr(a, b) for a, b in zip(images(), reference, strict=True)]
+            got = self._images()
         finally:
             swapper.swap(old)
-        group.psnr_db = sum(values) / len(values)
+        values = [float((a - b).pow(2).mean()) for a, b in zip(got, self.reference, strict=True)]
+        return sum(values) / len(values)
 
 
-def _psnr(a: Any, b: Any) -> float:
+def _psnr_of(mse: float) -> float:
     import math
 
-    mse = float((a.float() - b.float()).pow(2).mean())
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
