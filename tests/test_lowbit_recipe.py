@@ -1,6 +1,7 @@
 """``gguf-*(cpu_kernel)`` on zoo:tiny-flux: the layers really use the kernel on packed blocks, the
 images equal diffusers' GGUF path with exact (float32, ggml) dequantization bit for bit and the
-stock diffusers path within float rounding, and export/reload, group offload and refusals work."""
+stock diffusers path within float rounding (like with like: at float32 compute), the kernel is the
+CPU default with an opt-out, and export/reload, group offload and refusals work."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def _kernel_layers(model) -> list:
 @pytest.fixture(scope="module")
 def stock() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """diffusers' own GGUF path, and bf16."""
-    return {r: _run(diffquant.load_pipeline(MODEL, r, device="cpu")) for r in ("gguf-q4_k", "gguf-q8_0", "bf16")}
+    return {r.removesuffix("(cpu_kernel=false)"): _run(diffquant.load_pipeline(MODEL, r, device="cpu"))
+            for r in ("gguf-q4_k(cpu_kernel=false)", "gguf-q8_0(cpu_kernel=false)", "bf16")}
 
 
 @pytest.mark.parametrize("qtype", ["q4_k", "q8_0"])
@@ -67,7 +69,8 @@ def test_images_equal_ggml_numerics_bit_for_bit(qtype: str, stock, monkeypatch) 
     assert all(type(m.weight).__name__ == "GGUFParameter" and m.weight.dtype == torch.uint8 for m in layers)
     latents, image = _run(pipe)
     # The same weights as ggml dequantizes them, through diffusers' layer: the same image, bit for bit.
-    exact = diffquant.load_pipeline(MODEL, f"gguf-{qtype}", device="cpu")
+    exact = diffquant.load_pipeline(MODEL, f"gguf-{qtype}(cpu_kernel=false)", device="cpu")
+    assert not _kernel_layers(exact.transformer)
     monkeypatch.setattr(GGUFLinear, "forward_native", _exact_forward)
     exact_latents, exact_image = _run(exact)
     monkeypatch.undo()
@@ -96,8 +99,8 @@ def test_images_equal_diffusers_like_with_like_at_float32(qtype: str) -> None:
     linear.release_scratch()
     mine = _image(pipe)
     assert torch.float32 in linear._scratch.buffers  # the kernel wrote float32, not diffusers' path
-    same = psnr(mine, _image(diffquant.load_pipeline(MODEL, f"gguf-{qtype}+fp32", device="cpu")))
-    other = psnr(mine, _image(diffquant.load_pipeline(MODEL, "gguf-q5_k+fp32", device="cpu")))
+    same = psnr(mine, _image(diffquant.load_pipeline(MODEL, f"gguf-{qtype}(cpu_kernel=false)+fp32", device="cpu")))
+    other = psnr(mine, _image(diffquant.load_pipeline(MODEL, "gguf-q5_k(cpu_kernel=false)+fp32", device="cpu")))
     assert same >= 50.0 and same >= other + 15.0, (same, other)
 
 
@@ -115,7 +118,7 @@ def test_no_weight_is_kept_dequantized() -> None:
     from diffquant.inspect import component_stats
     from diffquant.lowbit import linear
 
-    plain = diffquant.load_pipeline(MODEL, "gguf-q4_k", device="cpu")
+    plain = diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel=false)", device="cpu")
     pipe = diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel)", device="cpu")
     linear.release_scratch()
     _image(pipe)
@@ -157,6 +160,29 @@ def test_refusals_say_why(recipe: str, device: str, words: str) -> None:
     if device == "cpu":
         with pytest.raises(BackendUnavailable, match="has none"):
             diffquant.load_pipeline(MODEL, recipe, device="cpu")
+
+
+def test_kernel_is_the_cpu_default_with_an_opt_out(stock, monkeypatch) -> None:
+    """Left out, cpu_kernel is on for CPU (the same image as asking for it); cpu_kernel=false keeps
+    diffusers' path (its image); without a compiler the default falls back instead of refusing."""
+    from diffquant.lowbit import on_by_default
+    from diffquant.recipes import parse_recipe
+
+    assert parse_recipe("gguf-q4_k(cpu_kernel=false)").name == "gguf-q4_k(cpu_kernel=false)"
+    assert parse_recipe("gguf-q4_k(cpu_kernel=false)").hash != parse_recipe("gguf-q4_k").hash
+    assert parse_recipe("gguf-q4_k(cpu_kernel)").name == "gguf-q4_k(cpu_kernel)"
+    assert on_by_default("q4_k_m", "cpu") and on_by_default("q8_0", "cpu")
+    assert not on_by_default("q4_k", "cuda") and not on_by_default("bf16", "cpu")
+    default = diffquant.load_pipeline(MODEL, "gguf-q4_k", device="cpu")
+    assert len(_kernel_layers(default.transformer)) >= 10
+    asked = diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel)", device="cpu")
+    assert np.array_equal(_image(default), _image(asked))
+    off = diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel=false)", device="cpu")
+    assert not _kernel_layers(off.transformer)
+    assert np.array_equal(_image(off), stock["gguf-q4_k"][1])
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    assert not on_by_default("q4_k", "cpu")
+    assert not _kernel_layers(diffquant.load_pipeline(MODEL, "gguf-q4_k", device="cpu").transformer)
 
 
 def test_missing_compiler_is_refused(monkeypatch) -> None:

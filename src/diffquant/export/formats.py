@@ -158,7 +158,7 @@ def load_component(folder: Path, meta: dict[str, Any], dtype: Any, device: str) 
         model = cls.from_single_file(str(path), config=str(folder), torch_dtype=dtype,
                                      quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype))
         model._diffquant_gguf_path = str(path)  # a re-export copies the very file that was loaded
-        return with_options(model, spec)  # e.g. cpu_kernel: the compiled dequantization on CPU
+        return with_options(model, spec, device)  # e.g. cpu_kernel: the compiled dequantization on CPU
     state = load_file(str(folder / meta.get("file", LEGACY_WEIGHTS)))
     model = _empty_model(folder, meta["class_name"], dtype)
     if fmt == "quanto-requantize":

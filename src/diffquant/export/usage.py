@@ -14,7 +14,9 @@ torchao 0.18 (tests/test_export_load.py runs the generated lines and compares im
   for quantization.").
 - FP8 layerwise: ``from_pretrained`` upcasts the float8 values exactly; ``enable_layerwise_casting``
   casts them back, so the weights are the exported ones.
-- GGUF: ``from_single_file(file, config=component folder, quantization_config=GGUFQuantizationConfig)``.
+- GGUF: ``from_single_file(file, config=component folder, quantization_config=GGUFQuantizationConfig)``;
+  on CPU diffusers dequantizes in float16, diffquant's kernel (the CPU default) as ggml does, in
+  float32: the same images only with ``cpu_kernel=false`` (docs/cpu-lowbit.md).
 No torch import here.
 """
 
@@ -115,7 +117,9 @@ def plain_support(c: ComponentExport) -> Support:
         "bnb-prequantized": ("transformers from_pretrained (BitsAndBytesConfig in config.json); on CPU its "
                              "output is close to diffquant's, not bit-identical (same tensors, measured)"),
         "layerwise-fp8": f"{c.library} from_pretrained, then layerwise casting to float8",
-        "gguf-file": "diffusers from_single_file(..., config=folder, GGUFQuantizationConfig)",
+        "gguf-file": ("diffusers from_single_file(..., config=folder, GGUFQuantizationConfig); on CPU diffusers "
+                      "dequantizes in float16 while diffquant's default there (its kernel, unless "
+                      "cpu_kernel=false) follows ggml's float32: close, not bit-identical"),
         "quanto-requantize": ("optimum-quanto QuantizedDiffusersModel (diffusers' from_pretrained reads it "
                               "too, but int4 then keeps quanto's generic layout, not the CPU kernel's packing: "
                               "close, not bit-identical)" if c.library == "diffusers"

@@ -18,6 +18,7 @@ class OptionDef:
     minimum: int | None = None
     maximum: int | None = None
     default: str | int | None = None  # a value that means the same as leaving the option out (dropped)
+    false_kept: bool = False  # bool options: an explicit false is an opt-out of an automatic default
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,9 @@ BACKENDS: dict[str, BackendDef] = {
                              default="diffusers"),
          "cpu_kernel": OptionDef("cpu_kernel", bool, "CPU: dequantize each layer with diffquant's compiled "
                                                      "kernel into one reused bf16 buffer, then the bf16 GEMM "
-                                                     "(docs/cpu-lowbit.md)")},
+                                                     "(docs/cpu-lowbit.md). Left out: on where it runs (CPU, "
+                                                     "a C++ compiler); cpu_kernel=false: diffusers' path",
+                                 false_kept=True)},
         denoiser_only=True,
     ),
     "layerwise": BackendDef(

@@ -184,7 +184,7 @@ def quant_options(token: str, backend: cat.BackendDef, qtype: str,
         check_value(token, key, value, odef)
         if key == "keep":
             value = normalize_keep(token, str(value))
-        if value is not False and value != odef.default:  # one spelling per meaning: one hash
+        if (value is not False or odef.false_kept) and value != odef.default:  # one spelling per meaning
             out[key] = value
     if backend.name == "gguf" and "path" in out:
         for key, what in (("keep", "'keep' patterns"), ("layout", "'layout'")):
