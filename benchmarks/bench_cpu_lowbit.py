@@ -112,7 +112,7 @@ def bench_layers(repeats: int, types: tuple[str, ...], tokens: tuple[int, ...],
     import torch
     from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
 
-    from diffquant.lowbit.kernel import dequantize_into
+    from diffquant.lowbit.kernel import VARIANTS, dequantize_into, variant_supported
     from diffquant.lowbit.linear import kernel_layer_class
 
     rows = []
@@ -133,6 +133,12 @@ def bench_layers(repeats: int, types: tuple[str, ...], tokens: tuple[int, ...],
                 qid = int(gguf.GGMLQuantizationType[qtype])
                 rows.append({"shape": [k_in, n_out], "tokens": 0, "type": qtype, "what": "dequant",
                              **timed(lambda b=blocks, q=qid, o=scratch: dequantize_into(b, q, o), repeats)})
+                # The two AVX-512 variants side by side (the default picks avx512bf16 where the CPU has it).
+                for name in ("avx512", "avx512bf16"):
+                    if variant_supported(name):
+                        rows.append({"shape": [k_in, n_out], "tokens": 0, "type": qtype, "what": "dequant_variant",
+                                     "variant": name, **timed(lambda b=blocks, q=qid, o=scratch, v=VARIANTS[name]:
+                                                              dequantize_into(b, q, o, v), repeats)})
             for t in tokens:
                 x = torch.randn(t, k_in, dtype=torch.bfloat16)
                 base = timed(lambda x=x, w=w_bf16: torch.nn.functional.linear(x, w), repeats)

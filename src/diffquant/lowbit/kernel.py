@@ -26,7 +26,7 @@ _SOURCES = ("dequant.cpp", "dequant_body.h")
 # ggml type ids (gguf.GGMLQuantizationType) the kernel dequantizes.
 SUPPORTED_QTYPES: dict[str, int] = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10,
                                     "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
-VARIANTS = {"generic": 0, "avx2": 1, "avx512": 2}
+VARIANTS = {"generic": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3}
 
 _lock = threading.Lock()
 _ops: Any = None
