@@ -172,6 +172,9 @@ def test_kernel_is_the_cpu_default_with_an_opt_out(stock, monkeypatch) -> None:
     assert parse_recipe("gguf-q4_k(cpu_kernel=false)").hash != parse_recipe("gguf-q4_k").hash
     assert parse_recipe("gguf-q4_k(cpu_kernel)").name == "gguf-q4_k(cpu_kernel)"
     assert on_by_default("q4_k_m", "cpu") and on_by_default("q8_0", "cpu")
+    from diffquant.lowbit import why_not_here
+
+    assert why_not_here("q4_k_m", "cpu") is None  # a named mix's blocks are kernel types
     assert not on_by_default("q4_k", "cuda") and not on_by_default("bf16", "cpu")
     default = diffquant.load_pipeline(MODEL, "gguf-q4_k", device="cpu")
     assert len(_kernel_layers(default.transformer)) >= 10

@@ -20,12 +20,17 @@ _MIX_SUFFIXES = ("_s", "_m", "_l")  # named mixes (q4_k_m, ...): K-quant blocks 
 _log = logging.getLogger(__name__)
 
 
+def _base(qtype: str) -> str:
+    """The base type of a named mix (q4_k_m -> q4_k); other types unchanged."""
+    return qtype[:-2] if qtype.endswith(_MIX_SUFFIXES) else qtype
+
+
 def why_not_here(qtype: str, device: str) -> str | None:
     """None if the CPU kernel can run ``gguf-<qtype>`` on ``device``; otherwise why, and what to run."""
     if device != "cpu":
         return (f"cpu_kernel is diffquant's CPU path; on {device} diffusers' own GGUF kernels run. "
                 f"Nearest that runs here: gguf-{qtype} (without cpu_kernel).")
-    if qtype not in KERNEL_TYPES:
+    if _base(qtype) not in KERNEL_TYPES:
         return (f"cpu_kernel dequantizes quantized GGUF blocks; gguf-{qtype} has none. "
                 f"Types it runs: {', '.join(KERNEL_TYPES)}.")
     compiler = os.environ.get("CXX", "c++")
@@ -41,8 +46,7 @@ def on_by_default(qtype: str, device: str) -> bool:
     build it. It is faster there than diffusers' dequantization at every FLUX layer shape and in
     the whole pipeline (docs/cpu-lowbit.md, measured idle); without a compiler the recipe still
     runs, through diffusers' path (logged), since the user did not ask for the kernel."""
-    base = qtype[:-2] if qtype.endswith(_MIX_SUFFIXES) else qtype
-    if device != "cpu" or base not in KERNEL_TYPES:
+    if device != "cpu" or _base(qtype) not in KERNEL_TYPES:
         return False
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
