@@ -61,8 +61,13 @@ def stock() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 @pytest.mark.parametrize("qtype", ["q4_k", "q8_0"])
 def test_images_equal_ggml_numerics_bit_for_bit(qtype: str, stock, monkeypatch) -> None:
+    """With the few-token product off (it sums in another order than the GEMM: see the next test),
+    the kernel's weights through torch's GEMM give exactly diffusers' images with ggml's weights."""
     from diffusers.quantizers.gguf.utils import GGUFLinear
 
+    from diffquant.lowbit import linear
+
+    monkeypatch.setattr(linear, "GEMV_MAX_TOKENS", 0)
     pipe = diffquant.load_pipeline(MODEL, f"gguf-{qtype}(cpu_kernel)", device="cpu")
     layers = _kernel_layers(pipe.transformer)
     assert len(layers) >= 10
@@ -104,6 +109,25 @@ def test_images_equal_diffusers_like_with_like_at_float32(qtype: str) -> None:
     assert same >= 50.0 and same >= other + 15.0, (same, other)
 
 
+def test_few_token_layers_skip_the_buffer_and_stay_within_rounding(monkeypatch) -> None:
+    """The modulation layers (one token per image) take the few-token product; the images it gives
+    equal the buffer path's but for float32 summation order: far closer than any quantization."""
+    from diffquant.lowbit import linear
+
+    calls: list[int] = []
+    real = linear.gemv_into
+    monkeypatch.setattr(linear, "gemv_into", lambda *a: calls.append(a[2].shape[0]) or real(*a))
+    pipe = diffquant.load_pipeline(MODEL, "gguf-q8_0", device="cpu")
+    with_gemv = _run(pipe)
+    assert calls and max(calls) <= linear.GEMV_MAX_TOKENS
+    monkeypatch.setattr(linear, "GEMV_MAX_TOKENS", 0)
+    calls.clear()
+    without = _run(pipe)
+    assert not calls
+    q4 = _run(diffquant.load_pipeline(MODEL, "gguf-q4_k", device="cpu"))
+    assert latent_psnr(with_gemv[0], without[0]) >= latent_psnr(q4[0], without[0]) + 20.0
+
+
 def test_close_to_diffusers_far_closer_than_quantization_error(stock) -> None:
     """On tiny-flux 8-bit images differ by ~48-49 dB for any small change (Q4_K vs bf16 included:
     pixel rounding dominates), so closeness is judged on the final latents, against a negative
@@ -114,18 +138,25 @@ def test_close_to_diffusers_far_closer_than_quantization_error(stock) -> None:
     assert to_diffusers >= 60.0 and to_diffusers >= quantization + 5.0, (to_diffusers, quantization)
 
 
-def test_no_weight_is_kept_dequantized() -> None:
+def test_no_weight_is_kept_dequantized(monkeypatch) -> None:
+    """One scratch buffer, grown to the largest layer that writes it; the few-token layers (the
+    largest here: modulation) write none, so with them the buffer is smaller."""
     from diffquant.inspect import component_stats
     from diffquant.lowbit import linear
 
     plain = diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel=false)", device="cpu")
     pipe = diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel)", device="cpu")
-    linear.release_scratch()
-    _image(pipe)
     assert component_stats(pipe)["transformer"].weight_bytes == component_stats(plain)["transformer"].weight_bytes
-    buffers = linear._scratch.buffers
     biggest = max(m.in_features * m.out_features for m in _kernel_layers(pipe.transformer)
                   if int(m.weight.quant_type) != 30)  # BF16 layers use their own bytes, no scratch
+    linear.release_scratch()
+    _image(pipe)
+    buffers = linear._scratch.buffers
+    assert list(buffers) == [torch.bfloat16] and 0 < buffers[torch.bfloat16].numel() < biggest
+    monkeypatch.setattr(linear, "GEMV_MAX_TOKENS", 0)
+    linear.release_scratch()
+    _image(pipe)
+    buffers = linear._scratch.buffers
     assert list(buffers) == [torch.bfloat16] and buffers[torch.bfloat16].numel() == biggest
 
 

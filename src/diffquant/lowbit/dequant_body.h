@@ -283,3 +283,52 @@ static void to_f32(int64_t qtype, const uint8_t* src, float* dst, int64_t b0, in
 static void to_bf16(int64_t qtype, const uint8_t* src, uint16_t* dst, int64_t b0, int64_t b1) {
   run<uint16_t>(qtype, src, dst, b0, b1);
 }
+
+// Few-token products without the weight buffer: y[m, n] = sum_k x[m, k] * w[n, k] for rows n in
+// [n0, n1), M <= DQ_GEMV_MAX_ROWS tokens. Each block is dequantized into an L1 buffer (rounded to
+// bf16 when the compute dtype is bf16, so the weight values are the GEMM path's), then multiplied
+// in float32 with 16 accumulators per token, summed in a fixed order: the result does not depend
+// on the thread count, but it is not bit-identical to oneDNN's GEMM (another summation order).
+#define DQ_GEMV_MAX_ROWS 8
+template <bool BF16W>
+static void gemv(int64_t qtype, int64_t values, int64_t bytes, const uint8_t* src, const float* x, int64_t M,
+                 int64_t K, float* y, int64_t N, int64_t n0, int64_t n1) {
+  alignas(64) uint16_t w16[256];
+  alignas(64) float wf[256];
+  alignas(64) float acc[DQ_GEMV_MAX_ROWS][16];
+  const int64_t per_row = K / values;
+  const int64_t chunk = 256 / values;  // blocks per step: 256 values (one K-quant super-block, 8 Q8_0 blocks)
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = src + n * per_row * bytes;
+    for (int64_t m = 0; m < M; ++m)
+      for (int l = 0; l < 16; ++l) acc[m][l] = 0.0f;
+    for (int64_t j = 0; j < per_row; j += chunk) {
+      const int64_t nb = std::min<int64_t>(chunk, per_row - j), nv = nb * values;
+      if (BF16W) {
+        run<uint16_t>(qtype, row + j * bytes, w16, 0, nb);
+        for (int64_t i = 0; i < nv; ++i) {
+          const uint32_t u = uint32_t(w16[i]) << 16;
+          std::memcpy(&wf[i], &u, 4);
+        }
+      } else {
+        run<float>(qtype, row + j * bytes, wf, 0, nb);
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * K + j * values;
+        for (int64_t i = 0; i < nv; i += 16)
+          for (int l = 0; l < 16; ++l) acc[m][l] += wf[i + l] * xm[i + l];
+      }
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      float s = 0.0f;
+      for (int l = 0; l < 16; ++l) s += acc[m][l];
+      y[m * N + n] = s;
+    }
+  }
+}
+
+static void gemv_rows(bool bf16w, int64_t qtype, int64_t values, int64_t bytes, const uint8_t* src, const float* x,
+                      int64_t M, int64_t K, float* y, int64_t N, int64_t n0, int64_t n1) {
+  bf16w ? gemv<true>(qtype, values, bytes, src, x, M, K, y, N, n0, n1)
+        : gemv<false>(qtype, values, bytes, src, x, M, K, y, N, n0, n1);
+}

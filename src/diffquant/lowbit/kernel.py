@@ -106,5 +106,11 @@ def dequantize_into(blocks: Any, qtype: int, out: Any, variant: int = -1) -> Any
     return ops().dequantize_into(blocks, qtype, out, variant)
 
 
+def gemv_into(blocks: Any, qtype: int, x: Any, y: Any, bf16_weight: bool, variant: int = -1) -> Any:
+    """``y`` (M x N float32) = ``x`` (M x K float32, M <= 8) times the blocks as an N x K weight,
+    transposed; the weight bf16-rounded when ``bf16_weight``. No weight buffer is written."""
+    return ops().gemv_into(blocks, qtype, x, y, bf16_weight, variant)
+
+
 def variant_supported(name: str) -> bool:
     return bool(ops().variant_supported(VARIANTS[name]))
