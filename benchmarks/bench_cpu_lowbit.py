@@ -26,15 +26,14 @@ Writes docs/data/cpu_lowbit.json (``--out``); ``python scripts/render_cpu_lowbit
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPES = ((3072, 3072), (3072, 12288), (12288, 3072), (15360, 3072))  # (in, out)
 TOKENS = (256, 1024, 4096)
 LAYER_TYPES = ("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")
-PIPELINE_RECIPES = ("bf16", "torchao-int8wo", "bnb-nf4", "gguf-q8_0", "gguf-q4_k", "gguf-q8_0(cpu_kernel)",
+# gguf-*(cpu_kernel=false): diffusers' own GGUF path (the kernel is the CPU default since it was measured faster).
+PIPELINE_RECIPES = ("bf16", "torchao-int8wo", "bnb-nf4", "gguf-q8_0(cpu_kernel=false)", "gguf-q4_k(cpu_kernel=false)",
+                    "gguf-q8_0(cpu_kernel)",
                     "gguf-q6_k(cpu_kernel)", "gguf-q5_k(cpu_kernel)", "gguf-q4_k(cpu_kernel)",
                     "gguf-q3_k(cpu_kernel)", "gguf-q2_k(cpu_kernel)")
 PROMPT = "a photo of a red fox sitting in fresh snow, morning light"
@@ -110,7 +111,7 @@ def bench_layers(repeats: int, types: tuple[str, ...], tokens: tuple[int, ...],
     import torch
     from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
 
-    from diffquant.lowbit.kernel import dequantize_into
+    from diffquant.lowbit.kernel import VARIANTS, dequantize_into, variant_supported
     from diffquant.lowbit.linear import kernel_layer_class
 
     rows = []
@@ -131,6 +132,12 @@ def bench_layers(repeats: int, types: tuple[str, ...], tokens: tuple[int, ...],
                 qid = int(gguf.GGMLQuantizationType[qtype])
                 rows.append({"shape": [k_in, n_out], "tokens": 0, "type": qtype, "what": "dequant",
                              **timed(lambda b=blocks, q=qid, o=scratch: dequantize_into(b, q, o), repeats)})
+                # The two AVX-512 variants side by side (the default picks avx512bf16 where the CPU has it).
+                for name in ("avx512", "avx512bf16"):
+                    if variant_supported(name):
+                        rows.append({"shape": [k_in, n_out], "tokens": 0, "type": qtype, "what": "dequant_variant",
+                                     "variant": name, **timed(lambda b=blocks, q=qid, o=scratch, v=VARIANTS[name]:
+                                                              dequantize_into(b, q, o, v), repeats)})
             for t in tokens:
                 x = torch.randn(t, k_in, dtype=torch.bfloat16)
                 base = timed(lambda x=x, w=w_bf16: torch.nn.functional.linear(x, w), repeats)
@@ -210,60 +217,100 @@ def bench_pipeline(recipes: tuple[str, ...], model: str, sizes: tuple[int, ...],
 # ---------------------------------------------------------------- stable-diffusion.cpp
 
 
-def bench_sdcpp(model: str, size: int, steps: int, repeats: int) -> dict[str, Any]:
-    """stable-diffusion.cpp on the same transformer as a GGUF file in BFL key layout (what sd.cpp reads)."""
-    try:
-        from stable_diffusion_cpp import StableDiffusion
-    except ImportError as err:
-        return {"status": "not installed", "error": str(err),
+def bench_sdcpp(model: str, size: int, steps: int, repeats: int, timeout_s: float = 3600.0,
+                threads: int = 0) -> dict[str, Any]:
+    """stable-diffusion.cpp on the same transformer as a GGUF file in BFL key layout (what sd.cpp reads).
+
+    Each attempt runs in a fresh interpreter (sd.cpp can crash the process: a failed load followed by
+    a generation segfaults), with its log in a file: first with the zoo model's VAE and both text
+    encoders (the full FLUX layout sd.cpp expects), then with the transformer and VAE only. The first
+    attempt that generates gives the timings; otherwise every attempt's error is the measured result.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("stable_diffusion_cpp") is None:
+        return {"status": "not installed",
                 "install": "pip install stable-diffusion-cpp-python (builds ggml and sd.cpp with cmake)"}
+    from importlib.metadata import version
+
     from diffquant.components import resolve_model
     from diffquant.gguf_writer import export_gguf
 
     model_dir = resolve_model(model)
-    out = {"status": "error"}
-    gguf_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"dq-sdcpp-{model_dir.name}-Q4_K.gguf"
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    gguf_path = tmp / f"dq-sdcpp-{model_dir.name}-Q4_K.gguf"
     if not gguf_path.is_file():
         export_gguf(model_dir, gguf_path, "Q4_K", component="transformer", layout="bfl")
     vae = next((model_dir / "vae").glob("*.safetensors"), None)
     clip = next((model_dir / "text_encoder").glob("*.safetensors"), None)
     t5 = next((model_dir / "text_encoder_2").glob("*.safetensors"), None)
-    out.update({"gguf": str(gguf_path), "vae": str(vae), "clip_l": str(clip), "t5xxl": str(t5)})
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / "dq-sdcpp.log"
-    try:
-        with _stderr_to(log):  # sd.cpp logs (and its "sampling completed, taking N s") go to stderr
-            sd = StableDiffusion(diffusion_model_path=str(gguf_path), vae_path=str(vae), clip_l_path=str(clip),
-                                 t5xxl_path=str(t5), n_threads=os.cpu_count() or 1, verbose=True)
-            calls = []
-            for _ in range(repeats + 1):
-                t = time.perf_counter()
-                sd.generate_image(prompt=PROMPT, width=size, height=size, sample_steps=steps, cfg_scale=1.0,
-                                  guidance=3.5, seed=0)
-                calls.append(time.perf_counter() - t)
-        sampling = [float(m) for m in re.findall(r"sampling completed, taking ([0-9.]+)s", log.read_text())]
-        out.update({"status": "ok", "call_s": median_ci(calls[1:]), "size": size, "steps": steps})
-        if len(sampling) > 1:
-            out["denoise_step_s"] = median_ci([v / steps for v in sampling[1:]])
-    except Exception as err:  # noqa: BLE001 - any failure to load or run is the measured result
-        out["error"] = f"{type(err).__name__}: {err}"
-        tail = log.read_text(errors="replace").strip().splitlines()[-8:] if log.is_file() else []
-        out["log_tail"] = tail
+    out: dict[str, Any] = {"status": "error", "package": f"stable-diffusion-cpp-python {version('stable-diffusion-cpp-python')}",
+                           "gguf": gguf_path.name, "size": size, "steps": steps, "attempts": []}
+    attempts = {"full layout (zoo VAE, CLIP-L, T5)": {"diffusion_model_path": gguf_path, "vae_path": vae,
+                                                      "clip_l_path": clip, "t5xxl_path": t5},
+                "transformer and VAE only": {"diffusion_model_path": gguf_path, "vae_path": vae}}
+    for name, paths in attempts.items():
+        log = tmp / f"dq-sdcpp-{len(out['attempts'])}.log"
+        job = {"paths": {k: str(v) for k, v in paths.items()}, "size": size, "steps": steps, "repeats": repeats}
+        try:
+            with open(log, "w") as err:
+                proc = subprocess.run([sys.executable, __file__, "--sdcpp-child", json.dumps(job),
+                                       "--threads", str(threads)], stdout=subprocess.PIPE,
+                                      stderr=err, text=True, timeout=timeout_s, check=False)
+            rc: int | str = proc.returncode
+            line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("{")), None)
+        except subprocess.TimeoutExpired:
+            rc, line = "timeout", None
+        attempt: dict[str, Any] = {"attempt": name, "files": {k: Path(v).name for k, v in job["paths"].items()},
+                                   "returncode": rc}
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        if rc == 0 and line:
+            attempt.update(json.loads(line))
+            sampling = [float(m) for m in re.findall(r"sampling completed, taking ([0-9.]+)s", text)]
+            if len(sampling) > 1:  # the first call is the warm-up
+                attempt["denoise_step_s"] = median_ci([v / steps for v in sampling[1:]])
+            out["attempts"].append(attempt)
+            out.update({"status": "ok", **{k: attempt[k] for k in ("call_s", "denoise_step_s") if k in attempt}})
+            break
+        if isinstance(rc, int) and rc < 0:
+            attempt["signal"] = signal.Signals(-rc).name
+        attempt["errors"] = _sdcpp_errors(text)
+        attempt["unknown_tensors"] = text.count("unknown tensor")  # tensors of a file sd.cpp did not map
+        attempt["loaded"] = _sdcpp_lines(text, r"flux: depth|Diffusion model weight type|params backend buffer size|"
+                                               r"total params memory|finished loaded file")
+        out["attempts"].append(attempt)
+    if out["status"] != "ok":
+        out["error"] = "; ".join(f"{a['attempt']}: " + (" | ".join(a["errors"][:3]) or f"exit {a['returncode']}")
+                                 + (f" ({a['signal']})" if "signal" in a else "") for a in out["attempts"])
     return out
 
 
-@contextlib.contextmanager
-def _stderr_to(path: Path) -> Iterator[None]:
-    """Send file descriptor 2 (C libraries' logs) to ``path`` for the duration."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "w") as handle:
-        os.dup2(handle.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+def _sdcpp_errors(log_text: str) -> list[str]:
+    """The lines of an sd.cpp log that say why it stopped (load failures, refusals, notices)."""
+    return _sdcpp_lines(log_text, r"failed|wrong shape|not found|IMPORTANT NOTICE|error")
+
+
+def _sdcpp_lines(log_text: str, pattern: str) -> list[str]:
+    """Lines of an sd.cpp log matching ``pattern`` (case-insensitive; per-tensor warnings left out)."""
+    keep = re.compile(pattern, re.IGNORECASE)
+    lines = (ln.strip() for ln in log_text.replace("\r", "\n").splitlines())
+    return [ln for ln in lines if keep.search(ln) and "unknown tensor" not in ln][:12]
+
+
+def sdcpp_child(job: dict[str, Any]) -> dict[str, Any]:
+    """One sd.cpp attempt in this (fresh) interpreter: load, one warm call, ``repeats`` timed calls."""
+    from stable_diffusion_cpp import StableDiffusion
+
+    started = time.perf_counter()
+    sd = StableDiffusion(**job["paths"], n_threads=int(job.get("threads") or os.cpu_count() or 1), verbose=True)
+    load_s = time.perf_counter() - started
+    calls = []
+    for _ in range(job["repeats"] + 1):
+        t = time.perf_counter()
+        sd.generate_image(prompt=PROMPT, width=job["size"], height=job["size"], sample_steps=job["steps"],
+                          cfg_scale=1.0, guidance=3.5, seed=0)
+        calls.append(time.perf_counter() - t)
+    return {"load_s": load_s, "first_call_s": calls[0], "call_s": median_ci(calls[1:])}
 
 
 # ---------------------------------------------------------------- main
@@ -285,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads in every part (default: torch's own choice, recorded)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--sdcpp-child", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=512, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -293,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(child(args.child, args.model, args.size, args.steps, args.repeats)))
+        return 0
+    if args.sdcpp_child:
+        job = json.loads(args.sdcpp_child)
+        job["threads"] = args.threads
+        print(json.dumps(sdcpp_child(job)), flush=True)
         return 0
     if args.repeats < 5:
         parser.error("--repeats must be >= 5 (medians with CIs)")
@@ -311,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                                             args.repeats, args.timeout, args.threads)
     if "sdcpp" in parts:
         print("stable-diffusion.cpp:", flush=True)
-        result["sdcpp"] = bench_sdcpp(args.model, sizes[0], args.steps, args.repeats)
+        result["sdcpp"] = bench_sdcpp(args.model, sizes[0], args.steps, args.repeats, args.timeout,
+                                      args.threads)
         print(f"  {result['sdcpp'].get('status')}: {result['sdcpp'].get('error', '')}", flush=True)
     result["loadavg_1m_end"] = os.getloadavg()[0]
     from diffquant.atomic import write_text_atomic

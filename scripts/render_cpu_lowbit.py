@@ -84,10 +84,32 @@ def render(data: dict[str, Any]) -> str:
             if s.get("denoise_step_s"):
                 d = s["denoise_step_s"]
                 lines.append(f"Denoiser step: {d['median']:.2f} s [{d['ci_low']:.2f}, {d['ci_high']:.2f}].")
+        elif s.get("attempts"):
+            lines += sdcpp_table(s["attempts"])
         else:
             lines.append(f"{s.get('status')}: {s.get('error', '')}")
             lines += ["", "```", *s.get("log_tail", []), "```"] if s.get("log_tail") else []
     return "\n".join(lines)
+
+
+def sdcpp_table(attempts: list[dict[str, Any]]) -> list[str]:
+    """One row per sd.cpp attempt: the files given, how it ended, what its log said."""
+    out = ["| attempt | files given | ended | sd.cpp's log: why | sd.cpp's log: what it loaded |", "|---|---|---|---|---|"]
+    for a in attempts:
+        files = ", ".join(f"{k.removesuffix('_path')}" for k in a.get("files", {}))
+        ended = "ok" if a.get("returncode") == 0 else f"exit {a.get('returncode')}" + (
+            f" ({a['signal']})" if a.get("signal") else "")
+        why = "<br>".join(f"`{_log_text(e)}`" for e in a.get("errors", [])) or "-"
+        if a.get("unknown_tensors"):
+            why += f"<br>({a['unknown_tensors']} 'unknown tensor' warnings)"
+        loaded = "<br>".join(f"`{_log_text(e)}`" for e in a.get("loaded", [])) or "-"
+        out.append(f"| {a['attempt']} | {files} | {ended} | {why} | {loaded} |")
+    return out
+
+
+def _log_text(line: str) -> str:
+    """A log line without its source location, safe in a table cell."""
+    return " ".join(line.split(" - ", 1)[-1].split()).replace("|", "/")
 
 
 def main(argv: list[str]) -> int:

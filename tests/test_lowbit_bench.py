@@ -34,5 +34,8 @@ def test_layer_part_and_render(tmp_path) -> None:
     rows = bench.bench_layers(5, ("Q4_K", "Q8_0"), (16,), shapes=((256, 512),))
     kinds = {(r["type"], r["what"]) for r in rows}
     assert {("bf16", "gemm"), ("Q4_K", "dequant"), ("Q4_K", "cpu_kernel"), ("Q8_0", "diffusers")} <= kinds
+    from diffquant.lowbit.kernel import variant_supported
+
+    assert (("Q8_0", "dequant_variant") in kinds) == variant_supported("avx512")
     text = render.render({"layers": rows, "repeats": 5})
     assert "| 256×512 | 16 |" in text and "Q8_0 kernel (×bf16)" in text

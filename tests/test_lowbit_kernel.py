@@ -89,3 +89,37 @@ def test_bad_inputs_are_refused() -> None:
         lowbit.dequantize_into(blocks, lowbit.SUPPORTED_QTYPES["Q4_K"], torch.empty(256))
     with pytest.raises(RuntimeError, match="whole number"):
         lowbit.dequantize_into(blocks[:-1], lowbit.SUPPORTED_QTYPES["Q4_K"], torch.empty(512))
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K", "Q6_K", "Q2_K", "Q5_1"])
+def test_few_token_product_equals_the_dequantized_weight_product(qtype: str) -> None:
+    """gemv_into multiplies the same (bf16-rounded or float32) weight values as the buffer path, in
+    float32 with its own summation order: within float32 rounding of an exact (float64) product."""
+    rng = np.random.default_rng(3)
+    n_out, k_in = 48, 512
+    data = quantize_array((rng.standard_normal((n_out, k_in)) * 0.05).astype(np.float32), qtype)
+    tid = lowbit.SUPPORTED_QTYPES[qtype]
+    w32 = torch.from_numpy(gguf.quants.dequantize(data, gguf.GGMLQuantizationType(tid)).reshape(n_out, k_in))
+    for variant in _variants():
+        for tokens in (1, 3, 8):
+            x = torch.from_numpy(rng.standard_normal((tokens, k_in)).astype(np.float32))
+            for bf16_weight, w in ((True, w32.to(torch.bfloat16).float()), (False, w32)):
+                y = torch.empty(tokens, n_out)
+                lowbit.gemv_into(_blocks(data), tid, x, y, bf16_weight, lowbit.VARIANTS[variant])
+                exact = (x.double() @ w.double().T)
+                bound = 1e-5 * (x.double().abs() @ w.double().abs().T) + 1e-30
+                assert bool(((y.double() - exact).abs() <= bound).all()), (qtype, variant, tokens, bf16_weight)
+    # Negative control: another type's weight is far outside that bound.
+    other = torch.from_numpy(gguf.quants.dequantize(quantize_array(w32.numpy(), "Q2_K" if qtype != "Q2_K" else "Q8_0"),
+                                                    gguf.GGMLQuantizationType.Q2_K if qtype != "Q2_K"
+                                                    else gguf.GGMLQuantizationType.Q8_0).reshape(n_out, k_in))
+    assert not torch.allclose(x @ other.T, y, rtol=1e-4, atol=1e-6)
+
+
+def test_few_token_product_refuses_bad_shapes() -> None:
+    blocks = torch.zeros(144 * 4, dtype=torch.uint8)  # 4 Q4_K super-blocks: 2 x 512
+    tid = lowbit.SUPPORTED_QTYPES["Q4_K"]
+    with pytest.raises(RuntimeError, match="rows"):
+        lowbit.gemv_into(blocks, tid, torch.zeros(9, 512), torch.empty(9, 2), True)
+    with pytest.raises(RuntimeError, match="need"):
+        lowbit.gemv_into(blocks, tid, torch.zeros(1, 512), torch.empty(1, 3), True)

@@ -1,6 +1,7 @@
 """``gguf-*(cpu_kernel)`` on zoo:tiny-flux: the layers really use the kernel on packed blocks, the
 images equal diffusers' GGUF path with exact (float32, ggml) dequantization bit for bit and the
-stock diffusers path within float rounding, and export/reload, group offload and refusals work."""
+stock diffusers path within float rounding (like with like: at float32 compute), the kernel is the
+CPU default with an opt-out, and export/reload, group offload and refusals work."""
 
 from __future__ import annotations
 
@@ -54,20 +55,27 @@ def _kernel_layers(model) -> list:
 @pytest.fixture(scope="module")
 def stock() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """diffusers' own GGUF path, and bf16."""
-    return {r: _run(diffquant.load_pipeline(MODEL, r, device="cpu")) for r in ("gguf-q4_k", "gguf-q8_0", "bf16")}
+    return {r.removesuffix("(cpu_kernel=false)"): _run(diffquant.load_pipeline(MODEL, r, device="cpu"))
+            for r in ("gguf-q4_k(cpu_kernel=false)", "gguf-q8_0(cpu_kernel=false)", "bf16")}
 
 
 @pytest.mark.parametrize("qtype", ["q4_k", "q8_0"])
 def test_images_equal_ggml_numerics_bit_for_bit(qtype: str, stock, monkeypatch) -> None:
+    """With the few-token product off (it sums in another order than the GEMM: see the next test),
+    the kernel's weights through torch's GEMM give exactly diffusers' images with ggml's weights."""
     from diffusers.quantizers.gguf.utils import GGUFLinear
 
+    from diffquant.lowbit import linear
+
+    monkeypatch.setattr(linear, "GEMV_MAX_TOKENS", 0)
     pipe = diffquant.load_pipeline(MODEL, f"gguf-{qtype}(cpu_kernel)", device="cpu")
     layers = _kernel_layers(pipe.transformer)
     assert len(layers) >= 10
     assert all(type(m.weight).__name__ == "GGUFParameter" and m.weight.dtype == torch.uint8 for m in layers)
     latents, image = _run(pipe)
     # The same weights as ggml dequantizes them, through diffusers' layer: the same image, bit for bit.
-    exact = diffquant.load_pipeline(MODEL, f"gguf-{qtype}", device="cpu")
+    exact = diffquant.load_pipeline(MODEL, f"gguf-{qtype}(cpu_kernel=false)", device="cpu")
+    assert not _kernel_layers(exact.transformer)
     monkeypatch.setattr(GGUFLinear, "forward_native", _exact_forward)
     exact_latents, exact_image = _run(exact)
     monkeypatch.undo()
@@ -77,6 +85,47 @@ def test_images_equal_ggml_numerics_bit_for_bit(qtype: str, stock, monkeypatch) 
     stock_latents, stock_image = stock[f"gguf-{qtype}"]
     assert not np.array_equal(stock_latents, latents)
     assert psnr(image, stock_image) >= 45.0
+
+
+@pytest.mark.parametrize("qtype", ["q4_k", "q8_0"])
+def test_images_equal_diffusers_like_with_like_at_float32(qtype: str) -> None:
+    """The issue's bar (PSNR >= 50 dB against the same GGUF type through diffusers), compared like
+    with like: at float32 compute the kernel keeps ggml's float32 values and diffusers' layer its
+    float16 ones (its CPU dequantization runs in float16 whatever the compute dtype), with no bf16
+    rounding on top; the images then differ only by float rounding (~75-81 dB on tiny-flux). In
+    bf16 they are ~49 dB apart (documented in docs/cpu-lowbit.md). Negative control: the same
+    comparison against another type (diffusers' Q5_K) is far lower: 50 dB alone would not tell
+    Q4_K from Q5_K at float32 here."""
+    pipe = diffquant.load_pipeline(MODEL, f"gguf-{qtype}(cpu_kernel)+fp32", device="cpu")
+    layers = _kernel_layers(pipe.transformer)
+    assert layers and all(m.compute_dtype == torch.float32 for m in layers)
+    from diffquant.lowbit import linear
+
+    linear.release_scratch()
+    mine = _image(pipe)
+    assert torch.float32 in linear._scratch.buffers  # the kernel wrote float32, not diffusers' path
+    same = psnr(mine, _image(diffquant.load_pipeline(MODEL, f"gguf-{qtype}(cpu_kernel=false)+fp32", device="cpu")))
+    other = psnr(mine, _image(diffquant.load_pipeline(MODEL, "gguf-q5_k(cpu_kernel=false)+fp32", device="cpu")))
+    assert same >= 50.0 and same >= other + 15.0, (same, other)
+
+
+def test_few_token_layers_skip_the_buffer_and_stay_within_rounding(monkeypatch) -> None:
+    """The modulation layers (one token per image) take the few-token product; the images it gives
+    equal the buffer path's but for float32 summation order: far closer than any quantization."""
+    from diffquant.lowbit import linear
+
+    calls: list[int] = []
+    real = linear.gemv_into
+    monkeypatch.setattr(linear, "gemv_into", lambda *a: calls.append(a[2].shape[0]) or real(*a))
+    pipe = diffquant.load_pipeline(MODEL, "gguf-q8_0", device="cpu")
+    with_gemv = _run(pipe)
+    assert calls and max(calls) <= linear.GEMV_MAX_TOKENS
+    monkeypatch.setattr(linear, "GEMV_MAX_TOKENS", 0)
+    calls.clear()
+    without = _run(pipe)
+    assert not calls
+    q4 = _run(diffquant.load_pipeline(MODEL, "gguf-q4_k", device="cpu"))
+    assert latent_psnr(with_gemv[0], without[0]) >= latent_psnr(q4[0], without[0]) + 20.0
 
 
 def test_close_to_diffusers_far_closer_than_quantization_error(stock) -> None:
@@ -89,18 +138,25 @@ def test_close_to_diffusers_far_closer_than_quantization_error(stock) -> None:
     assert to_diffusers >= 60.0 and to_diffusers >= quantization + 5.0, (to_diffusers, quantization)
 
 
-def test_no_weight_is_kept_dequantized() -> None:
+def test_no_weight_is_kept_dequantized(monkeypatch) -> None:
+    """One scratch buffer, grown to the largest layer that writes it; the few-token layers (the
+    largest here: modulation) write none, so with them the buffer is smaller."""
     from diffquant.inspect import component_stats
     from diffquant.lowbit import linear
 
-    plain = diffquant.load_pipeline(MODEL, "gguf-q4_k", device="cpu")
+    plain = diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel=false)", device="cpu")
     pipe = diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel)", device="cpu")
-    linear.release_scratch()
-    _image(pipe)
     assert component_stats(pipe)["transformer"].weight_bytes == component_stats(plain)["transformer"].weight_bytes
-    buffers = linear._scratch.buffers
     biggest = max(m.in_features * m.out_features for m in _kernel_layers(pipe.transformer)
                   if int(m.weight.quant_type) != 30)  # BF16 layers use their own bytes, no scratch
+    linear.release_scratch()
+    _image(pipe)
+    buffers = linear._scratch.buffers
+    assert list(buffers) == [torch.bfloat16] and 0 < buffers[torch.bfloat16].numel() < biggest
+    monkeypatch.setattr(linear, "GEMV_MAX_TOKENS", 0)
+    linear.release_scratch()
+    _image(pipe)
+    buffers = linear._scratch.buffers
     assert list(buffers) == [torch.bfloat16] and buffers[torch.bfloat16].numel() == biggest
 
 
@@ -135,6 +191,32 @@ def test_refusals_say_why(recipe: str, device: str, words: str) -> None:
     if device == "cpu":
         with pytest.raises(BackendUnavailable, match="has none"):
             diffquant.load_pipeline(MODEL, recipe, device="cpu")
+
+
+def test_kernel_is_the_cpu_default_with_an_opt_out(stock, monkeypatch) -> None:
+    """Left out, cpu_kernel is on for CPU (the same image as asking for it); cpu_kernel=false keeps
+    diffusers' path (its image); without a compiler the default falls back instead of refusing."""
+    from diffquant.lowbit import on_by_default
+    from diffquant.recipes import parse_recipe
+
+    assert parse_recipe("gguf-q4_k(cpu_kernel=false)").name == "gguf-q4_k(cpu_kernel=false)"
+    assert parse_recipe("gguf-q4_k(cpu_kernel=false)").hash != parse_recipe("gguf-q4_k").hash
+    assert parse_recipe("gguf-q4_k(cpu_kernel)").name == "gguf-q4_k(cpu_kernel)"
+    assert on_by_default("q4_k_m", "cpu") and on_by_default("q8_0", "cpu")
+    from diffquant.lowbit import why_not_here
+
+    assert why_not_here("q4_k_m", "cpu") is None  # a named mix's blocks are kernel types
+    assert not on_by_default("q4_k", "cuda") and not on_by_default("bf16", "cpu")
+    default = diffquant.load_pipeline(MODEL, "gguf-q4_k", device="cpu")
+    assert len(_kernel_layers(default.transformer)) >= 10
+    asked = diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel)", device="cpu")
+    assert np.array_equal(_image(default), _image(asked))
+    off = diffquant.load_pipeline(MODEL, "gguf-q4_k(cpu_kernel=false)", device="cpu")
+    assert not _kernel_layers(off.transformer)
+    assert np.array_equal(_image(off), stock["gguf-q4_k"][1])
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    assert not on_by_default("q4_k", "cpu")
+    assert not _kernel_layers(diffquant.load_pipeline(MODEL, "gguf-q4_k", device="cpu").transformer)
 
 
 def test_missing_compiler_is_refused(monkeypatch) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec
 
 name = "gguf"
+_log = logging.getLogger(__name__)
 packages = ("gguf",)
 cache_quantized = False  # the written GGUF file is its own cache (``cached_file``)
 # The loaded weights are the .gguf file's blocks: memory-mapped while they are copied out, and each
@@ -85,15 +87,26 @@ def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Path | Non
         config=ctx.model_dir, subfolder=ctx.name, torch_dtype=ctx.dtype,
     )
     model._diffquant_gguf_path = str(path)  # so an export copies the very file that was loaded
-    return with_options(model, spec)
+    return with_options(model, spec, ctx.device)
 
 
-def with_options(model: Any, spec: QuantSpec) -> Any:
-    """Apply the spec's execution options to a model loaded from a GGUF file (also on reload)."""
-    if spec.option("cpu_kernel"):
-        from diffquant.lowbit.linear import use_cpu_kernel
+def with_options(model: Any, spec: QuantSpec, device: str) -> Any:
+    """Apply the spec's execution options to a model loaded from a GGUF file (also on reload).
 
+    ``cpu_kernel``: True runs diffquant's CPU kernel (checked up front by ``why_not_here``), False
+    keeps diffusers' path, left out runs the kernel where it can (``lowbit.on_by_default``)."""
+    from diffquant.lowbit import on_by_default
+    from diffquant.lowbit.linear import use_cpu_kernel
+
+    wanted = spec.option("cpu_kernel")
+    if wanted:
         use_cpu_kernel(model)
+    elif wanted is None and on_by_default(spec.qtype, device):
+        try:
+            use_cpu_kernel(model)
+        except DiffquantError as err:  # not asked for: a failed build falls back to diffusers' path
+            _log.warning("gguf-%s: %s Using diffusers' GGUF dequantization (cpu_kernel=false silences this).",
+                         spec.qtype, err)
     return model
 
 
@@ -120,14 +133,16 @@ def load_saved(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, 
     model = cls.from_single_file(str(path), config=str(folder), torch_dtype=dtype,
                                  quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=dtype))
     model._diffquant_gguf_path = str(path)  # a re-export copies the very file that was loaded
-    return with_options(model, spec)  # e.g. cpu_kernel: the compiled dequantization on CPU
+    return with_options(model, spec, device)  # e.g. cpu_kernel: the compiled dequantization on CPU
 
 
 def plain_load(component: Any) -> PlainLoad | None:
     c = component
     if c.format not in formats:
         return None
-    return PlainLoad(True, True, "diffusers from_single_file(..., config=folder, GGUFQuantizationConfig)",
+    return PlainLoad(True, True, "diffusers from_single_file(..., config=folder, GGUFQuantizationConfig); on CPU "
+                     "diffusers dequantizes in float16 while diffquant's default there (its kernel, unless "
+                     "cpu_kernel=false) follows ggml's float32: close, not bit-identical",
                      imports=(f"from diffusers import {c.class_name}, GGUFQuantizationConfig",),
                      before=(f"{c.name} = {c.class_name}.from_single_file(",
                              f'    f"{{folder}}/{c.name}/{GGUF_FILE}", config=f"{{folder}}/{c.name}",',

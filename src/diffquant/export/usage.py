@@ -15,7 +15,9 @@ torchao 0.18 (tests/test_export_load.py runs the generated lines and compares im
   for quantization.").
 - FP8 layerwise: ``from_pretrained`` upcasts the float8 values exactly; ``enable_layerwise_casting``
   casts them back, so the weights are the exported ones.
-- GGUF: ``from_single_file(file, config=component folder, quantization_config=GGUFQuantizationConfig)``.
+- GGUF: ``from_single_file(file, config=component folder, quantization_config=GGUFQuantizationConfig)``;
+  on CPU diffusers dequantizes in float16, diffquant's kernel (the CPU default) as ggml does, in
+  float32: the same images only with ``cpu_kernel=false`` (docs/cpu-lowbit.md).
 No torch import here.
 """
 

@@ -30,6 +30,26 @@ static inline __m512 dq_cvt_i8(const int8_t* q) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
 }
 static inline void dq_store(float* o, __m512 v) { _mm512_storeu_ps(o, v); }
+static inline void dq_store2(float* o, __m512 lo, __m512 hi) {
+  _mm512_storeu_ps(o, lo);
+  _mm512_storeu_ps(o + 16, hi);
+}
+#ifdef DQ_EMIT_AVX512BF16
+// One instruction rounds 16 (or 32) floats to bf16, round-to-nearest-even like c10::BFloat16.
+// It treats float32 denormals as zero, which these products never are: every value is an integer
+// times an fp16 scale (>= 2^-24) or a difference of two such, so 0 or >= 2^-24 in magnitude.
+// NaN lanes are set to 0x7FC0 as c10 does (the instruction keeps the payload).
+static inline void dq_store(uint16_t* o, __m512 v) {
+  __m256i r = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+  r = _mm256_mask_mov_epi16(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm256_set1_epi16(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), r);
+}
+static inline void dq_store2(uint16_t* o, __m512 lo, __m512 hi) {
+  __m512i r = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(hi, lo));  // lanes 0-15 from lo
+  const __mmask32 nan = _mm512_kunpackw(_mm512_cmp_ps_mask(hi, hi, _CMP_UNORD_Q), _mm512_cmp_ps_mask(lo, lo, _CMP_UNORD_Q));
+  _mm512_storeu_si512(o, _mm512_mask_mov_epi16(r, nan, _mm512_set1_epi16(0x7FC0)));
+}
+#else
 static inline void dq_store(uint16_t* o, __m512 v) {
   const __m512i u = _mm512_castps_si512(v);
   const __m512i bias = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1)));
@@ -37,17 +57,34 @@ static inline void dq_store(uint16_t* o, __m512 v) {
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtepi32_epi16(r));
 }
+static inline void dq_store2(uint16_t* o, __m512 lo, __m512 hi) {
+  dq_store(o, lo);
+  dq_store(o + 16, hi);
+}
+#endif
+// Pairs of 16 first (one 64-byte bf16 store in the BF16 variant), then a last 16 if n is odd in 16s.
 template <class O> static inline void emit_mul(O* o, const int8_t* q, int n, float d) {
   const __m512 vd = _mm512_set1_ps(d);
-  for (int i = 0; i < n; i += 16) dq_store(o + i, _mm512_mul_ps(vd, dq_cvt_i8(q + i)));
+  int i = 0;
+  for (; i + 32 <= n; i += 32)
+    dq_store2(o + i, _mm512_mul_ps(vd, dq_cvt_i8(q + i)), _mm512_mul_ps(vd, dq_cvt_i8(q + i + 16)));
+  for (; i < n; i += 16) dq_store(o + i, _mm512_mul_ps(vd, dq_cvt_i8(q + i)));
 }
 template <class O> static inline void emit_mulsub(O* o, const uint8_t* q, int n, float d, float m) {
   const __m512 vd = _mm512_set1_ps(d), vm = _mm512_set1_ps(m);
-  for (int i = 0; i < n; i += 16) dq_store(o + i, _mm512_sub_ps(_mm512_mul_ps(vd, dq_cvt_u8(q + i)), vm));
+  int i = 0;
+  for (; i + 32 <= n; i += 32)
+    dq_store2(o + i, _mm512_sub_ps(_mm512_mul_ps(vd, dq_cvt_u8(q + i)), vm),
+              _mm512_sub_ps(_mm512_mul_ps(vd, dq_cvt_u8(q + i + 16)), vm));
+  for (; i < n; i += 16) dq_store(o + i, _mm512_sub_ps(_mm512_mul_ps(vd, dq_cvt_u8(q + i)), vm));
 }
 template <class O> static inline void emit_muladd(O* o, const uint8_t* q, int n, float d, float m) {
   const __m512 vd = _mm512_set1_ps(d), vm = _mm512_set1_ps(m);
-  for (int i = 0; i < n; i += 16) dq_store(o + i, _mm512_add_ps(_mm512_mul_ps(vd, dq_cvt_u8(q + i)), vm));
+  int i = 0;
+  for (; i + 32 <= n; i += 32)
+    dq_store2(o + i, _mm512_add_ps(_mm512_mul_ps(vd, dq_cvt_u8(q + i)), vm),
+              _mm512_add_ps(_mm512_mul_ps(vd, dq_cvt_u8(q + i + 16)), vm));
+  for (; i < n; i += 16) dq_store(o + i, _mm512_add_ps(_mm512_mul_ps(vd, dq_cvt_u8(q + i)), vm));
 }
 #else
 template <class O> static inline void emit_mul(O* o, const int8_t* q, int n, float d) {
@@ -245,4 +282,53 @@ static void to_f32(int64_t qtype, const uint8_t* src, float* dst, int64_t b0, in
 }
 static void to_bf16(int64_t qtype, const uint8_t* src, uint16_t* dst, int64_t b0, int64_t b1) {
   run<uint16_t>(qtype, src, dst, b0, b1);
+}
+
+// Few-token products without the weight buffer: y[m, n] = sum_k x[m, k] * w[n, k] for rows n in
+// [n0, n1), M <= DQ_GEMV_MAX_ROWS tokens. Each block is dequantized into an L1 buffer (rounded to
+// bf16 when the compute dtype is bf16, so the weight values are the GEMM path's), then multiplied
+// in float32 with 16 accumulators per token, summed in a fixed order: the result does not depend
+// on the thread count, but it is not bit-identical to oneDNN's GEMM (another summation order).
+#define DQ_GEMV_MAX_ROWS 8
+template <bool BF16W>
+static void gemv(int64_t qtype, int64_t values, int64_t bytes, const uint8_t* src, const float* x, int64_t M,
+                 int64_t K, float* y, int64_t N, int64_t n0, int64_t n1) {
+  alignas(64) uint16_t w16[256];
+  alignas(64) float wf[256];
+  alignas(64) float acc[DQ_GEMV_MAX_ROWS][16];
+  const int64_t per_row = K / values;
+  const int64_t chunk = 256 / values;  // blocks per step: 256 values (one K-quant super-block, 8 Q8_0 blocks)
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = src + n * per_row * bytes;
+    for (int64_t m = 0; m < M; ++m)
+      for (int l = 0; l < 16; ++l) acc[m][l] = 0.0f;
+    for (int64_t j = 0; j < per_row; j += chunk) {
+      const int64_t nb = std::min<int64_t>(chunk, per_row - j), nv = nb * values;
+      if (BF16W) {
+        run<uint16_t>(qtype, row + j * bytes, w16, 0, nb);
+        for (int64_t i = 0; i < nv; ++i) {
+          const uint32_t u = uint32_t(w16[i]) << 16;
+          std::memcpy(&wf[i], &u, 4);
+        }
+      } else {
+        run<float>(qtype, row + j * bytes, wf, 0, nb);
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        const float* xm = x + m * K + j * values;
+        for (int64_t i = 0; i < nv; i += 16)
+          for (int l = 0; l < 16; ++l) acc[m][l] += wf[i + l] * xm[i + l];
+      }
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      float s = 0.0f;
+      for (int l = 0; l < 16; ++l) s += acc[m][l];
+      y[m * N + n] = s;
+    }
+  }
+}
+
+static void gemv_rows(bool bf16w, int64_t qtype, int64_t values, int64_t bytes, const uint8_t* src, const float* x,
+                      int64_t M, int64_t K, float* y, int64_t N, int64_t n0, int64_t n1) {
+  bf16w ? gemv<true>(qtype, values, bytes, src, x, M, K, y, N, n0, n1)
+        : gemv<false>(qtype, values, bytes, src, x, M, K, y, N, n0, n1);
 }

@@ -26,7 +26,7 @@ _SOURCES = ("dequant.cpp", "dequant_body.h")
 # ggml type ids (gguf.GGMLQuantizationType) the kernel dequantizes.
 SUPPORTED_QTYPES: dict[str, int] = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10,
                                     "Q3_K": 11, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
-VARIANTS = {"generic": 0, "avx2": 1, "avx512": 2}
+VARIANTS = {"generic": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3}
 
 _lock = threading.Lock()
 _ops: Any = None
@@ -104,6 +104,12 @@ def dequantize_into(blocks: Any, qtype: int, out: Any, variant: int = -1) -> Any
     """Dequantize ``blocks`` (uint8, whole blocks of ggml type ``qtype``) into ``out`` (float32 or
     bfloat16, at least as many values), threaded; -1 picks the best kernel for this CPU."""
     return ops().dequantize_into(blocks, qtype, out, variant)
+
+
+def gemv_into(blocks: Any, qtype: int, x: Any, y: Any, bf16_weight: bool, variant: int = -1) -> Any:
+    """``y`` (M x N float32) = ``x`` (M x K float32, M <= 8) times the blocks as an N x K weight,
+    transposed; the weight bf16-rounded when ``bf16_weight``. No weight buffer is written."""
+    return ops().gemv_into(blocks, qtype, x, y, bf16_weight, variant)
 
 
 def variant_supported(name: str) -> bool:

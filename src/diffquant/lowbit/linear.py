@@ -9,12 +9,18 @@ holds one layer's weight at a time and is overwritten by the next layer.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
-from diffquant.lowbit.kernel import SUPPORTED_QTYPES, dequantize_into
+from diffquant.lowbit.kernel import SUPPORTED_QTYPES, dequantize_into, gemv_into
 
 _BF16 = 30  # gguf.GGMLQuantizationType.BF16: the bytes are already the bf16 weight
+# Calls with at most this many tokens (FLUX's modulation layers: one per image) multiply the blocks
+# directly (kernel.gemv_into) instead of writing the weight buffer: the dequantization would cost
+# more than the product. Same weight values, another float32 summation order than oneDNN's GEMM
+# (outputs equal after rounding but for ~1 in 10^4, one bf16 ulp apart). 0 turns it off; at most 8.
+GEMV_MAX_TOKENS = min(8, int(os.environ.get("DIFFQUANT_LOWBIT_GEMV_TOKENS", "8")))
 _QTYPE_IDS = frozenset(SUPPORTED_QTYPES.values()) | {_BF16}
 _scratch = threading.local()  # per thread: {dtype: flat tensor}, grown to the largest layer
 
@@ -46,6 +52,20 @@ def scratch_weight(weight: Any, shape: tuple[int, int], dtype: Any) -> Any:
     return out.view(shape)
 
 
+def few_token_linear(weight: Any, inputs: Any, bias: Any, out_features: int, dtype: Any) -> Any:
+    """``linear(inputs, weight, bias)`` for a few tokens, straight from the blocks (no weight buffer)."""
+    import torch
+
+    x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float32).contiguous()
+    y = torch.empty(x.shape[0], out_features, dtype=torch.float32)
+    with torch._C.DisableTorchFunctionSubclass():
+        blocks = weight.view(torch.uint8).reshape(-1)
+    gemv_into(blocks, int(weight.quant_type), x, y, dtype == torch.bfloat16)
+    if bias is not None:
+        y += bias.to(torch.float32)
+    return y.to(dtype).reshape(*inputs.shape[:-1], out_features)
+
+
 def release_scratch() -> None:
     """Free this thread's scratch buffers (the next call allocates them again)."""
     _scratch.buffers = {}
@@ -68,6 +88,7 @@ def _make_layer_class() -> type:
 
     # torch.compile: the kernel writes a buffer shared across layers; keep it out of graphs.
     dequantize = torch.compiler.disable(scratch_weight)
+    few_tokens = torch.compiler.disable(few_token_linear)
 
     class KernelGGUFLinear(GGUFLinear):
         """GGUFLinear that dequantizes on CPU with diffquant's kernel into a shared buffer."""
@@ -79,6 +100,10 @@ def _make_layer_class() -> type:
                     or getattr(weight, "quant_type", None) not in _QTYPE_IDS
                     or dtype not in (torch.bfloat16, torch.float32)):
                 return super().forward(inputs)  # GPU, unquantized or fp16: diffusers' path
+            tokens = inputs.numel() // max(1, inputs.shape[-1])
+            if (0 < tokens <= GEMV_MAX_TOKENS and int(weight.quant_type) != _BF16 and inputs.dtype == dtype
+                    and not torch.is_grad_enabled()):
+                return few_tokens(weight, inputs, self.bias, self.out_features, dtype)
             w = dequantize(weight, (self.out_features, self.in_features), dtype)
             bias = self.bias.to(dtype) if self.bias is not None else None
             return torch.nn.functional.linear(inputs, w, bias)

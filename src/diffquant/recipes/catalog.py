@@ -21,6 +21,7 @@ class OptionDef:
     excludes: tuple[str, ...] = ()  # options of the same token that mean nothing beside this one
     excludes_why: str = ""  # why, completing "<backend> 'opt' ..."
     noun: str = ""  # what its value is, in an error about it (e.g. "patterns")
+    false_kept: bool = False  # bool options: an explicit false is an opt-out of an automatic default
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,9 @@ BACKENDS: dict[str, BackendDef] = {
                              default="diffusers"),
          "cpu_kernel": OptionDef("cpu_kernel", bool, "CPU: dequantize each layer with diffquant's compiled "
                                                      "kernel into one reused bf16 buffer, then the bf16 GEMM "
-                                                     "(docs/cpu-lowbit.md)")},
+                                                     "(docs/cpu-lowbit.md). Left out: on where it runs (CPU, "
+                                                     "a C++ compiler); cpu_kernel=false: diffusers' path",
+                                 false_kept=True)},
         denoiser_only=True,
     ),
     "layerwise": BackendDef(

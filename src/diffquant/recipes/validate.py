@@ -185,7 +185,7 @@ def quant_options(token: str, backend: cat.BackendDef, qtype: str,
         check_value(token, key, value, odef)
         if key == "keep":
             value = normalize_keep(token, str(value))
-        if value is not False and value != odef.default:  # one spelling per meaning: one hash
+        if (value is not False or odef.false_kept) and value != odef.default:  # one spelling per meaning
             out[key] = value
     for key, odef in backend.options.items():  # e.g. gguf's path= leaves nothing for keep= to do
         given = [other for other in odef.excludes if key in out and other in out]
