@@ -141,3 +141,18 @@ def test_modelopt_plans_for_a_gpu_before_anything_is_downloaded() -> None:
     # text encoders are not ModelOpt's: unchanged
     assert plans["modelopt-int4"].components["text_encoder_2"].stored_bytes == \
         plans["bf16"].components["text_encoder_2"].stored_bytes
+
+
+def test_modelopt_block_kwargs_are_diffusers_config_arguments() -> None:
+    """The block settings that make ModelOpt really compress 4-bit weights are NVIDIAModelOptConfig
+    arguments (its constructor imports modelopt, absent here, so its signature is checked)."""
+    import inspect
+
+    import diffusers
+
+    from diffquant.backends import get_backend
+
+    params = inspect.signature(diffusers.NVIDIAModelOptConfig.__init__).parameters
+    kwargs = get_backend("modelopt").BLOCK_KWARGS
+    assert set(kwargs) == {"int4", "nf4", "nvfp4"}
+    assert all(set(k) <= set(params) for k in kwargs.values())
