@@ -8,7 +8,7 @@ against bf16's (same prompts and seeds). Recipes refused here (ModelOpt, torchao
 CPU) are recorded with their reason without starting a worker.
 
     python benchmarks/bench_new_backends.py                     # flux-dev-slice and shapes, ~an hour on 2 cores
-    python benchmarks/bench_new_backends.py --quick             # the same recipes and models, ~20 minutes
+    python benchmarks/bench_new_backends.py --quick             # the same recipes and models, ~10-15 minutes (estimated)
     python benchmarks/bench_new_backends.py --models zoo:tiny-flux --recipes bf16,sdnq-int8 --steps 1 --no-data
 
 ``--quick`` keeps every recipe, both models and the compile comparison (so it still answers every
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-compile", action="store_true", help="skip the compile(regional) comparison")
     parser.add_argument("--quick", action="store_true",
                         help="every recipe and model, fewer calls: 1 prompt, 3 steady calls, flux-dev-slice at "
-                             "2 steps (~20 minutes on 2 idle cores instead of ~an hour)")
+                             "2 steps (an estimated 10-15 minutes on 2 idle cores instead of ~an hour)")
     parser.add_argument("--steps", type=int, default=None, help="default: each model's own (--quick: see above)")
     parser.add_argument("--prompts", type=int, default=2, help=f"how many of {len(PROMPTS)} fixed prompts")
     parser.add_argument("--repeats", type=int, default=3, help="steady calls per prompt after the first")
