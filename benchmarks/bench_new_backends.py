@@ -8,7 +8,14 @@ against bf16's (same prompts and seeds). Recipes refused here (ModelOpt, torchao
 CPU) are recorded with their reason without starting a worker.
 
     python benchmarks/bench_new_backends.py                     # flux-dev-slice and shapes, ~an hour on 2 cores
+    python benchmarks/bench_new_backends.py --quick             # the same recipes and models, ~10-15 minutes (estimated)
     python benchmarks/bench_new_backends.py --models zoo:tiny-flux --recipes bf16,sdnq-int8 --steps 1 --no-data
+
+``--quick`` keeps every recipe, both models and the compile comparison (so it still answers every
+question of the docs' tables) and cuts the calls: one prompt, three steady calls after the first
+(the median of three), zoo:flux-dev-slice at 2 denoising steps instead of 4 (zoo:shapes keeps its
+own 12 steps at 64x64: its calls are cheap and fewer steps would draw no shapes). Its figures are
+noisier than the full run's; the file records which preset made it (``settings.preset``).
 
 Not a test. Run it alone on an idle machine: the file records the host's load average and
 ``host_load.contended`` when it exceeded the cores. Writes ``docs/data/new_backends.json``
@@ -39,6 +46,8 @@ RECIPES = ("bf16", "sdnq-int8", "sdnq-int8(matmul)", "sdnq-uint4", "sdnq-uint4(m
            "modelopt-fp8", "modelopt-int8", "modelopt-int4", "modelopt-nvfp4", "torchao-nvfp4", "torchao-mxfp8")
 # Full against regional compilation, on the first model only (FLUX blocks are what regions repeat).
 COMPILE_RECIPES = ("bf16+compile", "bf16+compile(regional)")
+# --quick: fewer calls, same coverage (see the module docstring).
+QUICK = {"prompts": 1, "repeats": 3, "steps": {"zoo:flux-dev-slice": 2}}
 PROMPTS = ("a red circle at the top left of a blue square", "two green triangles on a white background",
            "a yellow star above a black line")
 
@@ -48,14 +57,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--recipes", default=",".join(RECIPES), help="';'- or ','-separated; bf16 is always run")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile(regional) comparison")
-    parser.add_argument("--steps", type=int, default=None, help="default: each model's own")
+    parser.add_argument("--quick", action="store_true",
+                        help="every recipe and model, fewer calls: 1 prompt, 3 steady calls, flux-dev-slice at "
+                             "2 steps (an estimated 10-15 minutes on 2 idle cores instead of ~an hour)")
+    parser.add_argument("--steps", type=int, default=None, help="default: each model's own (--quick: see above)")
     parser.add_argument("--prompts", type=int, default=2, help=f"how many of {len(PROMPTS)} fixed prompts")
     parser.add_argument("--repeats", type=int, default=3, help="steady calls per prompt after the first")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--no-data", action="store_true", help="print only (a trial run)")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "RECIPE", "OUT"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.prompts, args.repeats = QUICK["prompts"], QUICK["repeats"]
+    return args
+
+
+def steps_for(model: str, args: argparse.Namespace) -> int | None:
+    """Denoising steps for ``model``: --steps, else --quick's, else the model's own (None)."""
+    if args.steps:
+        return args.steps
+    return QUICK["steps"].get(model) if args.quick else None
 
 
 def split(text: str) -> list[str]:
@@ -117,7 +139,9 @@ def run_one(model: str, recipe: str, args: argparse.Namespace, tmp: Path) -> dic
         return {**row, "ok": False, "refused": reason}
     out = tmp / f"{abs(hash((model, recipe)))}.json"
     cmd = [sys.executable, __file__, "--worker", model, recipe, str(out), "--prompts", str(args.prompts),
-           "--repeats", str(args.repeats)] + (["--steps", str(args.steps)] if args.steps else [])
+           "--repeats", str(args.repeats)]
+    steps = steps_for(model, args)
+    cmd += ["--steps", str(steps)] if steps else []
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=args.timeout)
     row["worker_wall_s"] = round(time.perf_counter() - t0, 2)
@@ -211,6 +235,116 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
+# --- docs: tables for scripts/render_docs.py (view=script) ----------------------------------------
+
+DOC = REPO / "docs" / "backends.md"
+TABLES = ("new_backends_runs", "new_backends_refused", "new_backends_compile")
+NO_FIGURES = ("No figures here yet: they come from `benchmarks/bench_new_backends.py` run on an idle machine (see\n"
+              "[Measuring](#measuring)).")
+FIGURES = ("The figures below come from `benchmarks/bench_new_backends.py` (docs/data/new_backends.json records\n"
+           "its settings, versions and host load; see [Measuring](#measuring)).")
+RESULTS = """## Results on this CPU
+
+Per model, each recipe that runs here against bf16 in the same run: the denoiser's and the large text
+encoder's stored bytes, the steady call latency (median), and the PSNR of its images against bf16's
+(same prompts and seeds; mean and worst).
+
+<!-- table:new_backends_runs source=docs/data/new_backends.json view=script script=benchmarks/bench_new_backends.py table=0 -->
+<!-- /table -->
+
+Refused before loading on this CPU, with the reason and the nearest recipe that runs:
+
+<!-- table:new_backends_refused source=docs/data/new_backends.json view=script script=benchmarks/bench_new_backends.py table=1 -->
+<!-- /table -->
+
+`torch.compile` of the whole denoiser against `compile(regional)` (diffusers' `compile_repeated_blocks`)
+on zoo:flux-dev-slice: the first call's compile time (first call minus a steady call) and the steady
+latency against eager bf16:
+
+<!-- table:new_backends_compile source=docs/data/new_backends.json view=script script=benchmarks/bench_new_backends.py table=2 -->
+<!-- /table -->
+
+"""
+
+
+def _mib(value: Any) -> str:
+    return "-" if value is None else f"{value / 2**20:.1f} MiB"
+
+
+def _times(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}×"
+
+
+def _secs(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
+def render(data: dict[str, Any]) -> str:
+    """Three Markdown tables of a data file: measured runs, refused recipes, full vs regional compile."""
+    runs = [("| model | recipe | denoiser (×bf16) | text encoder (×bf16) | steady call (×bf16) "
+            "| PSNR vs bf16, mean / min | first call | load |"), "|" + "---|" * 8]
+    refused: dict[str, str] = {}
+    for model, rows in data.get("models", {}).items():
+        for row in rows:
+            if "refused" in row:
+                refused.setdefault(row["recipe"], row["refused"])
+                continue
+            if not row.get("ok"):
+                error = (row.get("error") or "").strip().splitlines()[-1:] or ["?"]
+                runs.append(f"| {model} | {row['recipe']} | failed: {_cell(error[0])[:100]} |" + " |" * 5)
+                continue
+            bf16 = row["recipe"] == "bf16"
+            psnr_text = "reference" if bf16 else f"{row.get('psnr_db_vs_bf16', '-')} / {row.get('psnr_db_vs_bf16_min', '-')} dB"
+            denoiser = _mib(row.get("denoiser_bytes")) + ("" if bf16 else f" ({_times(row.get('denoiser_bytes_ratio_vs_bf16'))})")
+            text = _mib(row.get("text_encoder_bytes")) + (
+                "" if bf16 or row.get("text_encoder_bytes_ratio_vs_bf16") is None
+                else f" ({_times(row.get('text_encoder_bytes_ratio_vs_bf16'))})")
+            call = _secs(row.get("call_s_p50")) + ("" if bf16 else f" ({_times(row.get('latency_ratio_vs_bf16'))})")
+            runs.append(f"| {model} | {row['recipe']} | {denoiser} | {text} | {call} | {psnr_text} "
+                        f"| {_secs(row.get('first_call_s'))} | {_secs(row.get('load_s'))} |")
+    refused_lines = ["| recipe | why not on this CPU (and what runs instead) |", "|---|---|"]
+    refused_lines += [f"| {recipe} | {_cell(reason)} |" for recipe, reason in refused.items()] or ["| - | none |"]
+    compile_lines = ["| model | variant | first call | compile (first − steady) | steady call | × eager bf16 |",
+                     "|---|---|---|---|---|---|"]
+    comp = data.get("compile")
+    if not comp:
+        compile_lines.append("| - | not measured (--no-compile) | - | - | - | - |")
+    else:
+        eager = next((r for r in data["models"].get(comp["model"], []) if r["recipe"] == "bf16" and r.get("ok")), None)
+        if eager:
+            compile_lines.append(f"| {comp['model']} | eager (bf16) | {_secs(eager.get('first_call_s'))} | - "
+                                 f"| {_secs(eager.get('call_s_p50'))} | 1.00× |")
+        for key, name in (("full", "compile (whole denoiser)"), ("regional", "compile(regional)")):
+            row = comp.get(key) or {}
+            if not row.get("ok"):
+                why = row.get("refused") or (row.get("error") or "not run").strip().splitlines()[-1]
+                compile_lines.append(f"| {comp['model']} | {name} | {_cell(why)[:100]} | - | - | - |")
+                continue
+            compile_lines.append(f"| {comp['model']} | {name} | {_secs(row.get('first_call_s'))} "
+                                 f"| {_secs(row.get('compile_s_estimate'))} | {_secs(row.get('call_s_p50'))} "
+                                 f"| {_times(row.get('latency_ratio_vs_eager_bf16'))} |")
+    return "\n\n".join("\n".join(t) for t in (runs, refused_lines, compile_lines)) + "\n"
+
+
+def ensure_doc_tables(doc: Path = DOC) -> bool:
+    """Give docs/backends.md its marked tables (once): a results section before "## Measuring",
+    filled by ``python scripts/render_docs.py``. Returns whether the file changed."""
+    text = doc.read_text(encoding="utf-8")
+    if f"table:{TABLES[0]}" in text:
+        return False
+    if "\n## Measuring\n" not in text:
+        raise SystemExit(f"{doc} has no '## Measuring' section to put the results before")
+    text = text.replace(NO_FIGURES, FIGURES).replace("\n## Measuring\n", "\n" + RESULTS + "## Measuring\n", 1)
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, doc)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -223,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     data: dict[str, Any] = {
         "provenance": "written by `python benchmarks/bench_new_backends.py " + " ".join(argv or sys.argv[1:]) + "`",
-        "settings": {"steps": args.steps or "model default", "prompts": list(PROMPTS[: args.prompts]),
+        "settings": {"preset": "quick" if args.quick else "full",
+                     "steps": {m: steps_for(m, args) or "model default" for m in split(args.models)},
+                     "prompts": list(PROMPTS[: args.prompts]),
                      "seeds": list(range(args.prompts)), "repeats": args.repeats, "device": "cpu"},
         **environment(), "models": {}}
     with tempfile.TemporaryDirectory(prefix="bench-new-backends-") as tmp:
@@ -247,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp_path.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp_path, args.data)
         print(f"wrote {args.data}")
+        if args.data.resolve() == DEFAULT_DATA.resolve() and ensure_doc_tables():
+            print(f"added the results tables to {DOC.relative_to(REPO)}")
+        print("now run: python scripts/render_docs.py && python scripts/render_docs.py --check")
     else:
         print(json.dumps({m: [{k: v for k, v in r.items() if k != "notes"} for r in rows]
                           for m, rows in data["models"].items()}, indent=1, default=str))

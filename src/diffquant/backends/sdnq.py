@@ -30,7 +30,10 @@ from diffquant.recipes.model import QuantSpec
 name = "sdnq"
 packages = ("sdnq",)  # whose versions a result depends on
 cache_quantized = False
-memory = MemoryTraits()
+# Quantizing on load: each bf16 source weight is read and upcast to float32 before quantizing
+# (sdnq's create_quantized_param); a call dequantizes each weight to the compute dtype (no fused
+# CPU kernel). Not yet fitted to measured peaks (docs/plan.md).
+memory = MemoryTraits(reads_source=True, float32_temporaries=True, dequantizes_layer=True)
 formats: dict[str, str] = {}  # saves and reloads through the libraries (``native``)
 load_component = config_only
 cached_file = no_cached_file
@@ -87,9 +90,31 @@ def plain_load(component: Any) -> PlainLoad | None:
 
 
 def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
-    raise DiffquantError("diffquant plan has no byte model for SDNQ yet (its own per-model skip list decides "
-                         "which layers it quantizes).",
-                         hint="measure it instead: diffquant bench --recipes " + f"sdnq-{spec.qtype}")
+    """Bytes this component holds once loaded with ``spec``, exact: SDNQ's own quantizer is run on a
+    copy of the meta-device model (nothing is allocated), after the same skip rules its loader
+    adds (``_process_model_before_weight_loading``: its per-model skip and dtype tables, the model's
+    ``_keep_in_fp32_modules`` and tied weights, transformers' default skips), so the layers it
+    picks (Linear only by default; under 16384 weights or 32 input channels kept), its group size
+    (2**(bits+2) for Linear, shrunk to divide the row), packing and float32 scales / zero points
+    are the library's own rather than a copy of its rules that could drift."""
+    import copy
+
+    from diffquant.backends.base import count_stored_bytes
+
+    missing = package_missing("sdnq")
+    if missing:
+        raise DiffquantError("diffquant plan counts SDNQ's bytes with SDNQ's own quantizer. " + missing,
+                             hint="pip install 'diffquant[sdnq]'")
+    from sdnq import SDNQQuantizer
+    from sdnq.quantizer import apply_sdnq_to_module
+
+    quantizer = SDNQQuantizer(load_config(spec, ctx), pre_quantized=False)  # quantizing, not reloading
+    twin = copy.deepcopy(model)
+    keep = [*(getattr(model, "_keep_in_fp32_modules", None) or ()),
+            *(getattr(model, "_keep_in_fp32_modules_strict", None) or ())]
+    quantizer._process_model_before_weight_loading(twin, device_map=None, keep_in_fp32_modules=keep or None)
+    twin, _ = apply_sdnq_to_module(twin, quantizer.quantization_config, torch_dtype=ctx.dtype)
+    return count_stored_bytes(twin, lambda _name, _module: None)
 
 
 def before_load() -> None:
