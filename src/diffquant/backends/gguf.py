@@ -63,6 +63,9 @@ def with_options(model: Any, spec: QuantSpec) -> Any:
         from diffquant.lowbit.linear import use_cpu_kernel
 
         use_cpu_kernel(model)
+    from diffquant.backends.gguf_chunked import use_chunked_dequant
+
+    use_chunked_dequant(model)  # layers the kernel took are not GGUFLinear any more
     return model
 
 
