@@ -3,8 +3,7 @@
 diffusers' ``GGUFLinear.forward_native`` dequantizes the whole weight at once: for Q4_1 the
 shifted and masked nibbles (1 byte per value each), ``d * qs`` and ``+ m`` in float16 (2 bytes each)
 and the copy to the compute dtype (2 bytes) are alive together, ~4-5 bytes per weight for the
-largest layer at every call. Measured on zoo:flux-dev-slice (a FLUX block's AdaLN linear is
-3072×18432): ~220 MiB of per-call temporaries above bf16's activations. Doing the same elementwise
+largest layer at every call (a FLUX block's AdaLN linear is 3072×18432). Doing the same elementwise
 operations on blocks of rows and writing each into a preallocated compute-dtype weight keeps ~one
 bf16 weight plus one chunk's temporaries; the weight is bit-identical (same ops per element, the
 same float16 -> compute-dtype rounding), so the layer's output is too. CUDA keeps diffusers' fused
