@@ -65,6 +65,7 @@ def test_images_equal_ggml_numerics_bit_for_bit(qtype: str, stock, monkeypatch) 
     the kernel's weights through torch's GEMM give exactly diffusers' images with ggml's weights."""
     from diffusers.quantizers.gguf.utils import GGUFLinear
 
+    from diffquant.backends.gguf_chunked import chunked_layer_class
     from diffquant.lowbit import linear
 
     monkeypatch.setattr(linear, "GEMV_MAX_TOKENS", 0)
@@ -77,6 +78,7 @@ def test_images_equal_ggml_numerics_bit_for_bit(qtype: str, stock, monkeypatch) 
     exact = diffquant.load_pipeline(MODEL, f"gguf-{qtype}(cpu_kernel=false)", device="cpu")
     assert not _kernel_layers(exact.transformer)
     monkeypatch.setattr(GGUFLinear, "forward_native", _exact_forward)
+    monkeypatch.setattr(chunked_layer_class(), "forward_native", _exact_forward)  # diffquant's CPU GGUFLinear
     exact_latents, exact_image = _run(exact)
     monkeypatch.undo()
     assert np.array_equal(exact_latents, latents) and np.array_equal(exact_image, image)

@@ -146,3 +146,83 @@ def test_resident_weight_file_pages_per_component(tmp_path: Path) -> None:
     assert held["load.rss_weight_files_mib.transformer"] == pytest.approx(8.0, abs=0.5)
     mapped.close()
     assert _files_per_component(tmp_path)["load.rss_weight_files_mib.transformer"] == 0.0
+
+
+# -- the runtime residue: what outlives the model is the runtime's, not the model's ---------------
+RUNTIME_MIB = 24
+_RUNTIME_CACHE: list[bytearray] = []  # stands in for oneDNN's / ideep's shape-keyed primitive caches
+
+
+def _touched(mib: int) -> bytearray:
+    block = bytearray(mib * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    return block
+
+
+def _anon() -> float | None:
+    return proc_status().get("rss_anon")
+
+
+def _baseline_now() -> Baseline:
+    import gc
+
+    from diffquant.file_pages import trim_heap
+
+    gc.collect()
+    trim_heap()
+    return take_baseline(proc_status, weight_file_rss_mib)
+
+
+def test_the_runtime_residue_is_what_stays_once_the_model_is_gone() -> None:
+    """A fake call leaves a runtime cache (kept after the model is deleted) beside the model's own
+    memory: the residue is the cache, not the model, and the model's peak less it is the model."""
+    import weakref
+
+    from diffquant.bench.phases import runtime_residue
+
+    _RUNTIME_CACHE.clear()
+    base = _baseline_now()
+    holder = [_Box(_touched(FAKE_MIB))]  # the model
+    _RUNTIME_CACHE.append(_touched(RUNTIME_MIB))  # built by the first call, outlives the model
+    peak_anon = _anon()
+    alive = weakref.ref(holder[0])
+
+    def drop() -> bool:
+        holder.clear()
+        return alive() is None
+
+    residue = runtime_residue(drop, _anon, base)
+    _RUNTIME_CACHE.clear()
+    assert residue is not None and _near(residue, RUNTIME_MIB), residue
+    out = base.model_peak_less_residue("gen", peak_anon, peak_anon, residue)
+    assert _near(out["gen.model_peak_anon_mib"], FAKE_MIB), out
+    assert _near(out["gen.peak_above_baseline_rss_mib"], FAKE_MIB + RUNTIME_MIB), out
+
+
+class _Box:  # weakref-able stand-in for a pipeline object
+    def __init__(self, content: Any) -> None:
+        self.content = content
+
+
+def test_a_model_that_survives_the_deletion_is_not_subtracted() -> None:
+    """If the pipeline is still referenced after the deletion, its memory would pass for the
+    runtime's: no residue is taken then (negative control of the one above)."""
+    from diffquant.bench.phases import runtime_residue
+
+    base = _baseline_now()
+    model = _touched(FAKE_MIB)
+    still_referenced = _Box(model)
+    assert runtime_residue(lambda: False, _anon, base) is None
+    out = base.model_peak_less_residue("gen", 400.0, 450.0, None)
+    assert out["gen.model_peak_rss_mib"] == out["gen.peak_above_baseline_rss_mib"] == 450.0 - base.rss_anon_mib - base.weight_files_mib
+    del still_referenced, model
+
+
+def test_residue_arithmetic() -> None:
+    base = Baseline(rss_mib=500.0, rss_anon_mib=300.0, rss_file_mib=200.0, weight_files_mib=10.0)
+    out = base.model_peak_less_residue("gen", 420.0, 480.0, 20.0)
+    assert out == {"gen.model_peak_anon_mib": 100.0, "gen.model_peak_rss_mib": 150.0,
+                   "gen.peak_above_baseline_rss_mib": 170.0}
+    # a residue below zero (the heap shrank under the baseline) subtracts nothing
+    assert base.model_peak_less_residue("gen", 420.0, 480.0, -3.0)["gen.model_peak_rss_mib"] == 170.0

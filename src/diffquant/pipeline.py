@@ -68,7 +68,10 @@ def load_pipeline(model: str, recipe: str | Recipe = "bf16", *, device: str | No
         info.notes = notes_for(recipe, device) + [f"quantized weights loaded from the cache {cached}"]
         return pipe
     components = read_components(model_dir)
-    pipe, quantized, cache_hits = _load_quantized(model_dir, components, recipe, device, quant_cache_dir)
+    from diffquant.file_pages import in_own_arena
+
+    pipe, quantized, cache_hits = in_own_arena(_load_quantized, model_dir, components, recipe, device,
+                                               quant_cache_dir)
     info = LoadInfo(model_ref=model, model_dir=model_dir, recipe=recipe, device=device, quantized=quantized,
                     quant_cache_used=bool(cache_hits) and all(cache_hits), notes=notes_for(recipe, device))
     pipe._diffquant_load_info = info

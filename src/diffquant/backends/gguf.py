@@ -107,6 +107,9 @@ def with_options(model: Any, spec: QuantSpec, device: str) -> Any:
         except DiffquantError as err:  # not asked for: a failed build falls back to diffusers' path
             _log.warning("gguf-%s: %s Using diffusers' GGUF dequantization (cpu_kernel=false silences this).",
                          spec.qtype, err)
+    from diffquant.backends.gguf_chunked import use_chunked_dequant
+
+    use_chunked_dequant(model)  # layers the kernel took are not GGUFLinear any more
     return model
 
 

@@ -166,6 +166,10 @@ def measure_run(spec: RunSpec, metrics: dict[str, Any], result: dict[str, Any], 
         pipe = load_phase(ctx)
         generate_phase(ctx, pipe)
         metrics["host.loadavg_1m.end"] = _loadavg()
+        if not on_cuda:  # what the runtime keeps once the model is gone is not the model's
+            holder = [pipe]
+            del pipe
+            model_peaks_less_residue(ctx, holder)
     metrics["sampler.interval_s"] = spec.sample_interval_s
     metrics["sampler.samples"] = sum(p.samples for p in sampler.peaks.values())
     loads = [p.loadavg_1m for p in sampler.peaks.values() if p.loadavg_1m is not None]
@@ -353,6 +357,29 @@ def generate_phase(ctx: Context, pipe: Any) -> None:
         metrics.update(cuda_counters("gen", nvml=ctx.nvml))
         metrics["gen.peak_gpu_used_mib.nvml"] = peaks.gpu_used_mib
     metrics["proc.vmhwm_mib"] = status.get("vmhwm")
+
+
+def model_peaks_less_residue(ctx: Context, holder: list[Any]) -> None:
+    """Delete the pipeline (the only reference is in ``holder``), measure the runtime residue and
+    record the generation peaks of the model's own memory less it (:mod:`diffquant.bench.phases`)."""
+    import weakref
+
+    from diffquant.bench.measure import proc_status
+    from diffquant.bench.phases import runtime_residue
+
+    ctx.sampler.phase("teardown")
+    alive = weakref.ref(holder[0])
+
+    def drop() -> bool:
+        holder.clear()
+        gc.collect()
+        return alive() is None
+
+    residue = runtime_residue(drop, lambda: proc_status().get("rss_anon"), ctx.baseline)
+    ctx.metrics["gen.runtime_residue_mib"] = residue
+    peaks = ctx.sampler.peak("generate")
+    ctx.metrics.update(ctx.baseline.model_peak_less_residue("gen", peaks.rss_anon_mib, peaks.anon_plus_files_mib,
+                                                            residue))
 
 
 def _loadavg() -> float | None:

@@ -178,7 +178,9 @@ LATENCY_NOTE = ("[p25–p75] n=N after the p50: interquartile range and number o
                 "exceeded the cores they left free during the run (host.contended): its times are not trustworthy")
 CPU_NOTE = ("on CPU, memory is the model's own: RSS minus the worker's baseline after importing every library "
             "(baseline.rss_mib), with the whole process's figure beside ('proc'); memory-mapped bf16 weights "
-            "become resident only when first read, so compare Peak memory and Weights")
+            "become resident only when first read, so compare Peak memory and Weights; Peak memory leaves out "
+            "the runtime's shape-keyed caches that outlive the model (gen.runtime_residue_mib, the same for "
+            "every recipe; gen.peak_above_baseline_rss_mib keeps them)")
 
 
 def first_line(text: str, limit: int = 160) -> str:

@@ -1,0 +1,54 @@
+"""Why torchao-fp8wo under torch.compile peaks above bf16 on CPU: a 4-layer stack, compiled as the
+seed's recipe compiles (fullgraph, max-autotune), prints inductor's generated wrapper. Expected:
+one ``cpp_fused__to_copy_mul_t_0`` call, before the first ``mm``, that writes every layer's
+dequantized bf16 weight (``buf0``, ``buf2``, ...): all of them are alive together, so a compiled
+transformer holds its whole bf16 copy beside the fp8 weights during a call (freezing is off: this
+is not constant folding). Seconds on a CPU; nothing is downloaded.
+
+    python benchmarks/inductor_fp8_dequant.py [--layers 4] [--set reorder_for_peak_memory=0 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+CHILD = r"""
+import sys, torch
+import torch._inductor.config as ic
+for item in sys.argv[2:]:
+    key, value = item.split("=", 1)
+    target, _, attr = key.rpartition(".")
+    setattr(ic.cpp if target == "cpp" else ic, attr, type(getattr(ic.cpp if target == "cpp" else ic, attr))(int(value)))
+from torchao.quantization import Float8WeightOnlyConfig, quantize_
+m = torch.nn.Sequential(*[torch.nn.Linear(512, 512, bias=False) for _ in range(int(sys.argv[1]))]).to(torch.bfloat16)
+quantize_(m, Float8WeightOnlyConfig())
+with torch.no_grad():
+    torch.compile(m, fullgraph=True, mode="max-autotune")(torch.randn(8, 512, dtype=torch.bfloat16))
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--set", nargs="*", default=[], metavar="OPTION=INT",
+                        help="inductor options to try, e.g. reorder_for_peak_memory=0 cpp.max_horizontal_fusion_size=1")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TORCH_LOGS": "output_code"}
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(args.layers), *args.set], env=env,
+                              capture_output=True, text=True, check=False)
+    lines = [re.sub(r"^.*\[__output_code\]", "", ln) for ln in (proc.stdout + proc.stderr).splitlines()]
+    wrapper = [ln for ln in lines if re.search(r"cpp_fused\w*\((arg|buf)|= empty_strided_cpu\(|mm\(|del buf", ln)]
+    print("\n".join(wrapper) if wrapper else "\n".join(lines[-20:]))
+    weights_first = bool(wrapper) and "cpp_fused" in next((ln for ln in wrapper if "(arg" in ln or "mm(" in ln), "")
+    print(f"\nevery dequantized weight written before the first mm: {weights_first}")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
