@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--db", type=Path, default=Path("out") / "bench_recipes_cpu" / "results.db")
     parser.add_argument("--force", action="store_true", help="re-run recipes already in the database")
+    parser.add_argument("--quant-cache", action="store_true",
+                        help="load from diffquant's quantized-weights cache (a warm second run); default: "
+                             "no cache, so every recipe quantizes on load as a user's first run does")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="where the sweep's JSON goes (default: docs/data/recipes_cpu_flux_dev_slice.json)")
     parser.add_argument("--no-data", action="store_true", help="write no JSON (a trial run)")
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
     options = SweepOptions(model=args.model, recipes=split_recipes(args.recipes), settings=settings,
                            db_path=args.db, timeout_s=args.timeout, force=args.force,
-                           quant_cache_dir=default_quant_cache())
+                           quant_cache_dir=default_quant_cache() if args.quant_cache else None)
     host_load = None
     if args.report_only:
         rows, wall = stored_rows(options)

@@ -19,6 +19,7 @@ from diffquant.plan import parse_budget
 CPU_RECIPES = [
     "bf16", "fp16", "bnb-nf4", "bnb-fp4", "bnb-nf4(double_quant)", "bnb-int8", "bnb-nf4(skip=proj_out|x_embedder)",
     "torchao-int8wo", "torchao-fp8wo", "torchao-intx4wo", "torchao-intx4wo(group_size=64)", "torchao-int8dq",
+    "torchao-int8wo(group_size=128)",  # x_embedder's 64 inputs are not a multiple of 128: kept bf16
     "quanto-int8", "quanto-int4", "quanto-int2", "quanto-fp8", "quanto-int4(skip=proj_out)",
     "gguf-q8_0", "gguf-q5_1", "gguf-q4_0", "gguf-q6_k", "gguf-q4_k", "gguf-q2_k", "gguf-q3_k(keep=norm|*.ff.*=Q8_0)",
     "fp8-layerwise", "fp8-layerwise-e5m2", "bnb-nf4@text_encoder+quanto-int8@transformer",

@@ -94,6 +94,11 @@ def test_quantized_weights_cache(tmp_path) -> None:
     info = load_info(second)
     assert info.quant_cache_used and info.recipe.name == "quanto-int8+vae-tiling"
     assert type(second.transformer.proj_out.weight).__name__ == "WeightQBytesTensor"
+    # int8 data in allocations of their own (torch's int8 CPU matmul crashed on safetensors' 8-byte
+    # aligned file mapping at flux-dev-slice's sizes)
+    qdata = [m.weight._data for m in second.transformer.modules()
+             if type(getattr(m, "weight", None)).__name__ == "WeightQBytesTensor"]
+    assert qdata and all(d.data_ptr() % 64 == 0 for d in qdata)
     assert np.array_equal(_image(first), _image(second))
     # A different recipe is a different cache entry.
     third = diffquant.load_pipeline(MODEL, "quanto-int4", device="cpu", quant_cache_dir=tmp_path)

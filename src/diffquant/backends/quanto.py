@@ -127,7 +127,11 @@ def load_saved(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, 
     if meta["format"] != "quanto-requantize":
         raise DiffquantError(f"Unknown saved quanto format {meta['format']!r} in {folder}.",
                              hint="re-export the model with this version of diffquant")
-    state = load_state(folder, meta)
+    # safetensors hands out tensors inside its file mapping, 8-byte aligned; torch's int8 CPU matmul
+    # (_weight_int8pack_mm, quanto's CPU path) crashed on such weights (SIGSEGV on flux-dev-slice's
+    # x_embedder): copy each into an allocation of its own, which also drops the file pages.
+    state = {key: value.clone() if value.data_ptr() % 64 else value
+             for key, value in load_state(folder, meta).items()}
     model = empty_model(folder, meta["class_name"], dtype)
     qmap = meta.get("quantization_map") or json.loads((folder / QUANTO_QMAP).read_text())
     requantize(model, state, qmap, device=torch.device(device))

@@ -4,6 +4,7 @@ rejects the old string quant types)."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 from diffquant.backends.base import (
@@ -115,12 +116,43 @@ def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any:
     import transformers
 
     cls = diffusers.TorchAoConfig if ctx.library == "diffusers" else transformers.TorchAoConfig
-    return cls(ao_config(spec), modules_to_not_convert=list(spec.skip_modules) or None)
+    skip = list(spec.skip_modules) + _ungroupable_linears(spec, ctx)
+    return cls(ao_config(spec), modules_to_not_convert=skip or None)
+
+
+def _ungrouped(spec: QuantSpec, in_features: int) -> bool:
+    """Grouped int8 needs the input width to be a multiple of the group (torchao asserts otherwise:
+    FLUX's x_embedder takes 64 channels); such layers stay in the compute dtype."""
+    group = spec.option("group_size")
+    return bool(spec.qtype == "int8wo" and group and in_features % int(group))
+
+
+def _ungroupable_linears(spec: QuantSpec, ctx: ComponentContext) -> list[str]:
+    """Names of the component's linears that ``_ungrouped`` keeps, read from its config on the meta device."""
+    if not (spec.qtype == "int8wo" and spec.option("group_size")):
+        return []
+    import diffusers
+    import torch
+    import transformers
+    from accelerate import init_empty_weights
+
+    sub = Path(ctx.model_dir) / ctx.name
+    with init_empty_weights(include_buffers=True):
+        if ctx.library == "diffusers":
+            cls = getattr(diffusers, ctx.class_name)
+            model = cls.from_config(cls.load_config(sub))
+        else:
+            model = getattr(transformers, ctx.class_name)(transformers.AutoConfig.from_pretrained(sub))
+    return [name for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and _ungrouped(spec, m.in_features)]
 
 
 def notes(spec: QuantSpec, device: str) -> list[str]:
     if device == "cpu" and spec.qtype == "intx4wo":
         return ["torchao-intx4wo stores int4 values in int8 on CPU: no memory saving over int8"]
+    if spec.qtype == "int8wo" and spec.option("group_size"):
+        return [(f"torchao-int8wo(group_size={spec.option('group_size')}): linears whose input width is not a "
+                 "multiple of the group stay in the compute dtype")]
     return []
 
 
@@ -207,12 +239,15 @@ def weight_bytes(qtype: str, out_features: int, in_features: int, group_size: in
                  dtype_bytes: int) -> int:
     """Bytes torchao (0.18) stores for one ``Linear`` weight of this type.
 
-    int8wo/int8dq: int8 values, a float32 scale and an int8 zero point per output row.
+    int8wo/int8dq: int8 values, a float32 scale and an int8 zero point per output row (per row and
+    group with ``group_size``).
     fp8wo: float8 values and a float32 scale per row; fp8dq: one float32 scale per tensor.
     intx4wo: int4 values held in int8 (no packing), a scale (weight dtype) and an int8 zero point
     per group. int4wo: two values per byte, a scale and a zero point (weight dtype) per group.
     """
     n = out_features * in_features
+    if qtype == "int8wo" and group_size:  # a float32 scale and an int8 zero point per row and group
+        return n + 5 * out_features * -(-in_features // group_size)
     if qtype in ("int8wo", "int8dq"):
         return n + 5 * out_features
     if qtype == "fp8wo":
@@ -240,6 +275,8 @@ def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
 
     def converted(name: str, module: Any) -> int | None:
         if not name or not isinstance(module, torch.nn.Linear) or _skipped(name, patterns):
+            return None
+        if _ungrouped(spec, module.in_features):
             return None
         bias = module.bias.numel() * module.bias.element_size() if module.bias is not None else 0
         return weight_bytes(spec.qtype, module.out_features, module.in_features, group,

@@ -64,7 +64,8 @@ def default_recipes(device: str) -> list[str]:
 
 def model_defaults(model: str, folder: Path, pipeline_class: str) -> tuple[int, int, int, int | None]:
     """(height, width, steps, text tokens) the model runs at by default, read without loading it."""
-    from diffquant.settings import _CLASS_DEFAULTS, _ZOO_DEFAULTS
+    from diffquant.settings import _CLASS_DEFAULTS
+    from diffquant.zoo import zoo_defaults
 
     meta = folder / "diffquant.json"
     if meta.is_file():
@@ -72,8 +73,7 @@ def model_defaults(model: str, folder: Path, pipeline_class: str) -> tuple[int, 
         size = data.get("size") or [data.get("height"), data.get("width")]
         tokens = (data.get("pipeline_kwargs") or {}).get("max_sequence_length")
         return int(size[0] or 1024), int(size[1] or 1024), int(data.get("steps") or 28), tokens
-    values = _ZOO_DEFAULTS.get(model.removeprefix("zoo:")) if model.startswith("zoo:") else None
-    values = values or _CLASS_DEFAULTS.get(pipeline_class) or (28, 1024, 1024, None)
+    values = zoo_defaults(model) or _CLASS_DEFAULTS.get(pipeline_class) or (28, 1024, 1024, None)
     return int(values[1]), int(values[2]), int(values[0]), None
 
 

@@ -28,6 +28,8 @@ class ZooEntry:
     pipeline_class: str  # diffusers class name, e.g. "FluxPipeline"
     version: int = 1  # bump when the builder's output changes, so caches rebuild
     shipped: bool = False  # True: builder returns a folder inside the package instead of writing one
+    # (steps, height, width, guidance) when the folder has no diffquant.json of its own
+    defaults: tuple[int, int, int, float] | None = None
 
 
 ZOO: dict[str, ZooEntry] = {}
@@ -50,6 +52,16 @@ def get_entry(name: str) -> ZooEntry:
     if name not in ZOO:
         raise unknown_choice("zoo model", name, ZOO, hint="use one of the listed names as zoo:NAME")
     return ZOO[name]
+
+
+def zoo_defaults(model: str) -> tuple[int, int, int, float] | None:
+    """The zoo's own generation defaults for a ``zoo:NAME`` reference (None for other references
+    and for entries whose folder carries a diffquant.json)."""
+    if not model.startswith(ZOO_PREFIX):
+        return None
+    _load_builtin_entries()
+    entry = ZOO.get(model.removeprefix(ZOO_PREFIX))
+    return entry.defaults if entry else None
 
 
 def list_entries() -> list[ZooEntry]:

@@ -11,6 +11,7 @@ register(ZooEntry(
                 "a few M params, random weights: a 64x64 image in well under a second on CPU.",
     builder="diffquant.zoo.flux:build_tiny_flux",
     pipeline_class="FluxPipeline",
+    defaults=(4, 64, 64, 3.5),  # (steps, height, width, guidance)
 ))
 register(ZooEntry(
     name="flux-dev-slice",
@@ -18,6 +19,7 @@ register(ZooEntry(
                 "in_channels 64, T5-XXL widths) with 1 double + 2 single blocks and a 1-layer T5.",
     builder="diffquant.zoo.flux:build_flux_dev_slice",
     pipeline_class="FluxPipeline",
+    defaults=(4, 256, 256, 3.5),  # (steps, height, width, guidance)
 ))
 register(ZooEntry(
     name="flux-dev-random",
@@ -25,12 +27,14 @@ register(ZooEntry(
                 "weights, for GPU benchmarks without a download (~34 GB on disk in bf16).",
     builder="diffquant.zoo.flux:build_flux_dev_random",
     pipeline_class="FluxPipeline",
+    defaults=(28, 1024, 1024, 3.5),  # (steps, height, width, guidance)
 ))
 register(ZooEntry(
     name="tiny-sd3",
     description="SD3 architecture (SD3Transformer2DModel/MMDiT, two CLIPs + T5), tiny, random weights.",
     builder="diffquant.zoo.sd3:build_tiny_sd3",
     pipeline_class="StableDiffusion3Pipeline",
+    defaults=(4, 64, 64, 5.0),  # (steps, height, width, guidance)
 ))
 register(ZooEntry(
     name="shapes",
