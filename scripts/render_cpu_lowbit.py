@@ -43,23 +43,40 @@ def layers_table(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+# Bits per weight of each GGUF block format (ggml's block sizes): the floor its blocks can reach.
+FORMAT_BITS = {"q2_k": 2.625, "q3_k": 3.4375, "q4_k": 4.5, "q5_k": 5.5, "q6_k": 6.5625, "q8_0": 8.5,
+               "q4_0": 4.5, "q4_1": 5.0, "q5_0": 5.5, "q5_1": 6.0}
+
+
+def quantized_over_floor(r: dict[str, Any], ref: dict[str, Any] | None) -> str:
+    """The quantized tensors' bytes over their format's floor: the transformer's bytes less its
+    unquantized tensors (held in bf16, as in the bf16 row), over quantized params × the format's bits."""
+    qtype = r["recipe"].removeprefix("gguf-").split("(")[0]
+    bits, params = FORMAT_BITS.get(qtype), r.get("quantized_params")
+    if not (bits and params and ref):
+        return "-"
+    kept_bytes = ref["weight_bytes"] - 2 * params  # the same tensors, unquantized, in bf16
+    return f"{(r['weight_bytes'] - kept_bytes) / (params * bits / 8):.2f}×"
+
+
 def pipeline_table(rows: list[dict[str, Any]]) -> list[str]:
     out = [("| recipe | size | call s, median [95% CI] | ×bf16 | denoiser s/step | transformer weights MiB "
-            "| generation peak RSS MiB (×bf16) | host load before/after |"), "|---|---|---|---|---|---|---|---|"]
+            "| quantized tensors ×format floor | generation peak RSS MiB (×bf16) | host load before/after |"),
+           "|---|---|---|---|---|---|---|---|---|"]
     for size in sorted({r["size"] for r in rows}):
         ref = next((r for r in rows if r["size"] == size and r["recipe"] == "bf16" and "call_s" in r), None)
         for r in (r for r in rows if r["size"] == size):
             load = "/".join(f"{v:.1f}" for v in r.get("loadavg_1m", []))
             if "call_s" not in r:
-                out.append(f"| {r['recipe']} | {size} | error: {r.get('error', '?')} | | | | | {load} |")
+                out.append(f"| {r['recipe']} | {size} | error: {r.get('error', '?')} | | | | | | {load} |")
                 continue
             c = r["call_s"]
             ratio = f"{c['median'] / ref['call_s']['median']:.2f}×" if ref else "-"
             peak = f"{r['gen_peak_rss_mib']:.0f}" + (f" ({r['gen_peak_rss_mib'] / ref['gen_peak_rss_mib']:.2f}×)"
                                                      if ref else "")
             out.append(f"| {r['recipe']} | {size} | {c['median']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}] | "
-                       f"{ratio} | {r['denoise_step_s']['median']:.2f} | {r['weight_bytes'] / 2**20:.0f} | {peak} "
-                       f"| {load} |")
+                       f"{ratio} | {r['denoise_step_s']['median']:.2f} | {r['weight_bytes'] / 2**20:.0f} | "
+                       f"{quantized_over_floor(r, ref)} | {peak} | {load} |")
     return out
 
 
