@@ -19,10 +19,11 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from diffquant.bench.env import git_commit  # the commit recorded with the data
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGETS = (0.05, 0.10, 0.20, 0.40, 0.80)
@@ -101,7 +102,7 @@ def main() -> int:
     }
     data = {"model": args.model, "recipe": args.recipe, "seeds": args.seeds, "prompts": prompts, "rows": rows,
             "additivity": additivity, "host_load_1min": {"before": load_before, "after": os.getloadavg()[0]},
-            "seconds": time.time() - started, "commit": _commit()}
+            "seconds": time.time() - started, "commit": (git_commit()["git_commit"] or "unknown")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=2) + "\n")
     print(render(data))
@@ -128,14 +129,6 @@ def render_additivity(data: dict) -> str:
                       "/ the uniform recipe's |"), "|---|---|---|",
                       (f"| {a['groups_measured']} of {a['groups_total']} | {100 * a['bytes_share_of_measured']:.1f}% | "
                       f"{100 * a['share']:.1f}% |")])
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

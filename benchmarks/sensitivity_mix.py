@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from diffquant.bench.env import git_commit  # the commit recorded with the data
+
 REPO = Path(__file__).resolve().parents[1]
 # Top-level names as one-name globs: bitsandbytes also matches a plain word as any path segment,
 # and "proj_out" would then keep every single block's proj_out too.
@@ -162,7 +164,7 @@ def main() -> int:
                       f"to end-image MSE, the top {PSNR_TOP} groups' end-image MSE measured; mix: greedy on "
                       "end-image error removed per byte added; bytes: the components the base recipe quantizes",
             "host_load_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
-            "seconds": time.time() - started, "commit": _commit()}
+            "seconds": time.time() - started, "commit": (git_commit()["git_commit"] or "unknown")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=2, default=str) + "\n")
     print_table(data)
@@ -193,14 +195,6 @@ def print_table(data: dict) -> None:
             print(f"  {r['kind']:28s} +{extra:6.1%} bytes  PSNR {q.get('mean', float('nan')):6.2f} "
                   f"[{q.get('ci_low', float('nan')):.2f}, {q.get('ci_high', float('nan')):.2f}] {gain:22s} "
                   f"{r['recipe'][:80]}")
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

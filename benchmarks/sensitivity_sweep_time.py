@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from diffquant.bench.env import git_commit  # the commit recorded with the data
+
 REPO = Path(__file__).resolve().parents[1]
 BAR_SECONDS = 15 * 60
 
@@ -65,18 +67,10 @@ def main() -> int:
               f"load {row['host_load_1min']['before']:.2f} -> {row['host_load_1min']['after']:.2f}, "
               f"{'under' if row['under_bar'] else 'NOT under'} {BAR_SECONDS // 60} min", flush=True)
     data = {"model": args.model, "bar_seconds": BAR_SECONDS, "rows": rows, "cpu_count": os.cpu_count(),
-            "commit": _commit(), "note": "wall time of a fresh `diffquant sensitivity` process, loading included"}
+            "commit": (git_commit()["git_commit"] or "unknown"), "note": "wall time of a fresh `diffquant sensitivity` process, loading included"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=2) + "\n")
     return 0 if all(r["under_bar"] for r in rows) else 1
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":
