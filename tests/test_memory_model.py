@@ -226,3 +226,24 @@ def test_residue_arithmetic() -> None:
                    "gen.peak_above_baseline_rss_mib": 170.0}
     # a residue below zero (the heap shrank under the baseline) subtracts nothing
     assert base.model_peak_less_residue("gen", 420.0, 480.0, -3.0)["gen.model_peak_rss_mib"] == 170.0
+
+
+def test_the_gguf_kernels_scratch_counts_as_the_models_not_the_runtimes() -> None:
+    """The CPU kernel's shared scratch holds a dequantized layer: it must be freed before the
+    residue is read, so it stays in the model's peak (without that it would pass for runtime)."""
+    import torch
+
+    from diffquant.bench.phases import runtime_residue
+    from diffquant.lowbit import linear
+
+    base = _baseline_now()
+    linear._scratch.buffers = {torch.bfloat16: torch.ones(FAKE_MIB * 2**19, dtype=torch.bfloat16)}  # FAKE_MIB
+    holder = [_Box(None)]
+
+    def drop() -> bool:
+        holder.clear()
+        return True
+
+    residue = runtime_residue(drop, _anon, base)
+    assert getattr(linear._scratch, "buffers", {}) == {}
+    assert residue is not None and residue < FAKE_MIB / 2, residue

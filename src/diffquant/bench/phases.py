@@ -94,6 +94,8 @@ def runtime_residue(drop: Callable[[], bool], anon_mib: Callable[[], float | Non
         return None
     if "torch._dynamo" in sys.modules:  # compiled graphs (and constants they hold) are the model's
         sys.modules["torch._dynamo"].reset()
+    if "diffquant.lowbit.linear" in sys.modules:  # the GGUF kernel's scratch holds dequantized weights
+        sys.modules["diffquant.lowbit.linear"].release_scratch()
     gc.collect()
     trim_heap()
     now = anon_mib()
