@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A shell's background job (`cmd &`) starts with SIGINT ignored, and an ignored signal stays ignored
+# in every child: the interrupt tests' sweeps would never see their Ctrl-C. A handler is reset by exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Offline, always: nothing may reach a model hub at test time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
