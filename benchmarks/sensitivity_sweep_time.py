@@ -51,6 +51,20 @@ def sweep(model: str, recipe: str, granularity: str) -> dict:
     return row
 
 
+def render(data: dict) -> str:
+    """The table docs/sensitivity.md shows (scripts/render_docs.py, view=script)."""
+    header = (f"| recipe | groups (by component) | denoiser calls captured (all prompts) | wall time, fresh process | "
+              f"under {data['bar_seconds'] // 60} min | host load 1 min, before → after |")
+    lines = [header, "|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        groups = ", ".join(f"{k} {v}" for k, v in r.get("groups_by_component", {}).items()) or "-"
+        load = r["host_load_1min"]
+        lines.append(f"| {r['recipe']} | {r.get('groups', '-')} ({groups}) | {r.get('calls', '-')} | "
+                     f"{r['wall_seconds'] / 60:.1f} min | {'yes' if r['under_bar'] else 'NO'} | "
+                     f"{load['before']:.2f} → {load['after']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="zoo:flux-dev-slice")
