@@ -97,13 +97,13 @@ def compile_kwargs(module: Any, mode: str, fullgraph: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"mode": None if mode == "default" else mode, "fullgraph": fullgraph}
     if kwargs["mode"] is None or not quantized_weights_on_cpu(module):
         return kwargs
-    from torch._inductor import list_mode_options
+    from torch._inductor import config, list_mode_options
 
     base = dict(list_mode_options(kwargs["mode"]))
-    options = {**base, **CPU_QUANTIZED_WEIGHT_OPTIONS}
-    if options == base:  # nothing to change for this mode (e.g. max-autotune-no-cudagraphs)
-        return kwargs
-    return {"fullgraph": fullgraph, "options": options}
+    current = config.get_config_copy()
+    if all(base.get(k, current.get(k)) == v for k, v in CPU_QUANTIZED_WEIGHT_OPTIONS.items()):
+        return kwargs  # nothing to change for this mode (e.g. max-autotune-no-cudagraphs)
+    return {"fullgraph": fullgraph, "options": {**base, **CPU_QUANTIZED_WEIGHT_OPTIONS}}
 
 
 def quantized_weights_on_cpu(module: Any) -> bool:
