@@ -1,11 +1,23 @@
-"""Why torchao-fp8wo under torch.compile peaks above bf16 on CPU: a 4-layer stack, compiled as the
-seed's recipe compiles (fullgraph, max-autotune), prints inductor's generated wrapper. Expected:
-one ``cpp_fused__to_copy_mul_t_0`` call, before the first ``mm``, that writes every layer's
-dequantized bf16 weight (``buf0``, ``buf2``, ...): all of them are alive together, so a compiled
-transformer holds its whole bf16 copy beside the fp8 weights during a call (freezing is off: this
-is not constant folding). Seconds on a CPU; nothing is downloaded.
+"""Why torchao-fp8wo under torch.compile peaked above bf16 on CPU, and diffquant's fix: a 4-layer
+stack, compiled as the seed's recipe compiles (fullgraph, max-autotune), prints inductor's generated
+wrapper.
 
-    python benchmarks/inductor_fp8_dequant.py [--layers 4] [--set reorder_for_peak_memory=0 ...]
+Plain ``torch.compile(mode="max-autotune")``: one ``cpp_fused__to_copy_mul_t_0`` call, before the
+first ``mm``, writes every layer's dequantized bf16 weight (``buf0``, ``buf2``, ...), so a compiled
+transformer holds its whole bf16 copy beside the fp8 weights during a call. The cause is not fusion
+(inductor's fusion log finds no candidates) nor freezing: the mode asks for CUDA graphs
+(``triton.cudagraphs``), and on CPU that turns on graph-partition reordering
+(``Scheduler.reorder_for_partition_with_simple_dependency``), which counts every CPU node as a
+partition and moves each node without dependencies (each dequantization reads only graph inputs) to
+the front, where the C++ backend emits the adjacent ones as one kernel.
+
+``--fixed`` compiles with ``diffquant.memory.compile_kwargs`` (what diffquant's compile step passes
+for weight-only-quantized modules on CPU: the mode's options with ``triton.cudagraphs=False``): each
+dequantization is written just before its ``mm`` and its buffer reused by the next
+(``buf2 = buf0; del buf0``). ``--set triton.reorder_for_reducing_graph_partitions=0`` does the same.
+Seconds on a CPU; nothing is downloaded.
+
+    python benchmarks/inductor_fp8_dequant.py [--layers 4] [--fixed] [--set OPTION=INT ...]
 """
 
 from __future__ import annotations
