@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {v: run_variant(v, args.model, args.steps, args.size, args.calls) for v in variants}
     print(f"{args.model}, {args.steps} steps at {args.size}x{args.size}; model memory in MiB "
           "(anonymous + weight-file pages above the baseline)")
-    print(f"{'variant':10} {'recipe':58} {'loaded':>8} {'first-call peak':>16} {'steady peak':>12} "
+    print(f"{'variant':10} {'recipe':58} {'load peak':>9} {'first-call peak':>16} {'steady peak':>12} "
           f"{'first s':>8} {'steady p50 s':>13}")
     for variant, r in results.items():
         if isinstance(r, str):
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         p50 = statistics.median(r["steady_s"]) if r["steady_s"] else float("nan")  # type: ignore[arg-type]
         r["steady_p50_s"] = p50
-        print(f"{variant:10} {VARIANTS[variant]:58} {r['load']:8.1f} {r['first_peak']:16.1f} "
+        print(f"{variant:10} {VARIANTS[variant]:58} {r['load']:9.1f} {r['first_peak']:16.1f} "
               f"{r['steady_peak']:12.1f} {r['first_s']:8.2f} {p50:13.3f}")
     pair = [results.get(v) for v in ("unfixed", "fixed")]
     if all(isinstance(r, dict) for r in pair):
