@@ -5,6 +5,8 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+from diffquant.recipes.model import Recipe
+
 # Inductor options added to torch.compile's mode when the compiled module holds weight-only-quantized
 # weights (tensor subclasses dequantized inside the graph) on CPU. Modes "max-autotune" and
 # "reduce-overhead" ask for CUDA graphs; on CPU no graph is captured, but the request turns on
@@ -14,8 +16,6 @@ from typing import Any
 # alive during a call (benchmarks/inductor_fp8_dequant.py shows the code). Without the request,
 # each dequantized weight is written just before its matmul and freed after it.
 CPU_QUANTIZED_WEIGHT_OPTIONS: dict[str, Any] = {"triton.cudagraphs": False}
-
-from diffquant.recipes.model import Recipe
 
 
 def place_and_offload(pipe: Any, recipe: Recipe, device: str) -> list[str]:
