@@ -111,3 +111,14 @@ def test_the_cpu_load_path_leaves_no_conversion_for_the_first_call() -> None:
 
 def _packed_layer(layer: torch.nn.Module) -> bool:
     return bool(getattr(layer.weight.quant_state, "packing_format_for_cpu", False))
+
+
+def test_double_quantized_layers_keep_the_generic_path() -> None:
+    """Their uint8 scales would be expanded to bf16 and could not be saved back exactly."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 64)).to(torch.bfloat16).eval()
+    dq_bnb.swap_linear_layers(model, parse_recipe("bnb-nf4(double_quant)").quant[0], torch.bfloat16, "cpu")
+    assert dq_bnb.pack_for_cpu(model) == 0 and not model[0].support_avx512bf16_for_cpu
+    with torch.no_grad():
+        model(torch.randn(2, 256, dtype=torch.bfloat16))
+    assert _packed(model) == [False] and model[0].weight.quant_state.nested

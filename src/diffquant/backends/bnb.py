@@ -186,9 +186,11 @@ def load_prequantized(module: Any, state: dict[str, Any], spec: QuantSpec, compu
 def fits_cpu_layout(layer: Any) -> bool:
     """Whether bitsandbytes' CPU layout can hold ``layer``: its conversion needs whole blocks of 32
     output rows and of ``blocksize`` inputs (otherwise it fails an assert, so the layer keeps the
-    generic path)."""
+    generic path). Double-quantized layers keep it too: the conversion expands their uint8 scales
+    to bf16 (undoing what double quantization saves), and its inverse re-quantizes them, so a
+    saved layer would not reload to the same weights."""
     qs = getattr(layer.weight, "quant_state", None)
-    if qs is None:
+    if qs is None or qs.nested:
         return False
     out_features, in_features = (int(d) for d in qs.shape)
     return out_features % CPU_BLOCK_N == 0 and in_features % qs.blocksize == 0 and in_features % 2 == 0
@@ -202,9 +204,6 @@ def _packable(layer: Any) -> bool:
     if not getattr(layer, "support_avx512bf16_for_cpu", False) or layer.weight.device.type != "cpu":
         return False
     return fits_cpu_layout(layer)
-
-
-CPU_BLOCK_N = 32  # output rows per block of bitsandbytes' CPU layout (its default block_n)
 
 
 def pack_for_cpu(module: Any) -> int:
@@ -297,10 +296,13 @@ def upgrade_type(spec: QuantSpec) -> str | None:
 # and one float32 scale per output row (SCB).
 BLOCKSIZE_4BIT = 64
 NESTED_BLOCKSIZE = 256
+CPU_BLOCK_N = 32  # output rows per block of bitsandbytes' CPU layout (its default block_n)
 
 
-def linear_bytes(qtype: str, out_features: int, in_features: int, double_quant: bool) -> int:
-    """Bytes bitsandbytes stores for one ``Linear`` weight (without the bias)."""
+def linear_bytes(qtype: str, out_features: int, in_features: int, double_quant: bool,
+                 cpu_layout: bool = False) -> int:
+    """Bytes bitsandbytes stores for one ``Linear`` weight (without the bias). ``cpu_layout``: the
+    layer is in bitsandbytes' CPU kernel layout (:func:`pack_for_cpu`), whose block scales are bf16."""
     n = out_features * in_features
     if qtype == "int8":
         return n + 4 * out_features
@@ -308,7 +310,18 @@ def linear_bytes(qtype: str, out_features: int, in_features: int, double_quant: 
     packed = -(-n // 2) + 16 * 4
     if double_quant:
         return packed + blocks + 4 * -(-blocks // NESTED_BLOCKSIZE) + 256 * 4
+    if cpu_layout and out_features % CPU_BLOCK_N == 0 and in_features % BLOCKSIZE_4BIT == 0:
+        return packed + 2 * blocks
     return packed + 4 * blocks
+
+
+def cpu_layout_here() -> bool:
+    """Whether 4-bit layers loaded on this machine's CPU get bitsandbytes' CPU layout."""
+    try:
+        import bitsandbytes.functional as bnbf
+    except ImportError:
+        return False
+    return hasattr(bnbf, "_convert_weight_packed_for_cpu") and bool(bnbf.has_avx512bf16())
 
 
 def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
@@ -323,12 +336,13 @@ def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
     patterns = tuple(spec.skip_modules) + keep
     bias_size = dtype_size(_compute_dtype(spec, ctx))
     double_quant = bool(spec.option("double_quant", False))
+    cpu_layout = ctx.device == "cpu" and spec.qtype != "int8" and cpu_layout_here()
 
     def converted(name: str, module: Any) -> int | None:
         if not name or type(module) is not torch.nn.Linear or _skipped(name, patterns):
             return None
         bias = module.bias.numel() * bias_size if module.bias is not None else 0
-        return linear_bytes(spec.qtype, module.out_features, module.in_features, double_quant) + bias
+        return linear_bytes(spec.qtype, module.out_features, module.in_features, double_quant, cpu_layout) + bias
 
     return count_stored_bytes(model, converted)
 
