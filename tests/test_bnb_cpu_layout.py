@@ -11,10 +11,10 @@ import pytest
 bnb = pytest.importorskip("bitsandbytes")
 torch = pytest.importorskip("torch")
 
-from bitsandbytes.functional import has_avx512bf16  # noqa: E402
+from bitsandbytes.functional import has_avx512bf16
 
-from diffquant.backends import bnb as dq_bnb  # noqa: E402
-from diffquant.recipes import parse_recipe  # noqa: E402
+from diffquant.backends import bnb as dq_bnb
+from diffquant.recipes import parse_recipe
 
 pytestmark = pytest.mark.skipif(not has_avx512bf16(), reason="bitsandbytes converts layers only on AVX512-BF16 CPUs")
 
