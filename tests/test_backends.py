@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import diffquant
+from diffquant.backends.bnb import cpu_layout_here as bnb_cpu_layout_here
 from diffquant.errors import BackendUnavailable, DiffquantError
 from diffquant.inspect import component_stats
 from diffquant.pipeline import generate
@@ -71,6 +72,8 @@ def test_seed_recipe_runs_quantized_and_close(recipe: str, reference: np.ndarray
     stats = component_stats(pipe)["transformer"]
     assert stats.quantized_tensors > 0
     # The quantized tensors hold the format's bits per weight (payload + scales), not more.
+    if recipe == "bnb-nf4" and bnb_cpu_layout_here():
+        nominal_bits = 4.25  # bitsandbytes' CPU layout keeps the block scales in bf16 (backends/bnb.py)
     assert stats.quantized_bits_per_weight == pytest.approx(nominal_bits, rel=0.03)
     bf16_bytes = 2 * stats.params
     assert stats.weight_bytes < 0.75 * bf16_bytes

@@ -50,6 +50,15 @@ def _inside(ranges: list[tuple[int, int, str]], starts: list[int], address: int)
     return i >= 0 and ranges[i][0] <= address < ranges[i][1]
 
 
+def is_mapped(ranges: list[tuple[int, int, str]], t: Any) -> bool:
+    """Whether CPU tensor ``t``'s storage lies in one of ``ranges`` (from :func:`file_ranges`)."""
+    import torch
+
+    if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.numel() == 0 or not ranges:
+        return False
+    return _inside(ranges, [r[0] for r in ranges], t.untyped_storage().data_ptr())
+
+
 def _is_plain(t: Any) -> bool:
     import torch
 

@@ -2,7 +2,8 @@
 
 On CUDA the component loads through diffusers'/transformers' ``BitsAndBytesConfig``. On CPU
 diffusers refuses ("No GPU found") although bitsandbytes' own layers run there, so we load the
-component in full precision and swap its ``nn.Linear`` layers for ``Linear4bit``/``Linear8bitLt``.
+component in full precision and swap its ``nn.Linear`` layers for ``Linear4bit``/``Linear8bitLt``,
+then give the 4-bit layers bitsandbytes' CPU kernel layout while loading (see ``pack_for_cpu``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def load_config(spec: QuantSpec, ctx: ComponentContext) -> Any | None:
 def load_component(spec: QuantSpec, ctx: ComponentContext, cache_dir: Any) -> Any:
     module = load_plain(ctx)
     swap_linear_layers(module, spec, _compute_dtype(spec, ctx), ctx.device)
+    if ctx.device == "cpu":
+        pack_for_cpu(module)  # here, in the loader's arena, not in the first call (see pack_for_cpu)
     return module
 
 
@@ -112,7 +115,18 @@ def swap_linear_layers(module: Any, spec: QuantSpec, compute_dtype: Any, device:
                                                compress_statistics=bool(spec.option("double_quant", False)))
             if bias is not None:
                 new.bias = torch.nn.Parameter(bias, requires_grad=False)
-            setattr(parent, child_name, new.to(device))  # .to() is where bitsandbytes quantizes
+            new = new.to(device)  # .to() is where bitsandbytes quantizes
+            if isinstance(new, bnb.nn.Linear4bit):
+                # A new module starts in training mode, and a 4-bit layer in training mode never
+                # takes bitsandbytes' CPU kernel: every call dequantizes the whole weight to bf16
+                # (measured on zoo:shapes: +1.3 MiB of heap per call). It takes the mode of the
+                # layer it replaces (eval in a loaded model, as from_pretrained leaves it).
+                new.train(child.training)
+                if not fits_cpu_layout(new):  # bitsandbytes' conversion would fail an assert in forward
+                    new.support_avx512bf16_for_cpu = False
+                new.register_state_dict_pre_hook(_unpack_before_saving)
+                new.register_state_dict_post_hook(_repack_after_saving)
+            setattr(parent, child_name, new)
             swapped += 1
     return swapped
 
@@ -151,6 +165,94 @@ def load_prequantized(module: Any, state: dict[str, Any], spec: QuantSpec, compu
             plain[key] = value
     module.load_state_dict(plain, strict=False)
     module.to(device)
+    if device == "cpu":
+        from diffquant.file_pages import in_own_arena, trim_heap
+
+        in_own_arena(pack_for_cpu, module)  # the conversion's temporaries stay out of the main heap
+        trim_heap()
+
+
+# --- bitsandbytes' CPU layout ------------------------------------------------------------------
+# On a CPU with AVX512-BF16, a Linear4bit's first forward converts its weight to bitsandbytes' CPU
+# kernel layout (``_convert_weight_packed_for_cpu``: nibbles regrouped in blocks of 32 output rows,
+# block scales transposed and cast to bf16). The conversion allocates a 32-bit copy of every
+# weight of the layer plus several byte-per-weight copies (~6 bytes per weight, 3x the layer's bf16
+# size) and replaces the layer's tensors, so the first call's peak holds those temporaries and the
+# heap keeps holes between the new tensors. Doing the same conversion while loading moves that
+# cost into the load phase (in the loader's own malloc arena, trimmed after), and the model a call
+# sees is the one bitsandbytes would have after its first call: the same tensors, the same
+# numbers.
+
+def fits_cpu_layout(layer: Any) -> bool:
+    """Whether bitsandbytes' CPU layout can hold ``layer``: its conversion needs whole blocks of 32
+    output rows and of ``blocksize`` inputs (otherwise it fails an assert, so the layer keeps the
+    generic path). Double-quantized layers keep it too: the conversion expands their uint8 scales
+    to bf16 (undoing what double quantization saves), and its inverse re-quantizes them, so a
+    saved layer would not reload to the same weights."""
+    qs = getattr(layer.weight, "quant_state", None)
+    if qs is None or qs.nested:
+        return False
+    out_features, in_features = (int(d) for d in qs.shape)
+    return out_features % CPU_BLOCK_N == 0 and in_features % qs.blocksize == 0 and in_features % 2 == 0
+
+
+def _packable(layer: Any) -> bool:
+    """Whether bitsandbytes' forward would convert ``layer`` to its CPU layout, and can."""
+    qs = getattr(layer.weight, "quant_state", None)
+    if qs is None or getattr(qs, "packing_format_for_cpu", False) or layer.training:
+        return False
+    if not getattr(layer, "support_avx512bf16_for_cpu", False) or layer.weight.device.type != "cpu":
+        return False
+    return fits_cpu_layout(layer)
+
+
+def pack_for_cpu(module: Any) -> int:
+    """Convert every ``Linear4bit`` of ``module`` that bitsandbytes' forward would convert on this
+    CPU to that layout now; returns how many. Nothing happens on a CPU without AVX512-BF16, on a
+    bitsandbytes without the CPU layout, or for a layer in training mode."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    convert = getattr(bnbf, "_convert_weight_packed_for_cpu", None)
+    if convert is None:
+        return 0
+    packed = 0
+    for layer in module.modules():
+        if isinstance(layer, bnb.nn.Linear4bit) and _packable(layer):
+            layer.weight.data, layer.weight.quant_state = convert(layer.weight.data, layer.weight.quant_state)
+            packed += 1
+    return packed
+
+
+def unpack_from_cpu(layer: Any) -> bool:
+    """Undo :func:`pack_for_cpu` on one layer (True if it was packed): bitsandbytes' own inverse
+    restores the nibbles but leaves non-nested block scales transposed and in bf16, so a state dict
+    taken after a CPU forward reloads scrambled scales; here they go back to the flat float32 vector
+    ``quantize_4bit`` makes (their values are the bf16 ones the CPU kernel computes with)."""
+    import torch
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    qs = getattr(layer.weight, "quant_state", None)
+    if qs is None or not getattr(qs, "packing_format_for_cpu", False):
+        return False
+    was_nested = bool(getattr(qs, "original_nested", False))
+    layer.weight.data, qs = _convert_weight_packed_for_cpu_inverse(layer.weight.data, qs)
+    if not was_nested:
+        qs.absmax = qs.absmax.T.contiguous().reshape(-1).to(torch.float32)
+    layer.weight.quant_state = qs
+    return True
+
+
+def _unpack_before_saving(layer: Any, prefix: str, keep_vars: bool) -> None:
+    # With keep_vars the state dict holds the Parameter itself, which re-packing would change under
+    # it: the layer then stays unpacked, and bitsandbytes converts it again on its next forward.
+    layer._diffquant_repack = unpack_from_cpu(layer) and not keep_vars
+
+
+def _repack_after_saving(layer: Any, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    if getattr(layer, "_diffquant_repack", False):
+        layer._diffquant_repack = False
+        pack_for_cpu(layer)  # the state dict keeps the unpacked tensors; the layer gets new ones
 
 
 # --- One module at a time (diffquant.sensitivity asks these) ---------------------------------
@@ -194,10 +296,13 @@ def upgrade_type(spec: QuantSpec) -> str | None:
 # and one float32 scale per output row (SCB).
 BLOCKSIZE_4BIT = 64
 NESTED_BLOCKSIZE = 256
+CPU_BLOCK_N = 32  # output rows per block of bitsandbytes' CPU layout (its default block_n)
 
 
-def linear_bytes(qtype: str, out_features: int, in_features: int, double_quant: bool) -> int:
-    """Bytes bitsandbytes stores for one ``Linear`` weight (without the bias)."""
+def linear_bytes(qtype: str, out_features: int, in_features: int, double_quant: bool,
+                 cpu_layout: bool = False) -> int:
+    """Bytes bitsandbytes stores for one ``Linear`` weight (without the bias). ``cpu_layout``: the
+    layer is in bitsandbytes' CPU kernel layout (:func:`pack_for_cpu`), whose block scales are bf16."""
     n = out_features * in_features
     if qtype == "int8":
         return n + 4 * out_features
@@ -205,7 +310,18 @@ def linear_bytes(qtype: str, out_features: int, in_features: int, double_quant: 
     packed = -(-n // 2) + 16 * 4
     if double_quant:
         return packed + blocks + 4 * -(-blocks // NESTED_BLOCKSIZE) + 256 * 4
+    if cpu_layout and out_features % CPU_BLOCK_N == 0 and in_features % BLOCKSIZE_4BIT == 0:
+        return packed + 2 * blocks
     return packed + 4 * blocks
+
+
+def cpu_layout_here() -> bool:
+    """Whether 4-bit layers loaded on this machine's CPU get bitsandbytes' CPU layout."""
+    try:
+        import bitsandbytes.functional as bnbf
+    except ImportError:
+        return False
+    return hasattr(bnbf, "_convert_weight_packed_for_cpu") and bool(bnbf.has_avx512bf16())
 
 
 def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
@@ -220,12 +336,13 @@ def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
     patterns = tuple(spec.skip_modules) + keep
     bias_size = dtype_size(_compute_dtype(spec, ctx))
     double_quant = bool(spec.option("double_quant", False))
+    cpu_layout = ctx.device == "cpu" and spec.qtype != "int8" and cpu_layout_here()
 
     def converted(name: str, module: Any) -> int | None:
         if not name or type(module) is not torch.nn.Linear or _skipped(name, patterns):
             return None
         bias = module.bias.numel() * bias_size if module.bias is not None else 0
-        return linear_bytes(spec.qtype, module.out_features, module.in_features, double_quant) + bias
+        return linear_bytes(spec.qtype, module.out_features, module.in_features, double_quant, cpu_layout) + bias
 
     return count_stored_bytes(model, converted)
 
@@ -236,12 +353,18 @@ def save(component: Any, spec: QuantSpec, target: SaveTarget) -> str:
     """On CUDA the libraries save bitsandbytes themselves; on CPU diffquant writes bitsandbytes' own
     packed state dict plus the ``BitsAndBytesConfig`` a GPU save would record."""
     from diffquant.export.files import save_config, save_state, write_marker
+    from diffquant.file_pages import in_own_arena, trim_heap
 
     if target.device != "cpu":
         return save_native(component, spec, target)
     target.folder.mkdir(parents=True)
     save_config(component, target.folder, _gpu_config(spec, component, target.dtype))
-    return write_marker(component, spec, target.folder, "bnb-prequantized", save_state(component, target.folder))
+    # The state dict's unpacked copies, the layers' re-packed tensors and safetensors' serialised
+    # bytes come from a short-lived arena and are handed back: the quantized-weights cache is
+    # written right after quantizing, and its temporaries must not stay in the model's heap.
+    weights = in_own_arena(save_state, component, target.folder)
+    trim_heap()
+    return write_marker(component, spec, target.folder, "bnb-prequantized", weights)
 
 
 def _gpu_config(spec: QuantSpec, component: Any, dtype: Any) -> dict[str, Any]:
@@ -281,8 +404,51 @@ def load_saved(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype: Any, 
     if meta["format"] != "bnb-prequantized":
         raise DiffquantError(f"Unknown saved bnb format {meta['format']!r} in {folder}.",
                              hint="re-export the model with this version of diffquant")
-    state = load_state(folder, meta)
-    model = empty_model(folder, meta["class_name"], dtype)
-    load_prequantized(model, state, spec, dtype, device)
-    restore_saved_dtypes(model, state)
+    def load() -> Any:
+        state = load_state(folder, meta)
+        model = empty_model(folder, meta["class_name"], dtype)
+        load_prequantized(model, state, spec, dtype, device)
+        restore_saved_dtypes(model, state)
+        return model
+
+    if device != "cpu":
+        return load()
+    from diffquant.file_pages import in_own_arena, release_weight_files, trim_heap
+
+    # As when quantizing on load: in the loader's own arena, and the saved file let go once read
+    # (its tensors are views of the file's mapping; the model keeps copies of its own).
+    model = in_own_arena(load)
+    own_quant_states(model)
+    release_weight_files(model)
+    trim_heap()
     return model
+
+
+def own_quant_states(module: Any) -> int:
+    """Give every 4-bit layer's weight and quantization state (absmax, code book) memory of its
+    own where it is still a view of a mapped weight file (a loaded safetensors); returns how many
+    tensors were copied. ``file_pages.release_weight_files`` covers the plain tensors."""
+    import bitsandbytes as bnb
+
+    from diffquant.file_pages import file_ranges, is_mapped
+
+    ranges = file_ranges()
+    copied = 0
+    for layer in module.modules():
+        if not isinstance(layer, bnb.nn.Linear4bit):
+            continue
+        if is_mapped(ranges, layer.weight.data):
+            layer.weight.data = layer.weight.data.clone()
+            copied += 1
+        states = [layer.weight.quant_state]
+        while states:
+            qs = states.pop()
+            if qs is None:
+                continue
+            for attr in ("absmax", "code", "offset"):
+                t = getattr(qs, attr, None)
+                if t is not None and is_mapped(ranges, t):
+                    setattr(qs, attr, t.clone())
+                    copied += 1
+            states.append(getattr(qs, "state2", None))
+    return copied
