@@ -48,9 +48,9 @@ def nf4_sweep():
 def test_ranking_is_reproducible(nf4_sweep) -> None:
     from diffquant.sensitivity import measure_sensitivity
 
-    first, _ = nf4_sweep
+    first, _ = nf4_sweep  # the default context: alone
     again, _ = measure_sensitivity(MODEL, "bnb-nf4", granularity="block", calls_per_prompt=2, psnr_top=0,
-                                   device="cpu", prompts=["a red square", "a blue circle"])
+                                   device="cpu", prompts=["a red square", "a blue circle"], context="alone")
     assert [g.name for g in first.groups] == [g.name for g in again.groups]
     assert [g.rel_error for g in first.groups] == [g.rel_error for g in again.groups]
     assert first.groups[0].rel_error > first.groups[-1].rel_error > 0
