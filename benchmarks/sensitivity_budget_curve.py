@@ -8,12 +8,13 @@ of it single groups account for: why GGUF Q2_K misses issue 12's bar on zoo:shap
    share of the uniform recipe's MSE removed (the same measure as benchmarks/sensitivity_mix.py);
 4. additivity: the measured single-group end-image errors of the top groups, summed, against the
    uniform recipe's (a mix can only remove what the groups it keeps account for).
-Writes docs/data/sensitivity_budget_curve.json. Quality only (load-independent). With
-`--context uniform` the sweep measures each group inside the uniform recipe (leave-one-out), and
-the additivity row then sums the measured end-image MSE the top groups' promotions remove.
+Writes docs/data/sensitivity_budget_curve.json. Quality only (load-independent). The sweep
+measures each group inside the uniform recipe (leave-one-out), and the additivity row sums the
+measured end-image MSE the top groups' promotions remove; with `--context alone` each group is
+measured by itself and the row sums their own end-image MSE.
 
     python benchmarks/sensitivity_budget_curve.py [--model zoo:shapes] [--recipe gguf-q2_k] [--up gguf-q3_k]
-        [--context uniform] [--budgets 0.05,0.1,0.2,0.4,0.8] [--out FILE]
+        [--context alone] [--budgets 0.05,0.1,0.2,0.4,0.8] [--no-up] [--out FILE]
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def main() -> int:
     parser.add_argument("--up", default="gguf-q3_k", help="the uniform one-type-up recipe to compare")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--psnr-top", type=int, default=8)
-    parser.add_argument("--context", default="alone", choices=("alone", "uniform"),
-                        help="where each group's sensitivity is measured (default: alone)")
+    parser.add_argument("--context", default="uniform", choices=("alone", "uniform"),
+                        help="where each group's sensitivity is measured (default: uniform; alone: the "
+                             "method of the data recorded before the in-context sweep)")
     parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS),
                         help="extra-byte shares for the mixes, comma-separated")
     parser.add_argument("--no-up", action="store_true", help="skip the uniform one-type-up recipe")

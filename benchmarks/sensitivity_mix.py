@@ -10,11 +10,12 @@ For each base recipe (default: bnb-nf4 and gguf-q2_k on zoo:shapes):
    against bf16 (PSNR/SSIM with bootstrap CIs, shapes adherence);
 4. writes docs/data/sensitivity_mix.json and prints the table (render: scripts/render_docs.py).
 
-`--context uniform` makes the sweep measure each group inside the uniform recipe (every group
-quantized, the error its promotion removes: leave-one-out) instead of alone (docs/sensitivity.md).
+The sweep measures each group inside the uniform recipe (every group quantized, the error its
+promotion removes: leave-one-out; docs/sensitivity.md); `--context alone` measures each group by
+itself, the rest at the reference precision.
 
 Run it alone on an idle machine (it times nothing, but a contended run is slow):
-    python benchmarks/sensitivity_mix.py [--model zoo:shapes] [--recipes bnb-nf4,gguf-q2_k] [--context uniform]
+    python benchmarks/sensitivity_mix.py [--model zoo:shapes] [--recipes bnb-nf4,gguf-q2_k] [--context alone]
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def quantized_components(model: str, recipe: str) -> tuple[str, ...]:
     return tuple(resolve_targets(parse_recipe(recipe), read_components(resolve_model(model))))
 
 
-def sensitivity_mixes(model: str, recipe: str, extra_bytes: list[int], context: str = "alone"
+def sensitivity_mixes(model: str, recipe: str, extra_bytes: list[int], context: str = "uniform"
                       ) -> tuple[dict, list[str]]:
     from diffquant.components import read_components, resolve_model
     from diffquant.recipes import parse_recipe
@@ -121,8 +122,9 @@ def main() -> int:
     parser.add_argument("--recipes", default="bnb-nf4,gguf-q2_k")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--extra", type=float, default=0.10, help="share of extra bytes for the mix (0.10)")
-    parser.add_argument("--context", default="alone", choices=("alone", "uniform"),
-                        help="where each group's sensitivity is measured (default: alone)")
+    parser.add_argument("--context", default="uniform", choices=("alone", "uniform"),
+                        help="where each group's sensitivity is measured (default: uniform; alone: the "
+                             "method of the data recorded before the in-context sweep)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "data" / "sensitivity_mix.json")
     args = parser.parse_args()
     started = time.time()

@@ -177,3 +177,36 @@ def test_store_adds_the_context_column_to_an_older_database(tmp_path: Path) -> N
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT context FROM sensitivity_run ORDER BY id").fetchall()
     assert rows == [("alone",), ("uniform",)]
+
+
+def test_the_fast_gguf_layer_computes_what_gguf_linear_does() -> None:
+    """The in-context sweep runs GGUF layers dequantized once: bit for bit what diffusers'
+    GGUFLinear computes on CPU (negative control: a different type does not match)."""
+    import torch
+
+    from diffquant.backends import gguf
+    from diffquant.recipes import parse_recipe
+    from diffquant.sensitivity.incontext import _fast
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(512, 64, dtype=torch.bfloat16)
+    x = torch.randn(3, 512, dtype=torch.bfloat16)
+    q2 = gguf.quantize_linear(linear, parse_recipe("gguf-q2_k").quant[0], "blocks.0.proj", None)
+    q3 = gguf.quantize_linear(linear, parse_recipe("gguf-q3_k").quant[0], "blocks.0.proj", None)
+    fast = _fast(q2)
+    assert isinstance(fast, torch.nn.Linear) and type(fast).__name__ == "Linear"
+    with torch.no_grad():
+        assert torch.equal(fast(x), q2(x))
+        assert not torch.equal(fast(x), q3(x))
+    assert _fast(linear) is linear  # anything else runs as it is
+
+
+def test_the_cli_and_the_library_share_the_default_context() -> None:
+    import inspect
+
+    from diffquant.cli import build_parser
+    from diffquant.sensitivity import CONTEXTS, measure_sensitivity
+
+    default = inspect.signature(measure_sensitivity).parameters["context"].default
+    args = build_parser().parse_args(["sensitivity", MODEL, "--recipe", "gguf-q2_k"])
+    assert args.context == default and default in CONTEXTS

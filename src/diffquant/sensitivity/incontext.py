@@ -35,6 +35,27 @@ from diffquant.sensitivity.run import (
 )
 
 
+def _fast(layer: Any) -> Any:
+    """The same layer, cheaper to run many times. In context every pass runs every quantized
+    layer, and diffusers' ``GGUFLinear`` dequantizes its weight on each CPU call (that is its
+    whole CPU forward: dequantize, cast to the compute dtype, ``F.linear``); a plain ``Linear``
+    holding that dequantized, cast weight computes the same thing bit for bit, once. Any other
+    module (activation quantization, GGUF's fused CUDA kernel) is run as it is."""
+    if type(layer).__name__ != "GGUFLinear" or layer.weight.is_cuda:
+        return layer
+    import torch
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+    dtype = layer.compute_dtype or torch.get_default_dtype()
+    plain = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, dtype=dtype,
+                            device=layer.weight.device)
+    with torch.no_grad():
+        plain.weight.copy_(dequantize_gguf_tensor(layer.weight).to(dtype))
+        if layer.bias is not None:
+            plain.bias.copy_(layer.bias.to(dtype))
+    return plain.requires_grad_(False)
+
+
 def _calls(parts: tuple[_Part, ...], main: _Part, pipe: Any, captured: Captured) -> list[Any]:
     """The captured calls as the current text encoders condition them (the captured ones when no
     text encoder is measured: the reference conditioning)."""
@@ -51,7 +72,8 @@ def sweep_in_context(parts: tuple[_Part, ...], main: _Part, pipe: Any, captured:
     Returns the groups (unranked), each component's own uniform error (that component alone
     quantized: the calibration's denominator, as in the "alone" sweep), the uniform recipe's
     error, and the quantized copies by component (the end-image measurements reuse them)."""
-    quantized = {p.component: _quantized(p.backend, p.spec, p.model, tuple(p.names)) for p in parts}
+    real = {p.component: _quantized(p.backend, p.spec, p.model, tuple(p.names)) for p in parts}
+    quantized = {c: {n: _fast(layer) for n, layer in layers.items()} for c, layers in real.items()}
     # The upgrade copies are made from the reference modules, before the quantized ones go in.
     upgraded = {p.component: _quantized(p.backend, p.up_spec, p.model, tuple(p.names)) if p.up_spec else {}
                 for p in parts}
@@ -84,9 +106,9 @@ def sweep_in_context(parts: tuple[_Part, ...], main: _Part, pipe: Any, captured:
                 refs = {n: reference[part.component][n] for n in group.modules}
                 at_reference = error_with(refs)
                 ups = {n: upgraded[part.component][n] for n in group.modules} if part.up_spec else refs
-                at_upgrade = error_with(ups) if part.up_spec else at_reference
-                for name in group.modules:
-                    table[name] = (_bytes(refs[name]), _bytes(quantized[part.component][name]), _bytes(ups[name]))
+                at_upgrade = error_with({n: _fast(u) for n, u in ups.items()}) if part.up_spec else at_reference
+                for name in group.modules:  # bytes: of the backend's own modules
+                    table[name] = (_bytes(refs[name]), _bytes(real[part.component][name]), _bytes(ups[name]))
                 results.append(GroupResult(
                     name=_label(part, main, group.name), modules=group.modules, rel_error=uniform - at_reference,
                     bytes_ref=sum(table[n][0] for n in group.modules),

@@ -78,7 +78,7 @@ class SensitivityResult:
     encoders: dict[str, EncoderPart] = field(default_factory=dict)  # text encoders measured too
     denoiser_uniform_rel_error: float = 0.0  # the denoiser's groups alone
     denoiser_uniform_image_mse: float | None = None  # ... its end-image error (the calibration)
-    context: str = "alone"  # see CONTEXTS
+    context: str = "alone"  # see CONTEXTS (a result read back without the field was "alone")
     uniform_image_mse: float | None = None  # context "uniform" with top groups measured: the recipe's image MSE
 
     def total_quant_bytes(self) -> int:
@@ -195,20 +195,21 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
                         prompts: list[str] | None = None, seed: int = 0, steps: int | None = None,
                         calls_per_prompt: int = 4, psnr_top: int = 3, device: str | None = None,
                         progress: Any = None, text_encoders: bool = True,
-                        calibrate: bool = True, context: str = "alone") -> tuple[SensitivityResult, Any]:
+                        calibrate: bool = True, context: str = "uniform") -> tuple[SensitivityResult, Any]:
     """Rank the module groups of the denoiser and of the text encoders the recipe quantizes by the
-    error each alone causes in the denoiser's output, put on the end image's scale.
+    error each causes in the denoiser's output, put on the end image's scale.
 
     The denoiser-output error is one scale for every component, but not one exchange rate into
     the end image: on zoo:shapes a T5 group moves the image far more per unit of it than a
     transformer group (a conditioning change steers every step the same way). With ``calibrate``
     each component's uniform quantization is also run end to end once; its image MSE over its
     proxy error converts that component's groups (``image_mse_est``), and the ranking is by that.
-    The ``psnr_top`` top groups get their end-image error measured alone (``image_mse``).
+    The ``psnr_top`` top groups get their end-image error measured (``image_mse``).
 
-    ``context="uniform"`` measures each group inside the uniform recipe instead: every group
-    quantized, then this one promoted (one type up where the backend has one, and to the
+    ``context="uniform"`` (the default) measures each group inside the uniform recipe: every
+    group quantized, then this one promoted (one type up where the backend has one, and to the
     reference precision); its error is what the promotion removes (see ``incontext.py``).
+    ``context="alone"`` quantizes one group at a time, the rest at the reference precision.
 
     Returns the result and the loaded reference models by component name (mixing asks their
     backends about them).
