@@ -115,7 +115,8 @@ def main() -> int:
         "note": "sweep seed only (seed 0); the rows above use every seed",
         "context": result.context,
     }
-    data = {"model": args.model, "recipe": args.recipe, "context": args.context, "seeds": args.seeds,
+    data = {"model": args.model, "recipe": args.recipe, "context": args.context, "psnr_top": args.psnr_top,
+            "seeds": args.seeds,
             "prompts": prompts, "rows": rows, "seconds_sweep": result.seconds,
             "additivity": additivity, "host_load_1min": {"before": load_before, "after": os.getloadavg()[0]},
             "seconds": time.time() - started, "commit": (git_commit()["git_commit"] or "unknown")}

@@ -16,6 +16,7 @@ itself, the rest at the reference precision.
 
 Run it alone on an idle machine (it times nothing, but a contended run is slow):
     python benchmarks/sensitivity_mix.py [--model zoo:shapes] [--recipes bnb-nf4,gguf-q2_k] [--context alone]
+        [--psnr-top 8]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Top-level names as one-name globs: bitsandbytes also matches a plain word as any path segment,
 # and "proj_out" would then keep every single block's proj_out too.
 # Groups whose end-image error is measured alone (the rest are estimated from the proxy).
-PSNR_TOP = 8
+PSNR_TOP = 8  # --psnr-top
 RULE_SKIP = ("[x]_embedder", "[c]ontext_embedder", "time_text_embed.*", "norm_out.*", "[p]roj_out")
 
 
@@ -82,13 +83,13 @@ def quantized_components(model: str, recipe: str) -> tuple[str, ...]:
     return tuple(resolve_targets(parse_recipe(recipe), read_components(resolve_model(model))))
 
 
-def sensitivity_mixes(model: str, recipe: str, extra_bytes: list[int], context: str = "uniform"
-                      ) -> tuple[dict, list[str]]:
+def sensitivity_mixes(model: str, recipe: str, extra_bytes: list[int], context: str = "uniform",
+                      psnr_top: int = PSNR_TOP) -> tuple[dict, list[str]]:
     from diffquant.components import read_components, resolve_model
     from diffquant.recipes import parse_recipe
     from diffquant.sensitivity import measure_sensitivity, mix_recipe
 
-    result, models = measure_sensitivity(model, recipe, granularity="layer", psnr_top=PSNR_TOP, device="cpu",
+    result, models = measure_sensitivity(model, recipe, granularity="layer", psnr_top=psnr_top, device="cpu",
                                          context=context)
     components = read_components(resolve_model(model))
     mixes, chosen = [], []
@@ -122,6 +123,8 @@ def main() -> int:
     parser.add_argument("--recipes", default="bnb-nf4,gguf-q2_k")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--extra", type=float, default=0.10, help="share of extra bytes for the mix (0.10)")
+    parser.add_argument("--psnr-top", type=int, default=PSNR_TOP,
+                        help=f"groups whose end-image error (in context: gain) the sweep measures ({PSNR_TOP})")
     parser.add_argument("--context", default="uniform", choices=("alone", "uniform"),
                         help="where each group's sensitivity is measured (default: uniform; alone: the "
                              "method of the data recorded before the in-context sweep)")
@@ -144,7 +147,7 @@ def main() -> int:
         rule_extra = quant_bytes(rule)["quantized_components_bytes"] - uniform
         budget = int(args.extra * uniform)
         summary, (mix, mix_equal) = sensitivity_mixes(args.model, recipe, [budget, max(rule_extra, 0)],
-                                                      args.context)
+                                                      args.context, args.psnr_top)
         entries = [("uniform", recipe), ("rule-based", rule), (f"sensitivity +{args.extra:.0%}", mix),
                    ("sensitivity, rule's bytes", mix_equal)]
         for kind, name in entries:
@@ -172,9 +175,10 @@ def main() -> int:
     where = "each group alone quantized" if args.context == "alone" else \
         "each group promoted inside the uniform recipe (the error its promotion removes)"
     data = {"model": args.model, "seeds": args.seeds, "rows": rows, "bf16": bf16, "context": args.context,
+            "psnr_top": args.psnr_top,
             "method": "sensitivity: layer granularity over the transformer and the text encoders the recipe "
                       f"quantizes, {where}, relative MSE of the denoiser output on captured calls, calibrated per "
-                      f"component to end-image MSE, the top {PSNR_TOP} groups' end-image MSE measured; mix: greedy "
+                      f"component to end-image MSE, the top {args.psnr_top} groups' end-image MSE measured; mix: greedy "
                       "on end-image error removed per byte added; bytes: the components the base recipe quantizes",
             "host_load_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
             "seconds": time.time() - started, "commit": (git_commit()["git_commit"] or "unknown")}

@@ -1,6 +1,6 @@
-"""Sensitivity sweeps with each group measured alone (``context="alone"``): grouping,
-reproducibility, a negative control, agreement with a real load, and mixed recipes that are
-ordinary recipes. The in-context sweep (the default) has tests/test_sensitivity_incontext.py."""
+"""Sensitivity sweeps with each group measured alone (``context="alone"``, the default):
+grouping, reproducibility, a negative control, agreement with a real load, and mixed recipes that
+are ordinary recipes. The in-context sweep has tests/test_sensitivity_incontext.py."""
 
 from __future__ import annotations
 

@@ -14,20 +14,21 @@ from diffquant.arguments import argtype, parse_device, parse_seed, parse_steps
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "sensitivity", help="rank the denoiser's and text encoders' layers by the error a recipe causes in each",
-        description="Quantize every group of linear layers with RECIPE - the denoiser's, and the text "
-                    "encoders' the recipe quantizes (their prompts re-encoded) - and promote one group at a time "
-                    "(--context alone: quantize one group at a time, the rest at the reference precision); run "
-                    "the denoiser on inputs captured from reference generations and rank the groups by the "
-                    "relative error of its output they account for, converted per component to end-image error. "
+        description="Quantize one group of linear layers at a time with RECIPE (the rest at the reference "
+                    "precision; --context uniform: quantize every group and promote one at a time) - the "
+                    "denoiser's, and the text encoders' the recipe quantizes (their prompts re-encoded) - run the "
+                    "denoiser on inputs captured from reference generations and rank the groups by the relative "
+                    "error of its output they account for, converted per component to end-image error. "
                     "With --extra-memory or --budget-bytes and -o, write a mixed recipe (TOML) that keeps the "
                     "most sensitive groups precise.")
     parser.add_argument("model", help="Hub id, local pipeline folder, or zoo:NAME")
     parser.add_argument("--recipe", required=True, help="a quantizing recipe, e.g. bnb-nf4 or gguf-q4_k")
     parser.add_argument("--groups", default="layer", help="layer | block | kind (default: layer)")
-    parser.add_argument("--context", default="uniform",
-                        help="uniform: every group quantized, each group's error is what promoting it alone "
-                             "removes (leave-one-out: what a mix buys); alone: each group quantized by itself, "
-                             "the rest at the reference precision (default: uniform)")
+    parser.add_argument("--context", default="alone",
+                        help="alone: each group quantized by itself, the rest at the reference precision; "
+                             "uniform: every group quantized, each group's error is what promoting it alone "
+                             "removes (leave-one-out: what a mix buys; for a collective error such as "
+                             "gguf-q2_k's, with --psnr-top 16 or so) (default: alone)")
     parser.add_argument("--prompts", default=None, help="a text file, one prompt per line (default: the model's)")
     parser.add_argument("--seed", type=argtype(parse_seed), default=0)
     parser.add_argument("--steps", type=argtype(parse_steps), default=None,

@@ -195,7 +195,7 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
                         prompts: list[str] | None = None, seed: int = 0, steps: int | None = None,
                         calls_per_prompt: int = 4, psnr_top: int = 3, device: str | None = None,
                         progress: Any = None, text_encoders: bool = True,
-                        calibrate: bool = True, context: str = "uniform") -> tuple[SensitivityResult, Any]:
+                        calibrate: bool = True, context: str = "alone") -> tuple[SensitivityResult, Any]:
     """Rank the module groups of the denoiser and of the text encoders the recipe quantizes by the
     error each causes in the denoiser's output, put on the end image's scale.
 
@@ -206,10 +206,11 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
     proxy error converts that component's groups (``image_mse_est``), and the ranking is by that.
     The ``psnr_top`` top groups get their end-image error measured (``image_mse``).
 
-    ``context="uniform"`` (the default) measures each group inside the uniform recipe: every
-    group quantized, then this one promoted (one type up where the backend has one, and to the
-    reference precision); its error is what the promotion removes (see ``incontext.py``).
-    ``context="alone"`` quantizes one group at a time, the rest at the reference precision.
+    ``context="alone"`` (the default) quantizes one group at a time, the rest at the reference
+    precision. ``context="uniform"`` measures each group inside the uniform recipe: every group
+    quantized, then this one promoted (one type up where the backend has one, and to the
+    reference precision); its error is what the promotion removes (see ``incontext.py``). Its
+    mixes are better when enough top groups get their end-image gain measured (``psnr_top``).
 
     Returns the result and the loaded reference models by component name (mixing asks their
     backends about them).
