@@ -141,25 +141,37 @@ def _print_table(result: Any, top: int) -> None:
     in_context = result.context == "uniform"
     table = Table(title=f"{result.model} · {result.recipe} · {result.denoiser} by {result.granularity} "
                         f"({result.settings['calls']} captured calls; context: {result.context})")
-    columns = ("rank", "group", "rel. error removed", f"left at {up}", "end MSE removed (est.)", "share of bytes",
+    columns = ("rank", "group", "rel. error removed", f"left at {up}", "end MSE removed", "share of bytes",
                "end PSNR dB, promoted") if in_context else \
         ("rank", "group", "rel. error", f"rel. error at {up}", "end MSE (est.)", "share of bytes", "end PSNR dB")
     for col in columns:
         table.add_column(col, justify="left" if col == "group" else "right")
     for rank, g in enumerate(result.groups[:top], start=1):
         table.add_row(str(rank), g.name, f"{g.rel_error:.3e}", f"{g.rel_error_upgrade:.3e}",
-                      "" if not g.image_mse_est else f"{g.image_mse_est:.2e}",
+                      "" if not g.image_mse_est else _end_error(g, in_context),
                       f"{100 * g.bytes_quant / total:.1f}%", "" if g.psnr_db is None else f"{g.psnr_db:.2f}")
     console = Console(width=max(120, Console().width))
     console.print(table)
-    console.print(f"uniform {result.recipe}: relative error {result.uniform_rel_error:.3e} with every group "
-                  f"quantized; {len(result.groups)} groups; {result.seconds:.1f} s. rel. error = "
-                  "||y_q - y_ref||² / ||y_ref||² of the denoiser output (lower is better); end MSE (est.) = "
-                  "it times its component's end-image rate (the ranking's order).")
-    if in_context:
+    if not in_context:
+        console.print(f"uniform {result.recipe}: relative error {result.uniform_rel_error:.3e} with every group "
+                      f"quantized; {len(result.groups)} groups; {result.seconds:.1f} s. rel. error = "
+                      "||y_q - y_ref||² / ||y_ref||² of the denoiser output (lower is better); end MSE (est.) = "
+                      "it times its component's end-image rate (the ranking's order).")
+    else:
         mse = result.uniform_image_mse
         image = f" (end PSNR {10 * math.log10(1 / mse):.2f} dB)" if mse else ""
-        console.print(f"context uniform: each group's rel. error is the uniform recipe's{image} minus the same with "
-                      "that group alone promoted to the reference precision (higher: promoting it helps more); "
-                      f"'left at {up}' is what remains with it one type up instead.")
+        console.print(f"uniform {result.recipe}: relative error {result.uniform_rel_error:.3e}{image} with every "
+                      f"group quantized; {len(result.groups)} groups; {result.seconds:.1f} s. rel. error removed = "
+                      "that minus the same with the group alone promoted to the reference precision (relative "
+                      "error = ||y_q - y_ref||² / ||y_ref||² of the denoiser output; higher: promoting it helps "
+                      f"more); left at {up} = what remains with it one type up instead; end MSE removed = measured "
+                      "on the end image for the groups with a PSNR, else estimated at its component's end-image "
+                      "rate (the ranking's order).")
+
+
+def _end_error(group: Any, in_context: bool) -> str:
+    """Alone: the estimate, as the column always showed; in context: measured where it was."""
+    if not in_context:
+        return f"{group.image_mse_est:.2e}"
+    return f"{group.image_error():.2e}" + ("" if group.image_mse is not None else " (est.)")
 
