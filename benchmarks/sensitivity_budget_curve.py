@@ -8,9 +8,13 @@ of it single groups account for: why GGUF Q2_K misses issue 12's bar on zoo:shap
    share of the uniform recipe's MSE removed (the same measure as benchmarks/sensitivity_mix.py);
 4. additivity: the measured single-group end-image errors of the top groups, summed, against the
    uniform recipe's (a mix can only remove what the groups it keeps account for).
-Writes docs/data/sensitivity_budget_curve.json. Quality only (load-independent).
+Writes docs/data/sensitivity_budget_curve.json. Quality only (load-independent). The sweep
+measures each group inside the uniform recipe (leave-one-out), and the additivity row sums the
+measured end-image MSE the top groups' promotions remove; with `--context alone` each group is
+measured by itself and the row sums their own end-image MSE.
 
     python benchmarks/sensitivity_budget_curve.py [--model zoo:shapes] [--recipe gguf-q2_k] [--up gguf-q3_k]
+        [--context alone] [--budgets 0.05,0.1,0.2,0.4,0.8] [--no-up] [--out FILE]
 """
 
 from __future__ import annotations
@@ -51,6 +55,12 @@ def main() -> int:
     parser.add_argument("--up", default="gguf-q3_k", help="the uniform one-type-up recipe to compare")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--psnr-top", type=int, default=8)
+    parser.add_argument("--context", default="uniform", choices=("alone", "uniform"),
+                        help="where each group's sensitivity is measured (default: uniform; alone: the "
+                             "method of the data recorded before the in-context sweep)")
+    parser.add_argument("--budgets", default=",".join(str(b) for b in BUDGETS),
+                        help="extra-byte shares for the mixes, comma-separated")
+    parser.add_argument("--no-up", action="store_true", help="skip the uniform one-type-up recipe")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "data" / "sensitivity_budget_curve.json")
     args = parser.parse_args()
 
@@ -64,8 +74,9 @@ def main() -> int:
     started, load_before = time.time(), os.getloadavg()[0]
     seeds = [int(s) for s in args.seeds.split(",")]
     prompts = _model_prompts(args.model)
+    budgets = [float(b) for b in args.budgets.split(",")]
     result, models = measure_sensitivity(args.model, args.recipe, granularity="layer", psnr_top=args.psnr_top,
-                                         device="cpu")
+                                         device="cpu", context=args.context)
     components = read_components(resolve_model(args.model))
     recipe = parse_recipe(args.recipe)
     counted = [result.denoiser, *result.encoders]
@@ -79,18 +90,21 @@ def main() -> int:
     uniform = score(images(args.model, recipe, prompts, seeds), reference)
     rows = [{"kind": "uniform", "recipe": recipe.name, "bytes": uniform_bytes, **uniform}]
     entries = [(f"sensitivity +{b:.0%}", mix_recipe(result, recipe, models, int(b * uniform_bytes), components))
-               for b in BUDGETS]
+               for b in budgets]
     for kind, (mixed, choices, _spent) in entries:
         rows.append({"kind": kind, "recipe": mixed.name, "groups_kept": len(choices), "bytes": weight_bytes(mixed),
                      **score(images(args.model, mixed, prompts, seeds), reference)})
-    up = parse_recipe(args.up)
-    rows.append({"kind": f"uniform {args.up}", "recipe": up.name, "bytes": weight_bytes(up),
-                 **score(images(args.model, up, prompts, seeds), reference)})
+    if not args.no_up:
+        up = parse_recipe(args.up)
+        rows.append({"kind": f"uniform {args.up}", "recipe": up.name, "bytes": weight_bytes(up),
+                     **score(images(args.model, up, prompts, seeds), reference)})
     for row in rows:
         row["extra_bytes"] = row["bytes"] / uniform_bytes - 1
         row["error_removed"] = 1 - row["mse_mean"] / uniform["mse_mean"]
     measured = [g for g in result.groups if g.image_mse is not None]
-    uniform_image = result.denoiser_uniform_image_mse
+    # context alone: single groups' own image MSE against the denoiser's uniform one; uniform: the
+    # image MSE each promotion removes against the uniform recipe's (measured by the sweep itself)
+    uniform_image = result.denoiser_uniform_image_mse if result.context == "alone" else result.uniform_image_mse
     additivity = {
         "groups_measured": len(measured), "groups_total": len(result.groups),
         "bytes_share_of_measured": sum(g.bytes_quant for g in measured) / max(1, result.total_quant_bytes()),
@@ -99,8 +113,11 @@ def main() -> int:
         "share": sum(g.image_mse for g in measured) / uniform_image if uniform_image else None,
         "groups": [(g.name, g.image_mse, g.bytes_quant) for g in measured],
         "note": "sweep seed only (seed 0); the rows above use every seed",
+        "context": result.context,
     }
-    data = {"model": args.model, "recipe": args.recipe, "seeds": args.seeds, "prompts": prompts, "rows": rows,
+    data = {"model": args.model, "recipe": args.recipe, "context": args.context, "psnr_top": args.psnr_top,
+            "seeds": args.seeds,
+            "prompts": prompts, "rows": rows, "seconds_sweep": result.seconds,
             "additivity": additivity, "host_load_1min": {"before": load_before, "after": os.getloadavg()[0]},
             "seconds": time.time() - started, "commit": (git_commit()["git_commit"] or "unknown")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,8 +142,11 @@ def render(data: dict) -> str:
 
 def render_additivity(data: dict) -> str:
     a = data["additivity"]
-    return "\n".join([("| groups measured alone | their share of the recipe's bytes | sum of their end-image MSE "
-                      "/ the uniform recipe's |"), "|---|---|---|",
+    head = ("| groups measured alone | their share of the recipe's bytes | sum of their end-image MSE / the uniform "
+            "recipe's |") if a.get("context", "alone") == "alone" else \
+        ("| groups promoted in the uniform recipe | their share of the recipe's bytes | sum of the end-image MSE "
+         "their promotions remove / the uniform recipe's |")
+    return "\n".join([head, "|---|---|---|",
                       (f"| {a['groups_measured']} of {a['groups_total']} | {100 * a['bytes_share_of_measured']:.1f}% | "
                       f"{100 * a['share']:.1f}% |")])
 

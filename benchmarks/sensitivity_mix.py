@@ -10,8 +10,13 @@ For each base recipe (default: bnb-nf4 and gguf-q2_k on zoo:shapes):
    against bf16 (PSNR/SSIM with bootstrap CIs, shapes adherence);
 4. writes docs/data/sensitivity_mix.json and prints the table (render: scripts/render_docs.py).
 
+The sweep measures each group inside the uniform recipe (every group quantized, the error its
+promotion removes: leave-one-out; docs/sensitivity.md); `--context alone` measures each group by
+itself, the rest at the reference precision.
+
 Run it alone on an idle machine (it times nothing, but a contended run is slow):
-    python benchmarks/sensitivity_mix.py [--model zoo:shapes] [--recipes bnb-nf4,gguf-q2_k]
+    python benchmarks/sensitivity_mix.py [--model zoo:shapes] [--recipes bnb-nf4,gguf-q2_k] [--context alone]
+        [--psnr-top 8]
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Top-level names as one-name globs: bitsandbytes also matches a plain word as any path segment,
 # and "proj_out" would then keep every single block's proj_out too.
 # Groups whose end-image error is measured alone (the rest are estimated from the proxy).
-PSNR_TOP = 8
+PSNR_TOP = 8  # --psnr-top
 RULE_SKIP = ("[x]_embedder", "[c]ontext_embedder", "time_text_embed.*", "norm_out.*", "[p]roj_out")
 
 
@@ -78,19 +83,22 @@ def quantized_components(model: str, recipe: str) -> tuple[str, ...]:
     return tuple(resolve_targets(parse_recipe(recipe), read_components(resolve_model(model))))
 
 
-def sensitivity_mixes(model: str, recipe: str, extra_bytes: list[int]) -> tuple[dict, list[str]]:
+def sensitivity_mixes(model: str, recipe: str, extra_bytes: list[int], context: str = "uniform",
+                      psnr_top: int = PSNR_TOP) -> tuple[dict, list[str]]:
     from diffquant.components import read_components, resolve_model
     from diffquant.recipes import parse_recipe
     from diffquant.sensitivity import measure_sensitivity, mix_recipe
 
-    result, models = measure_sensitivity(model, recipe, granularity="layer", psnr_top=PSNR_TOP, device="cpu")
+    result, models = measure_sensitivity(model, recipe, granularity="layer", psnr_top=psnr_top, device="cpu",
+                                         context=context)
     components = read_components(resolve_model(model))
     mixes, chosen = [], []
     for budget in extra_bytes:
         mixed, choices, _spent = mix_recipe(result, parse_recipe(recipe), models, budget, components)
         mixes.append(mixed.name)
         chosen.append([c.group for c in choices])
-    summary = {"seconds": result.seconds, "uniform_rel_error": result.uniform_rel_error,
+    summary = {"seconds": result.seconds, "context": result.context, "uniform_rel_error": result.uniform_rel_error,
+               "uniform_image_mse": result.uniform_image_mse,
                "calibration": {"denoiser": [result.denoiser_uniform_rel_error, result.denoiser_uniform_image_mse],
                                **{c: [p.uniform_rel_error, p.uniform_image_mse] for c, p in result.encoders.items()}},
                "top": [(g.name, g.rel_error, g.image_mse_est, g.image_mse) for g in result.groups[:12]],
@@ -115,6 +123,11 @@ def main() -> int:
     parser.add_argument("--recipes", default="bnb-nf4,gguf-q2_k")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--extra", type=float, default=0.10, help="share of extra bytes for the mix (0.10)")
+    parser.add_argument("--psnr-top", type=int, default=PSNR_TOP,
+                        help=f"groups whose end-image error (in context: gain) the sweep measures ({PSNR_TOP})")
+    parser.add_argument("--context", default="uniform", choices=("alone", "uniform"),
+                        help="where each group's sensitivity is measured (default: uniform; alone: the "
+                             "method of the data recorded before the in-context sweep)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "data" / "sensitivity_mix.json")
     args = parser.parse_args()
     started = time.time()
@@ -133,7 +146,8 @@ def main() -> int:
         rule = rule_based(recipe)
         rule_extra = quant_bytes(rule)["quantized_components_bytes"] - uniform
         budget = int(args.extra * uniform)
-        summary, (mix, mix_equal) = sensitivity_mixes(args.model, recipe, [budget, max(rule_extra, 0)])
+        summary, (mix, mix_equal) = sensitivity_mixes(args.model, recipe, [budget, max(rule_extra, 0)],
+                                                      args.context, args.psnr_top)
         entries = [("uniform", recipe), ("rule-based", rule), (f"sensitivity +{args.extra:.0%}", mix),
                    ("sensitivity, rule's bytes", mix_equal)]
         for kind, name in entries:
@@ -158,11 +172,14 @@ def main() -> int:
         if "recipe" in row:
             row["quality"] = scores.get(parse_recipe(row["recipe"]).name, {})
     bf16 = scores.get("bf16", {})
-    data = {"model": args.model, "seeds": args.seeds, "rows": rows, "bf16": bf16,
+    where = "each group alone quantized" if args.context == "alone" else \
+        "each group promoted inside the uniform recipe (the error its promotion removes)"
+    data = {"model": args.model, "seeds": args.seeds, "rows": rows, "bf16": bf16, "context": args.context,
+            "psnr_top": args.psnr_top,
             "method": "sensitivity: layer granularity over the transformer and the text encoders the recipe "
-                      "quantizes, relative MSE of the denoiser output on captured calls, calibrated per component "
-                      f"to end-image MSE, the top {PSNR_TOP} groups' end-image MSE measured; mix: greedy on "
-                      "end-image error removed per byte added; bytes: the components the base recipe quantizes",
+                      f"quantizes, {where}, relative MSE of the denoiser output on captured calls, calibrated per "
+                      f"component to end-image MSE, the top {args.psnr_top} groups' end-image MSE measured; mix: greedy "
+                      "on end-image error removed per byte added; bytes: the components the base recipe quantizes",
             "host_load_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
             "seconds": time.time() - started, "commit": (git_commit()["git_commit"] or "unknown")}
     args.out.parent.mkdir(parents=True, exist_ok=True)

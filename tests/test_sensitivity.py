@@ -1,5 +1,6 @@
-"""Sensitivity sweeps: grouping, reproducibility, a negative control, agreement with a real load,
-and mixed recipes that are ordinary recipes."""
+"""Sensitivity sweeps with each group measured alone (``context="alone"``, the default):
+grouping, reproducibility, a negative control, agreement with a real load, and mixed recipes that
+are ordinary recipes. The in-context sweep has tests/test_sensitivity_incontext.py."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def nf4_sweep():
     from diffquant.sensitivity import measure_sensitivity
 
     return measure_sensitivity(MODEL, "bnb-nf4", granularity="block", calls_per_prompt=2, psnr_top=1,
-                               device="cpu", prompts=["a red square", "a blue circle"])
+                               device="cpu", prompts=["a red square", "a blue circle"], context="alone")
 
 
 def test_ranking_is_reproducible(nf4_sweep) -> None:
@@ -50,7 +51,7 @@ def test_ranking_is_reproducible(nf4_sweep) -> None:
 
     first, _ = nf4_sweep
     again, _ = measure_sensitivity(MODEL, "bnb-nf4", granularity="block", calls_per_prompt=2, psnr_top=0,
-                                   device="cpu", prompts=["a red square", "a blue circle"])
+                                   device="cpu", prompts=["a red square", "a blue circle"], context="alone")
     assert [g.name for g in first.groups] == [g.name for g in again.groups]
     assert [g.rel_error for g in first.groups] == [g.rel_error for g in again.groups]
     assert first.groups[0].rel_error > first.groups[-1].rel_error > 0
@@ -80,7 +81,7 @@ def test_a_broken_quantizer_for_one_layer_ranks_it_first(monkeypatch) -> None:
 
     monkeypatch.setattr(bnb, "quantize_linear", broken)
     result, _ = measure_sensitivity(MODEL, "bnb-nf4", granularity="kind", calls_per_prompt=1, psnr_top=0,
-                                    device="cpu", prompts=["a red square"])
+                                    device="cpu", prompts=["a red square"], context="alone")
     assert result.groups[0].name == "single_transformer_blocks.*.proj_out"
     assert victim in result.groups[0].modules
 
@@ -150,7 +151,7 @@ def test_gguf_mix_bumps_types_and_loads(tmp_path: Path) -> None:
     from diffquant.sensitivity import measure_sensitivity, mix_recipe
 
     result, models = measure_sensitivity(MODEL, "gguf-q2_k", granularity="kind", calls_per_prompt=1,
-                                         psnr_top=0, device="cpu", prompts=["a red square"])
+                                         psnr_top=0, device="cpu", prompts=["a red square"], context="alone")
     assert not result.encoders  # GGUF quantizes the denoiser only
     assert result.upgrade == "q3_k"
     assert all(g.bytes_quant < g.bytes_upgrade < g.bytes_ref for g in result.groups)

@@ -13,7 +13,8 @@ T5 = "text_encoder_2"
 def _sweep(**kwargs):
     from diffquant.sensitivity import measure_sensitivity
 
-    settings = {"granularity": "block", "calls_per_prompt": 2, "psnr_top": 0, "device": "cpu", "prompts": PROMPTS}
+    settings = {"granularity": "block", "calls_per_prompt": 2, "psnr_top": 0, "device": "cpu", "prompts": PROMPTS,
+                "context": "alone"}
     return measure_sensitivity(MODEL, "bnb-nf4", **{**settings, **kwargs})
 
 

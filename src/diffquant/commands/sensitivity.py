@@ -15,14 +15,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "sensitivity", help="rank the denoiser's and text encoders' layers by the error a recipe causes in each",
         description="Quantize one group of linear layers at a time with RECIPE (the rest at the reference "
-                    "precision) - the denoiser's, and the text encoders' the recipe quantizes (their prompts "
-                    "re-encoded) - run the denoiser on inputs captured from reference generations and rank the "
-                    "groups by the relative error of its output, converted per component to end-image error. "
+                    "precision; --context uniform: quantize every group and promote one at a time) - the "
+                    "denoiser's, and the text encoders' the recipe quantizes (their prompts re-encoded) - run the "
+                    "denoiser on inputs captured from reference generations and rank the groups by the relative "
+                    "error of its output they account for, converted per component to end-image error. "
                     "With --extra-memory or --budget-bytes and -o, write a mixed recipe (TOML) that keeps the "
                     "most sensitive groups precise.")
     parser.add_argument("model", help="Hub id, local pipeline folder, or zoo:NAME")
     parser.add_argument("--recipe", required=True, help="a quantizing recipe, e.g. bnb-nf4 or gguf-q4_k")
     parser.add_argument("--groups", default="layer", help="layer | block | kind (default: layer)")
+    parser.add_argument("--context", default="alone",
+                        help="alone: each group quantized by itself, the rest at the reference precision; "
+                             "uniform: every group quantized, each group's error is what promoting it alone "
+                             "removes (leave-one-out: what a mix buys; for a collective error such as "
+                             "gguf-q2_k's, with --psnr-top 16 or so) (default: alone)")
     parser.add_argument("--prompts", default=None, help="a text file, one prompt per line (default: the model's)")
     parser.add_argument("--seed", type=argtype(parse_seed), default=0)
     parser.add_argument("--steps", type=argtype(parse_steps), default=None,
@@ -93,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                                            prompts=_prompts(args.prompts), seed=args.seed, steps=args.steps,
                                            calls_per_prompt=args.calls, psnr_top=args.psnr_top,
                                            device=args.device, progress=progress,
-                                           text_encoders=not args.denoiser_only, calibrate=not args.no_calibrate)
+                                           text_encoders=not args.denoiser_only, calibrate=not args.no_calibrate,
+                                           context=args.context)
     if not quiet:
         print(file=sys.stderr)
     mix: dict[str, Any] | None = None
@@ -104,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         mixed, choices, spent = mix_recipe(result, recipe, models, budget, components)
         write_atomic(args.output, recipe_to_toml(mixed))
         mix = {"recipe": mixed.name, "hash": mixed.hash, "file": str(args.output), "budget_bytes": budget,
-               "bytes_added": spent, "method": "greedy on end-image error removed per byte added",
+               "bytes_added": spent, "method": "greedy on end-image error removed per byte added"
+               + (" (in-context gains)" if result.context == "uniform" else ""),
                "choices": [c.__dict__ for c in choices]}
     if args.db is not None:
         from diffquant.sensitivity.store import save_result
@@ -123,24 +131,47 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(result: Any, top: int) -> None:
+    import math
+
     from rich.console import Console
     from rich.table import Table
 
     total = result.total_quant_bytes() or 1
     up = result.upgrade or "reference"
+    in_context = result.context == "uniform"
     table = Table(title=f"{result.model} · {result.recipe} · {result.denoiser} by {result.granularity} "
-                        f"({result.settings['calls']} captured calls)")
-    for col in ("rank", "group", "rel. error", f"rel. error at {up}", "end MSE (est.)", "share of bytes",
-                "end PSNR dB"):
+                        f"({result.settings['calls']} captured calls; context: {result.context})")
+    columns = ("rank", "group", "rel. error removed", f"left at {up}", "end MSE removed", "share of bytes",
+               "end PSNR dB, promoted") if in_context else \
+        ("rank", "group", "rel. error", f"rel. error at {up}", "end MSE (est.)", "share of bytes", "end PSNR dB")
+    for col in columns:
         table.add_column(col, justify="left" if col == "group" else "right")
     for rank, g in enumerate(result.groups[:top], start=1):
         table.add_row(str(rank), g.name, f"{g.rel_error:.3e}", f"{g.rel_error_upgrade:.3e}",
-                      "" if not g.image_mse_est else f"{g.image_mse_est:.2e}",
+                      "" if not g.image_mse_est else _end_error(g, in_context),
                       f"{100 * g.bytes_quant / total:.1f}%", "" if g.psnr_db is None else f"{g.psnr_db:.2f}")
     console = Console(width=max(120, Console().width))
     console.print(table)
-    console.print(f"uniform {result.recipe}: relative error {result.uniform_rel_error:.3e} with every group "
-                  f"quantized; {len(result.groups)} groups; {result.seconds:.1f} s. rel. error = "
-                  "||y_q - y_ref||² / ||y_ref||² of the denoiser output (lower is better); end MSE (est.) = "
-                  "it times its component's end-image rate (the ranking's order).")
+    if not in_context:
+        console.print(f"uniform {result.recipe}: relative error {result.uniform_rel_error:.3e} with every group "
+                      f"quantized; {len(result.groups)} groups; {result.seconds:.1f} s. rel. error = "
+                      "||y_q - y_ref||² / ||y_ref||² of the denoiser output (lower is better); end MSE (est.) = "
+                      "it times its component's end-image rate (the ranking's order).")
+    else:
+        mse = result.uniform_image_mse
+        image = f" (end PSNR {10 * math.log10(1 / mse):.2f} dB)" if mse else ""
+        console.print(f"uniform {result.recipe}: relative error {result.uniform_rel_error:.3e}{image} with every "
+                      f"group quantized; {len(result.groups)} groups; {result.seconds:.1f} s. rel. error removed = "
+                      "that minus the same with the group alone promoted to the reference precision (relative "
+                      "error = ||y_q - y_ref||² / ||y_ref||² of the denoiser output; higher: promoting it helps "
+                      f"more); left at {up} = what remains with it one type up instead; end MSE removed = measured "
+                      "on the end image for the groups with a PSNR, else estimated at its component's end-image "
+                      "rate (the ranking's order).")
+
+
+def _end_error(group: Any, in_context: bool) -> str:
+    """Alone: the estimate, as the column always showed; in context: measured where it was."""
+    if not in_context:
+        return f"{group.image_mse_est:.2e}"
+    return f"{group.image_error():.2e}" + ("" if group.image_mse is not None else " (est.)")
 

@@ -4,10 +4,13 @@ encoders compete in one ranking (their errors are on one scale: the denoiser's o
 
 Each group has a ladder: one type up where the backend has one (its error measured), then the
 reference precision (error 0). The choice is greedy over rungs on (error removed) / (bytes added),
-the classic approximation of this knapsack: each group's error is measured with that group alone
-quantized, so the errors are treated as additive. A backend that cannot keep one module alone (torchao matches names by
-substring, quanto by short name) keeps more than asked: those extra modules are counted in the
-bytes, and a choice that would overrun the budget that way is skipped.
+the classic approximation of this knapsack, treating the groups' errors as additive. What a
+group's error means comes from the sweep's context: "alone", the error it causes by itself (the
+rest at reference precision); "uniform", the error its promotion removes from the uniform recipe
+(leave-one-out), which is what a mix buys when few groups are kept. Either way it is on the end
+image's scale where the sweep calibrated it. A backend that cannot keep one module alone (torchao
+matches names by substring, quanto by short name) keeps more than asked: those extra modules are
+counted in the bytes, and a choice that would overrun the budget that way is skipped.
 """
 
 from __future__ import annotations

@@ -17,20 +17,32 @@ from diffquant.sensitivity.capture import (
 )
 from diffquant.sensitivity.groups import Group, make_groups, quantized_linears
 
+# Where a group's error is measured: "alone" (that group quantized, the rest at reference) or
+# "uniform" (every group quantized; the error the group's promotion removes: leave-one-out).
+CONTEXTS = ("alone", "uniform")
+
 
 @dataclass
 class GroupResult:
     name: str  # text-encoder groups carry their component: "text_encoder_2:encoder.block.0..."
     modules: tuple[str, ...]  # module names inside ``component``
-    rel_error: float  # ||y_q - y_ref||^2 / ||y_ref||^2 of the denoiser output over all captured calls
+    # The group's error on the denoiser output's scale, ||y_q - y_ref||^2 / ||y_ref||^2 over all
+    # captured calls. Context "alone": with this group alone quantized. Context "uniform": what
+    # promoting it to the reference precision removes from the uniform recipe's error.
+    rel_error: float
     bytes_ref: int  # the group's weights at the reference precision
     bytes_quant: int  # ... under the recipe
-    rel_error_upgrade: float = 0.0  # the same with the group one type up (0: kept at reference)
+    # The same with the group one type up (0: kept at reference). Context "uniform": the error
+    # left at that type over the reference precision, inside the uniform recipe.
+    rel_error_upgrade: float = 0.0
     bytes_upgrade: int = 0
-    psnr_db: float | None = None  # end image vs reference, this group alone quantized (top groups)
+    # End image vs reference for the top groups: "alone": this group alone quantized;
+    # "uniform": the uniform recipe with this group promoted to the reference precision.
+    psnr_db: float | None = None
     component: str = ""  # the pipeline component the modules belong to ("": the denoiser)
     # End-image error (MSE of the image against the reference image, [0, 1] pixels): estimated
-    # for every group as rel_error x its component's calibration; measured for the top groups.
+    # for every group as rel_error x its component's calibration; measured for the top groups
+    # ("uniform": the uniform recipe's image MSE minus that with the group promoted).
     image_mse_est: float = 0.0
     image_mse: float | None = None
 
@@ -66,6 +78,8 @@ class SensitivityResult:
     encoders: dict[str, EncoderPart] = field(default_factory=dict)  # text encoders measured too
     denoiser_uniform_rel_error: float = 0.0  # the denoiser's groups alone
     denoiser_uniform_image_mse: float | None = None  # ... its end-image error (the calibration)
+    context: str = "alone"  # see CONTEXTS (a result read back without the field was "alone")
+    uniform_image_mse: float | None = None  # context "uniform" with top groups measured: the recipe's image MSE
 
     def total_quant_bytes(self) -> int:
         return sum(g.bytes_quant for g in self.groups)
@@ -181,16 +195,22 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
                         prompts: list[str] | None = None, seed: int = 0, steps: int | None = None,
                         calls_per_prompt: int = 4, psnr_top: int = 3, device: str | None = None,
                         progress: Any = None, text_encoders: bool = True,
-                        calibrate: bool = True) -> tuple[SensitivityResult, Any]:
+                        calibrate: bool = True, context: str = "alone") -> tuple[SensitivityResult, Any]:
     """Rank the module groups of the denoiser and of the text encoders the recipe quantizes by the
-    error each alone causes in the denoiser's output, put on the end image's scale.
+    error each causes in the denoiser's output, put on the end image's scale.
 
     The denoiser-output error is one scale for every component, but not one exchange rate into
     the end image: on zoo:shapes a T5 group moves the image far more per unit of it than a
     transformer group (a conditioning change steers every step the same way). With ``calibrate``
     each component's uniform quantization is also run end to end once; its image MSE over its
     proxy error converts that component's groups (``image_mse_est``), and the ranking is by that.
-    The ``psnr_top`` top groups get their end-image error measured alone (``image_mse``).
+    The ``psnr_top`` top groups get their end-image error measured (``image_mse``).
+
+    ``context="alone"`` (the default) quantizes one group at a time, the rest at the reference
+    precision. ``context="uniform"`` measures each group inside the uniform recipe: every group
+    quantized, then this one promoted (one type up where the backend has one, and to the
+    reference precision); its error is what the promotion removes (see ``incontext.py``). Its
+    mixes are better when enough top groups get their end-image gain measured (``psnr_top``).
 
     Returns the result and the loaded reference models by component name (mixing asks their
     backends about them).
@@ -200,6 +220,12 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
     from diffquant.recipes import load_recipe
 
     started = time.perf_counter()
+    if context not in CONTEXTS:
+        from diffquant.errors import unknown_choice
+
+        raise unknown_choice("sensitivity context", context, CONTEXTS,
+                             hint="--context alone (each group quantized by itself) or uniform (each group "
+                                  "promoted inside the uniformly quantized model)")
     recipe = load_recipe(recipe)
     components = read_components(resolve_model(model))
     denoiser_name, spec = denoiser_spec(recipe, components)
@@ -219,44 +245,51 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
     prompts = prompts or _model_prompts(model)
     captured = capture_inputs(pipe, denoiser, prompts, seed=seed, steps=steps, calls_per_prompt=calls_per_prompt)
 
-    total = len(main.groups) + sum(len(p.groups) for p in encoders)
-    done = 0
-    results: list[GroupResult] = []
     byte_tables: dict[str, dict[str, tuple[int, int, int]]] = {}
-    for part in (main, *encoders):
-        table = byte_tables.setdefault(part.component, {})
-        for group in part.groups:
-            if progress:
-                progress(done, total, _label(part, main, group.name))
-            done += 1
-            results.append(_measure_group(part, main, group, pipe, captured, table))
-    errors = {part.component: _error_of(part, main, pipe, captured,
-                                        _quantized(part.backend, part.spec, part.model, tuple(part.names)))
-              for part in (main, *encoders)}
-    uniform = _uniform_error((main, *encoders), main, pipe, captured)
+    quantized: dict[str, dict[str, Any]] = {}  # context "uniform": every part's quantized copies
+    if context == "alone":
+        results = _sweep_alone((main, *encoders), main, pipe, captured, byte_tables, progress)
+        errors = {part.component: _error_of(part, main, pipe, captured,
+                                            _quantized(part.backend, part.spec, part.model, tuple(part.names)))
+                  for part in (main, *encoders)}
+        uniform = _uniform_error((main, *encoders), main, pipe, captured)
+    else:
+        from diffquant.sensitivity.incontext import sweep_in_context
+
+        results, errors, uniform, quantized = sweep_in_context((main, *encoders), main, pipe, captured,
+                                                               byte_tables, progress)
     parts = {p.component: p for p in (main, *encoders)}
     calibration: dict[str, float | None] = {c: None for c in parts}
+    uniform_image: float | None = None
     if calibrate or psnr_top:
         images = _Images(pipe, captured, steps)
         if calibrate:  # without it there is no end-image scale: the ranking stays on the proxy
-            calibration = {c: images.mse(part, tuple(part.names)) for c, part in parts.items()}
+            calibration = {c: images.mse(part, tuple(part.names), quantized.get(c)) for c, part in parts.items()}
             for group in results:
                 mse, proxy = calibration[group.component or denoiser_name], errors[group.component or denoiser_name]
                 group.image_mse_est = group.rel_error * (mse / proxy if mse is not None and proxy else 0.0)
             results.sort(key=lambda r: (-r.image_mse_est, r.name))
         else:
             results.sort(key=lambda r: (-r.rel_error, r.name))
-        for group in results[:psnr_top]:
-            group.image_mse = images.mse(parts[group.component or denoiser_name], group.modules)
-            group.psnr_db = _psnr_of(group.image_mse)
+        if context == "alone":
+            for group in results[:psnr_top]:
+                group.image_mse = images.mse(parts[group.component or denoiser_name], group.modules)
+                group.psnr_db = _psnr_of(group.image_mse)
+        elif psnr_top:  # the measured gain: the uniform recipe's end image vs it with the group promoted
+            from diffquant.sensitivity.incontext import measure_promoted
+
+            uniform_image = measure_promoted(images, parts, quantized, results[:psnr_top], denoiser_name)
         if calibrate:
             _match_measured(results)
     else:
         results.sort(key=lambda r: (-r.rel_error, r.name))
     settings = {"prompts": captured.prompts, "seed": seed, "steps": steps, "calls_per_prompt": calls_per_prompt,
-                "calls": len(captured.calls), "device": device or "auto", "metric": "relative MSE of the "
-                "denoiser output over the captured calls (text-encoder groups: the calls re-conditioned on "
-                "the prompts encoded with that group quantized, the denoiser at reference)"}
+                "calls": len(captured.calls), "device": device or "auto", "context": context,
+                "metric": "relative MSE of the denoiser output over the captured calls (text-encoder groups: "
+                "the calls re-conditioned on the prompts encoded with that group quantized, the denoiser at "
+                "reference)" if context == "alone" else "relative MSE of the denoiser output over the captured "
+                "calls with every group quantized, minus the same with this group promoted (text encoders: "
+                "the calls re-conditioned on the prompts encoded by the quantized encoders)"}
     result = SensitivityResult(
         model=model, recipe=recipe.name, spec=spec.to_dict(), denoiser=denoiser_name, granularity=granularity,
         upgrade=upgrade, groups=results, module_bytes=byte_tables[denoiser_name], uniform_rel_error=uniform,
@@ -264,13 +297,30 @@ def measure_sensitivity(model: str, recipe: str | Recipe, *, granularity: str = 
         encoders={p.component: EncoderPart(p.spec.to_dict(), p.up_spec.qtype if p.up_spec else None,
                                            byte_tables[p.component], errors[p.component], calibration[p.component])
                   for p in encoders},
-        denoiser_uniform_rel_error=errors[denoiser_name], denoiser_uniform_image_mse=calibration[denoiser_name])
+        denoiser_uniform_rel_error=errors[denoiser_name], denoiser_uniform_image_mse=calibration[denoiser_name],
+        context=context, uniform_image_mse=uniform_image)
     models = {denoiser_name: denoiser, **{p.component: p.model for p in encoders}}
     return result, models
 
 
 def _label(part: _Part, main: _Part, name: str) -> str:
     return name if part is main else f"{part.component}:{name}"
+
+
+def _sweep_alone(parts: tuple[_Part, ...], main: _Part, pipe: Any, captured: Captured,
+                 byte_tables: dict[str, dict[str, tuple[int, int, int]]], progress: Any) -> list[GroupResult]:
+    """Each group quantized by itself, the rest at the reference precision."""
+    total = sum(len(p.groups) for p in parts)
+    done = 0
+    results: list[GroupResult] = []
+    for part in parts:
+        table = byte_tables.setdefault(part.component, {})
+        for group in part.groups:
+            if progress:
+                progress(done, total, _label(part, main, group.name))
+            done += 1
+            results.append(_measure_group(part, main, group, pipe, captured, table))
+    return results
 
 
 def _error_of(part: _Part, main: _Part, pipe: Any, captured: Captured, layers: dict[str, Any]) -> float:
@@ -331,6 +381,8 @@ def _match_measured(results: list[GroupResult]) -> None:
     if not measured or estimated <= 0:
         return
     rate = sum(g.image_mse or 0.0 for g in measured) / estimated
+    if rate < 0:  # in context, promotions that made the image worse on balance: no rate to learn
+        return
     for group in results:
         group.image_mse_est *= rate
     results.sort(key=lambda r: (-r.image_error(), r.name))
@@ -350,14 +402,23 @@ class _Images:
         return [to_tensor(generate(self.pipe, p, seed=self.captured.seed, steps=self.steps).image).float()
                 for p in self.captured.prompts]
 
-    def mse(self, part: _Part, modules: tuple[str, ...]) -> float:
-        """Mean image MSE with ``modules`` of ``part`` quantized (the rest at reference)."""
-        swapper = part.swapper
-        old = swapper.swap(_quantized(part.backend, part.spec, part.model, modules))
+    def mse(self, part: _Part, modules: tuple[str, ...], layers: dict[str, Any] | None = None) -> float:
+        """Mean image MSE with ``modules`` of ``part`` quantized (the rest at reference);
+        ``layers``: their quantized copies where already made."""
+        if layers is None:
+            layers = _quantized(part.backend, part.spec, part.model, modules)
+        return self.mse_with([(part, {n: layers[n] for n in modules})])
+
+    def mse_with(self, swaps: list[tuple[_Part, dict[str, Any]]]) -> float:
+        """Mean image MSE with each part's given layers swapped in."""
+        olds = []
         try:
+            for part, layers in swaps:
+                olds.append((part, part.swapper.swap(layers)))
             got = self._images()
         finally:
-            swapper.swap(old)
+            for part, old in reversed(olds):
+                part.swapper.swap(old)
         values = [float((a - b).pow(2).mean()) for a, b in zip(got, self.reference, strict=True)]
         return sum(values) / len(values)
 

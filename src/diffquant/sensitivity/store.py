@@ -19,6 +19,7 @@ _DDL = (
         granularity        TEXT NOT NULL,
         upgrade_type       TEXT,
         uniform_rel_error  REAL NOT NULL,
+        context            TEXT NOT NULL DEFAULT 'alone',  -- alone | uniform (leave-one-out)
         settings           TEXT NOT NULL,   -- JSON: prompts, seed, steps, calls
         seconds            REAL NOT NULL,
         created_at         TEXT NOT NULL
@@ -28,7 +29,7 @@ _DDL = (
         rank               INTEGER NOT NULL,  -- 1 = most sensitive
         group_name         TEXT NOT NULL,
         modules            TEXT NOT NULL,     -- JSON list
-        rel_error          REAL NOT NULL,
+        rel_error          REAL NOT NULL,     -- context uniform: the error the group's promotion removes
         rel_error_upgrade  REAL NOT NULL,
         bytes_ref          INTEGER NOT NULL,
         bytes_quant        INTEGER NOT NULL,
@@ -48,11 +49,14 @@ def save_result(db_path: Path, result: SensitivityResult) -> int:
         conn.execute("PRAGMA foreign_keys=ON")
         for ddl in _DDL:
             conn.execute(ddl)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(sensitivity_run)")}
+        if "context" not in columns:  # a database written before the column: its sweeps were "alone"
+            conn.execute("ALTER TABLE sensitivity_run ADD COLUMN context TEXT NOT NULL DEFAULT 'alone'")
         cur = conn.execute(
             "INSERT INTO sensitivity_run (model, recipe, denoiser, granularity, upgrade_type, uniform_rel_error,"
-            " settings, seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " context, settings, seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (result.model, result.recipe, result.denoiser, result.granularity, result.upgrade,
-             result.uniform_rel_error, json.dumps(result.settings, sort_keys=True), result.seconds,
+             result.uniform_rel_error, result.context, json.dumps(result.settings, sort_keys=True), result.seconds,
              datetime.now(timezone.utc).isoformat(timespec="seconds")))
         run_id = int(cur.lastrowid or 0)
         conn.executemany(
