@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from diffquant.sensitivity.capture import Captured, first_step_calls, recondition
-from diffquant.sensitivity.run import (
+from diffquant.sensitivity.measure import (
     GroupResult,
     _bytes,
     _error_of,
