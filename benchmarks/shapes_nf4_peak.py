@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from diffquant.atomic import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "data" / "shapes_nf4_peak.json"
 BAR = 0.6
@@ -84,9 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "commit": git_commit()["git_commit"] or "unknown",
             "note": "each sweep a fresh `diffquant bench` process with an empty quantized-weights cache"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp_out.replace(args.out)
+    write_text_atomic(args.out, json.dumps(data, indent=2) + "\n")
     print(render(data))
     return 0 if all(r["ratio"] <= BAR for r in rows) else 1
 

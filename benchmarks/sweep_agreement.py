@@ -30,6 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from diffquant.atomic import write_text_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "data" / "sweep_agreement.json"
 SAMPLES = "call.latency_s.samples"
@@ -104,9 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sweep_a": sweep_summary(a, args.sweep_a.resolve()), "sweep_b": sweep_summary(b, args.sweep_b.resolve()),
             "only_in_one": sorted(names_a ^ names_b), "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(args.out)
+    write_text_atomic(args.out, json.dumps(data, indent=2) + "\n")
     print(render(data))
     return 0 if all(r["overlap"] for r in rows) else 1
 
