@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,6 +151,27 @@ def test_generate_command_draws_the_prompt(tmp_path: Path) -> None:
 
 # --- the training script ---------------------------------------------------------------------
 
+def test_flow_loss_weights_the_outline_tokens() -> None:
+    """The edge weight raises the tokens the outline crosses above the ones inside the shape and
+    leaves the background at 1; without shape and edge weights the loss is a plain mean."""
+    from dataclasses import replace
+
+    from diffquant.zoo.shapes.train import SMOKE, _images, _token_weight
+
+    scene = data.Scene("square", "red", "white", "center", "large", radius=13.0)
+    x = _images(np.asarray(data.render(scene))[None])
+    plain = _token_weight([scene], x, 8, replace(SMOKE, flow_shape_weight=0.0, flow_edge_weight=0.0))
+    assert plain is None
+    shape_only = _token_weight([scene], x, 8, replace(SMOKE, flow_shape_weight=4.0, flow_edge_weight=0.0))
+    edged = _token_weight([scene], x, 8, replace(SMOKE, flow_shape_weight=4.0, flow_edge_weight=8.0))
+    grid_shape = shape_only.reshape(8, 8)
+    grid = edged.reshape(8, 8)
+    assert grid[0, 0] == pytest.approx(1.0) and grid_shape[0, 0] == pytest.approx(1.0)  # background
+    assert grid[3, 3] == pytest.approx(grid_shape[3, 3])  # fully inside the square: no edge
+    # the square spans 32 +- 11 px: token 2 (16-23 px) is about 3/8 covered, on the outline
+    assert grid[2, 3] > 2 * grid_shape[2, 3]
+
+
 def test_training_smoke(tmp_path: Path) -> None:
     from diffusers import FluxPipeline
 
@@ -159,6 +181,11 @@ def test_training_smoke(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "train_report.json").read_text())
     assert set(report["seconds"]) >= {"vae", "transformer", "scorer"}
     assert (tmp_path / "scorer.safetensors").is_file()
+    # The report names every file the run wrote with its hash (how a rerun is compared).
+    written = {p.relative_to(tmp_path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in [*(tmp_path / "pipeline").rglob("*"), tmp_path / "scorer.safetensors"] if p.is_file()}
+    assert report["files"] == written and "pipeline/transformer/diffusion_pytorch_model.safetensors" in written
+    assert report["environment"]["torch_threads"] == 1 and report["environment"]["versions"]["torch"]
     pipe = FluxPipeline.from_pretrained(tmp_path / "pipeline")
     assert pipe.transformer.config.num_single_layers == 1
     load_scorer(tmp_path / "scorer.safetensors")

@@ -24,7 +24,6 @@ scorer next to it, and the adherence of the result is measured and logged.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from diffquant.atomic import write_json_atomic
 from diffquant.zoo.shapes import DEFAULT_PIPELINE_KWARGS, DEFAULT_T5_LENGTH, data
 from diffquant.zoo.shapes.model import default_meta, new_pipeline, save_pipeline
 
@@ -41,14 +41,14 @@ from diffquant.zoo.shapes.model import default_meta, new_pipeline, save_pipeline
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    threads: int = 1  # on a shared 2-core CPU, 2 threads ran 5-10x *slower* than 1 (see --threads)
+    threads: int = 2  # run it alone: beside another CPU-bound job 2 threads ran 5-10x slower than 1
     vae_steps: int = 1500
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-5
     vae_shape_weight: float = 8.0
     vae_logvar_init: float = -8.0
-    steps: int = 3000
+    steps: int = 8000
     batch: int = 32
     lr: float = 8e-4
     warmup: int = 100
@@ -59,6 +59,9 @@ class TrainConfig:
     t5_length: int = DEFAULT_T5_LENGTH  # the max_sequence_length the pipeline is run with (diffquant.json)
     uncond_prob: float = 0.1  # fraction of captions replaced by "" (for classifier-free guidance)
     flow_shape_weight: float = 4.0  # extra flow-loss weight of the image tokens the shape covers
+    flow_edge_weight: float = 0.0  # extra weight of the tokens the outline crosses (where the shape is)
+    autocast_bf16: bool = True  # transformer + CLIP under CPU bf16 autocast (AMX); loss in float32
+    compile: bool = True  # torch.compile the transformer for training (fixed text length: one graph)
     scorer_steps: int = 1200
     scorer_batch: int = 64
     scorer_lr: float = 2e-3
@@ -69,7 +72,7 @@ class TrainConfig:
 
 
 SMOKE = TrainConfig(vae_steps=3, vae_batch=4, steps=3, batch=4, warmup=1, scorer_steps=3, scorer_batch=8,
-                    eval_seeds=(0,), log_every=1,
+                    eval_seeds=(0,), log_every=1, threads=1, compile=False,
                     transformer={"num_layers": 1, "num_single_layers": 1},
                     vae={"block_out_channels": [8, 8, 8], "norm_num_groups": 2})
 
@@ -89,15 +92,20 @@ def _lr_at(step: int, cfg_lr: float, warmup: int, total: int) -> float:
 
 # --- 1. VAE ---------------------------------------------------------------------------------------
 
+def _on_shape(scenes: list[data.Scene], x: Any) -> Any:
+    """(B, 1, H, W): 1 where a pixel differs from the scene's background (the shape), else 0."""
+    import torch
+
+    bg = torch.tensor([s.background_rgb for s in scenes]).float() / 127.5 - 1.0
+    return ((x - bg[:, :, None, None]).abs().amax(1, keepdim=True) > 0.05).float()
+
+
 def _shape_weight(scenes: list[data.Scene], x: Any, weight: float) -> Any:
     """Per-pixel loss weight (B, 1, H, W): 1 + ``weight`` on and around the shape, so that the few
     shape pixels are not drowned by the flat background."""
-    import torch
     import torch.nn.functional as F
 
-    bg = torch.tensor([s.background_rgb for s in scenes]).float() / 127.5 - 1.0
-    on_shape = ((x - bg[:, :, None, None]).abs().amax(1, keepdim=True) > 0.05).float()
-    return 1.0 + weight * F.max_pool2d(on_shape, 5, stride=1, padding=2)
+    return 1.0 + weight * F.max_pool2d(_on_shape(scenes, x), 5, stride=1, padding=2)
 
 
 def train_vae(vae: Any, cfg: TrainConfig, log: Callable[[str], None]) -> None:
@@ -204,6 +212,7 @@ class TextCache:
                     n = int(lengths[j])
                     self.real[start + j, :n] = emb[j, :n]
                     self.pad[start + j] = emb[j, n]
+        self.slots = int(self.lengths.max()) + 1  # every batch padded alike: one shape for compile
         log(f"T5 outputs of {len(captions)} captions cached ({time.perf_counter() - started:.0f}s)")
 
     def clip_batch(self, captions: list[str]) -> Any:
@@ -219,7 +228,7 @@ class TextCache:
 
         idx = torch.tensor([self.index[c] for c in captions])
         lengths = self.lengths[idx]
-        slots = int(lengths.max()) + 1
+        slots = self.slots
         is_pad = torch.arange(slots)[None, :] >= lengths[:, None]
         real = self.real[idx, : slots - 1]
         real = torch.cat([real, torch.zeros_like(real[:, :1])], dim=1)
@@ -235,6 +244,25 @@ def pad_bias(lengths: Any, slots: int, t5_length: int = DEFAULT_T5_LENGTH) -> An
     is_pad = torch.arange(slots)[None, :] >= lengths[:, None]
     per_slot = torch.log((t5_length - lengths).float() / (slots - lengths).float())
     return torch.where(is_pad, per_slot[:, None], torch.zeros(()))
+
+
+def _token_weight(scenes: list[data.Scene], x: Any, grid: int, cfg: TrainConfig) -> Any:
+    """Flow-loss weight per image token (B, tokens, 1), or None for a plain mean.
+
+    Shape tokens are few and the flat background is easy, so the tokens on and around the shape
+    weigh ``1 + flow_shape_weight``; the tokens the outline crosses (partly covered: where square,
+    circle and triangle differ) are further multiplied by up to ``1 + flow_edge_weight``.
+    """
+    import torch.nn.functional as F
+
+    if cfg.flow_shape_weight <= 0 and cfg.flow_edge_weight <= 0:
+        return None
+    token = x.shape[-1] // grid
+    w = F.avg_pool2d(_shape_weight(scenes, x, cfg.flow_shape_weight), token)
+    if cfg.flow_edge_weight > 0:
+        cover = F.avg_pool2d(_on_shape(scenes, x), token)  # fraction of each token the shape covers
+        w = w * (1.0 + cfg.flow_edge_weight * 4.0 * cover * (1.0 - cover))
+    return w.flatten(1)[:, :, None]
 
 
 def _zero_init_modulation(transformer: Any) -> None:
@@ -300,6 +328,9 @@ def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None],
         log(f"resumed from {checkpoint} at step {first}")
     transformer.train()
     clip.train()
+    # The text is padded to one length (TextCache.slots), so the compiled graph is built once.
+    forward = torch.compile(transformer) if cfg.compile else transformer
+    txt_ids = torch.zeros(cache.slots, 3)
     started, running = time.perf_counter(), 0.0
     for step in range(first, cfg.steps):
         for g in opt.param_groups:
@@ -316,22 +347,18 @@ def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None],
             x0 = FluxPipeline._pack_latents(z, len(scenes), latent_ch, lat, lat)
         text, bias = cache.batch(captions)
         mask = torch.cat([bias, torch.zeros(len(scenes), x0.shape[1])], dim=-1)[:, None, None, :]
-        pooled = clip(cache.clip_batch(captions)).pooler_output
         sigma = torch.sigmoid(torch.randn(len(scenes), generator=gen))
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma[:, None, None]
         xt = (1 - s) * x0 + s * noise
-        pred = transformer(hidden_states=xt, encoder_hidden_states=text, pooled_projections=pooled,
-                           timestep=sigma, img_ids=img_ids, txt_ids=torch.zeros(text.shape[1], 3),
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+            pooled = clip(cache.clip_batch(captions)).pooler_output
+            pred = forward(hidden_states=xt, encoder_hidden_states=text, pooled_projections=pooled,
+                           timestep=sigma, img_ids=img_ids, txt_ids=txt_ids,
                            joint_attention_kwargs={"attention_mask": mask}, return_dict=False)[0]
-        err = (pred - (noise - x0)).pow(2)
-        if cfg.flow_shape_weight > 0:  # shape tokens are few; the flat background is easy
-            token = 64 // (lat // 2)
-            w = torch.nn.functional.avg_pool2d(_shape_weight(scenes, x, cfg.flow_shape_weight), token)
-            w = w.flatten(1)[:, :, None]
-            loss = (err * w).mean() / w.mean()
-        else:
-            loss = err.mean()
+        err = (pred.float() - (noise - x0)).pow(2)
+        loss = (err * w).mean() / w.mean() if (w := _token_weight(scenes, x, lat // 2, cfg)) is not None \
+            else err.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -430,7 +457,8 @@ def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out)
     pipe_dir = out / "pipeline"
-    report: dict[str, Any] = {"config": asdict(cfg), "seconds": {}}
+    # The code's commit as the run starts (edits made while it runs are not its code).
+    report: dict[str, Any] = {"config": asdict(cfg), "environment": _environment(cfg), "seconds": {}}
     started = time.perf_counter()
     pipe = new_pipeline(transformer=cfg.transformer, vae=cfg.vae)
     checkpoint = out / "checkpoint.pt"
@@ -483,8 +511,29 @@ def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None
             report["seconds"]["eval"] = round(time.perf_counter() - t, 1)
             log(f"adherence: {report['adherence']}")
     report["seconds"]["total"] = round(time.perf_counter() - started, 1)
-    (out / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["files"] = written_files(out)
+    report["environment"]["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_json_atomic(out / REPORT_FILE, report)
     return report
+
+
+REPORT_FILE = "train_report.json"
+
+
+def written_files(out: Path) -> dict[str, str]:
+    """sha256 of every file the run ships (the pipeline folder and the scorer), by relative path:
+    two runs reproduce each other when these maps are equal."""
+    import hashlib
+
+    files = sorted(p for p in [*(out / "pipeline").rglob("*"), out / "scorer.safetensors"] if p.is_file())
+    return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _environment(cfg: TrainConfig) -> dict[str, Any]:
+    from diffquant.bench.env import cpu_info, git_commit, package_versions
+
+    return {**cpu_info(), **git_commit(), "torch_threads": cfg.threads, "versions": package_versions(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -496,9 +545,10 @@ def main(argv: list[str] | None = None) -> int:
                              "src/diffquant/zoo/shapes/weights of a source checkout)")
     parser.add_argument("--smoke", action="store_true", help="a few steps of a tiny model (seconds)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a busy 2-core machine 2 threads wait on each "
-                             "other and ran 5-10x slower)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: the config's, 2 for the full run, which reproduces the "
+                             "shipped weights only with the same count; run it alone: on a busy 2-core "
+                             "machine 2 threads wait on each other and ran 5-10x slower)")
     parser.add_argument("--steps", type=int, help="transformer steps (default: the config's)")
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--scorer-steps", type=int)
@@ -512,8 +562,8 @@ def main(argv: list[str] | None = None) -> int:
                              "stage loads OUT/pipeline/vae")
     args = parser.parse_args(argv)
     cfg = SMOKE if args.smoke else TrainConfig()
-    cfg = replace(cfg, seed=args.seed, threads=args.threads)
-    for name in ("steps", "vae_steps", "scorer_steps"):
+    cfg = replace(cfg, seed=args.seed)
+    for name in ("threads", "steps", "vae_steps", "scorer_steps"):
         if getattr(args, name) is not None:
             cfg = replace(cfg, **{name: getattr(args, name)})
     stages = {s.strip() for s in args.stages.split(",") if s.strip()}
