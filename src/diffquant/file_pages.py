@@ -113,6 +113,32 @@ def trim_heap() -> bool:
         return False
 
 
+MMAP_THRESHOLD = 1 << 20  # glibc's M_MMAP_THRESHOLD set by fix_mmap_threshold
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
+    """Pin glibc's mmap threshold at ``nbytes`` (``mallopt(M_MMAP_THRESHOLD)``, what the
+    ``MALLOC_MMAP_THRESHOLD_`` environment variable does at start-up); False where unavailable.
+
+    By default the threshold slides: once a block of up to 32 MiB that came from ``mmap`` is freed,
+    later blocks up to that size come from the heap. A backend that re-allocates every weight on
+    every call (FP8 layerwise casting: a bf16 copy before each layer, a new float8 copy after it)
+    then leaves the freed copies scattered through the heap, where glibc keeps them resident:
+    measured on zoo:flux-dev-slice, anonymous memory grew by the size of the float8 weights in the
+    first call. With the threshold pinned, every weight-sized block is its own mapping and is
+    returned to the system when freed. Process-wide; smaller allocations are unaffected.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
+    except (OSError, AttributeError):
+        return False
+
+
 def in_own_arena(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` in a short-lived thread, so that its allocations come from that
     thread's glibc malloc arena. Quantizing on load frees bf16 temporaries between the quantized

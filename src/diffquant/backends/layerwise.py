@@ -15,7 +15,6 @@ from diffquant.backends.base import (
     no_cached_file,
     no_compile_issue,
     no_disk_offload_issue,
-    no_notes,
     nothing_after_load,
     nothing_before_load,
 )
@@ -27,12 +26,22 @@ packages: tuple[str, ...] = ()  # torch and diffusers only, recorded anyway
 cache_quantized = False  # a cheap cast
 memory = MemoryTraits(reads_source=True)
 formats = {"layerwise-fp8": "safetensors (float8)"}
-notes = no_notes
 disk_offload_breaks = no_disk_offload_issue
 compile_breaks = no_compile_issue
 cached_file = no_cached_file
 before_load = nothing_before_load
 after_load = nothing_after_load
+
+
+def notes(spec: QuantSpec, device: str) -> list[str]:
+    if device != "cpu":
+        return []
+    from diffquant.file_pages import MMAP_THRESHOLD
+
+    return [(f"glibc's mmap threshold is pinned at {MMAP_THRESHOLD >> 20} MiB in this process: every call "
+            "re-allocates the cast weights, and with glibc's sliding threshold the freed copies stayed "
+            "resident in the heap (a plain script gets the same with "
+            f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD})")]
 
 
 def why_not_here(spec: QuantSpec, device: str) -> str | None:
@@ -56,6 +65,10 @@ def apply_casting(module: Any, spec: QuantSpec, ctx: ComponentContext) -> Any:
     from diffusers.hooks import apply_layerwise_casting
 
     storage = torch.float8_e4m3fn if spec.qtype == "e4m3" else torch.float8_e5m2
+    if ctx.device == "cpu":  # every call re-allocates the weights: keep their copies out of the heap
+        from diffquant.file_pages import fix_mmap_threshold
+
+        fix_mmap_threshold()
     # "auto" skips norms, embeddings and positional layers, as enable_layerwise_casting does.
     skip: str | tuple[str, ...] = tuple(spec.skip_modules) if spec.skip_modules else "auto"
     if skip == "auto" and ctx.library == "diffusers":
