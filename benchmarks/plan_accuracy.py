@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from diffquant.atomic import write_text_atomic
+
 MIB = 2**20
 CPU_RECIPES = ("bf16", "bnb-nf4", "bnb-int8", "torchao-int8wo", "torchao-fp8wo", "quanto-int4", "quanto-int8",
                "gguf-q4_k", "gguf-q8_0", "fp8-layerwise", "bf16+offload-group-leaf(disk)")
@@ -92,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(entry)
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"schema": "diffquant.plan_accuracy/1", "rows": results}, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_text_atomic(args.out, json.dumps({"schema": "diffquant.plan_accuracy/1", "rows": results}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

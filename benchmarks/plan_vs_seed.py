@@ -18,6 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from diffquant.atomic import write_text_atomic
+
 GIB = 2**30
 # The seed's "Memory after loading" (GiB), in its order.
 SEED = {
@@ -82,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
            "device": "cuda", "unit": "GiB", "compared": "plan resident weights after loading vs the seed's "
            "'memory after loading' (torch.cuda.max_memory_reserved, GiB)", "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_text_atomic(args.out, json.dumps(out, indent=2) + "\n")
     table = render(rows)
     print(table)
     if args.update_doc:

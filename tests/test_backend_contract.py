@@ -80,7 +80,7 @@ def test_interface_lists_every_question() -> None:
     for question in ("why_not_here", "notes", "disk_offload_breaks", "compile_breaks", "load_config",
                      "load_component", "cached_file", "before_load", "after_load", "save", "load_saved",
                      "plain_load", "stored_bytes", "quantize_linear", "keeps_precise", "keep_precise",
-                     "upgrade_type", "packages", "cache_quantized", "memory", "formats", "name"):
+                     "upgrade_type", "evaluation_copy", "packages", "cache_quantized", "memory", "formats", "name"):
         assert question in members
 
 

@@ -104,6 +104,7 @@ TOY_MODULE = SimpleNamespace(
     keeps_precise=lambda spec, name, model: _kept(spec, name),
     keep_precise=lambda spec, keep, model: spec,
     upgrade_type=lambda spec: None,
+    evaluation_copy=lambda layer: layer,
 )
 TOY_ENTRY = BackendDef("toy", "Toy int8 rows (a test backend)", "torch", "core",
                        {"int8": TypeDef("int8", "int8 weights, float32 scale per row", 8.0)},

@@ -186,19 +186,18 @@ def test_the_fast_gguf_layer_computes_what_gguf_linear_does() -> None:
 
     from diffquant.backends import gguf
     from diffquant.recipes import parse_recipe
-    from diffquant.sensitivity.incontext import _fast
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(512, 64, dtype=torch.bfloat16)
     x = torch.randn(3, 512, dtype=torch.bfloat16)
     q2 = gguf.quantize_linear(linear, parse_recipe("gguf-q2_k").quant[0], "blocks.0.proj", None)
     q3 = gguf.quantize_linear(linear, parse_recipe("gguf-q3_k").quant[0], "blocks.0.proj", None)
-    fast = _fast(q2)
+    fast = gguf.evaluation_copy(q2)
     assert isinstance(fast, torch.nn.Linear) and type(fast).__name__ == "Linear"
     with torch.no_grad():
         assert torch.equal(fast(x), q2(x))
         assert not torch.equal(fast(x), q3(x))
-    assert _fast(linear) is linear  # anything else runs as it is
+    assert gguf.evaluation_copy(linear) is linear  # anything else runs as it is
 
 
 def test_the_cli_and_the_library_share_the_default_context() -> None:

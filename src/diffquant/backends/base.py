@@ -135,6 +135,10 @@ class BackendModule(Protocol):
     def upgrade_type(self, spec: QuantSpec) -> str | None:
         """One type up in precision for a module, where the backend mixes types; else None."""
 
+    def evaluation_copy(self, layer: Any) -> Any:
+        """A module computing what ``quantize_linear``'s ``layer`` computes, bit for bit, but cheaper
+        to run many times (sensitivity's in-context passes); ``layer`` itself when there is none."""
+
 
 def interface() -> tuple[str, ...]:
     """The names every backend module provides (``BackendModule``'s members)."""
@@ -188,6 +192,11 @@ def no_saved_formats(folder: Path, meta: dict[str, Any], spec: QuantSpec, dtype:
     """``load_saved`` of a backend whose components reload through the libraries (format ``native``)."""
     raise DiffquantError(f"Unknown saved component format {meta.get('format')!r} for {spec.backend} in {folder}.",
                          hint="re-export the model with this version of diffquant")
+
+
+def same_layer(layer: Any) -> Any:
+    """``evaluation_copy`` of a backend whose quantized layers are as cheap to rerun as they get."""
+    return layer
 
 
 def per_module_unsupported(backend: str) -> Any:

@@ -23,6 +23,7 @@ from diffquant.backends.base import (
     nothing_after_load,
     nothing_before_load,
     package_missing,
+    same_layer,
     save_native,
 )
 from diffquant.errors import DiffquantError
@@ -452,3 +453,6 @@ def own_quant_states(module: Any) -> int:
                     copied += 1
             states.append(getattr(qs, "state2", None))
     return copied
+
+
+evaluation_copy = same_layer

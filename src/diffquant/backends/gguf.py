@@ -232,6 +232,26 @@ def quantize_linear(linear: Any, spec: QuantSpec, name: str, model: Any) -> Any 
     return layer
 
 
+def evaluation_copy(layer: Any) -> Any:
+    """A plain ``Linear`` holding the dequantized weight: diffusers' ``GGUFLinear`` dequantizes its
+    weight on every CPU call (its whole CPU forward: dequantize, cast to the compute dtype,
+    ``F.linear``), so this computes the same thing bit for bit, dequantizing once. On CUDA (GGUF's
+    fused kernel) and for any other module, the layer itself."""
+    import torch
+    from diffusers.quantizers.gguf.utils import GGUFLinear, dequantize_gguf_tensor
+
+    if not isinstance(layer, GGUFLinear) or layer.weight.is_cuda:
+        return layer
+    dtype = layer.compute_dtype or torch.get_default_dtype()
+    plain = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, dtype=dtype,
+                            device=layer.weight.device)
+    with torch.no_grad():
+        plain.weight.copy_(dequantize_gguf_tensor(layer.weight).to(dtype))
+        if layer.bias is not None:
+            plain.bias.copy_(layer.bias.to(dtype))
+    return plain.requires_grad_(False)
+
+
 def keeps_precise(spec: QuantSpec, name: str, model: Any) -> bool:
     from diffquant.gguf_writer.quantize import FLOAT_TYPES
 

@@ -17,6 +17,7 @@ from diffquant.backends.base import (
     no_disk_offload_issue,
     nothing_after_load,
     nothing_before_load,
+    same_layer,
 )
 from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec
@@ -211,3 +212,6 @@ def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
                    for t in [*module.parameters(), *module.buffers()])
 
     return count_stored_bytes(model, converted)
+
+
+evaluation_copy = same_layer

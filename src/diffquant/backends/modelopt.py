@@ -27,6 +27,7 @@ from diffquant.backends.base import (
     package_missing,
     per_module_unsupported,
     plain_as_native,
+    same_layer,
 )
 from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec
@@ -185,3 +186,6 @@ def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
         return weight_bytes(spec.qtype, tuple(weight.shape), weight.element_size()) + bias
 
     return count_stored_bytes(model, converted)
+
+
+evaluation_copy = same_layer

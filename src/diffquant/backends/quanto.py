@@ -27,6 +27,7 @@ from diffquant.backends.base import (
     nothing_after_load,
     nothing_before_load,
     package_missing,
+    same_layer,
 )
 from diffquant.errors import DiffquantError
 from diffquant.recipes.model import QuantSpec
@@ -280,3 +281,6 @@ def clear_stale_lock(lock: Path, wait_s: float | None = None, poll_s: float = 0.
                      + "; DIFFQUANT_QUANTO_LOCK_WAIT_S sets how long to wait")
         time.sleep(poll_s)
     return None
+
+
+evaluation_copy = same_layer

@@ -22,6 +22,7 @@ from diffquant.backends.base import (
     no_saved_formats,
     package_missing,
     per_module_unsupported,
+    same_layer,
     save_native,
 )
 from diffquant.errors import DiffquantError
@@ -148,3 +149,6 @@ def after_load(pipe: Any, model_dir: Any) -> None:
 
 def _has_sdnq_layers(module: Any) -> bool:
     return any(hasattr(m, "sdnq_dequantizer") for m in module.modules())
+
+
+evaluation_copy = same_layer

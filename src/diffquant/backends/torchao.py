@@ -18,6 +18,7 @@ from diffquant.backends.base import (
     nothing_before_load,
     package_missing,
     plain_as_native,
+    same_layer,
 )
 from diffquant.recipes.model import QuantSpec
 
@@ -288,3 +289,6 @@ def stored_bytes(spec: QuantSpec, model: Any, ctx: ComponentContext) -> int:
 def _skipped(name: str, patterns: tuple[str, ...]) -> bool:
     # A module named by a pattern, or inside one (modules_to_not_convert names modules by their path).
     return any(p in name.split(".") or name == p or name.startswith(p + ".") for p in patterns)
+
+
+evaluation_copy = same_layer

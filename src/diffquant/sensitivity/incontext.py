@@ -35,27 +35,6 @@ from diffquant.sensitivity.measure import (
 )
 
 
-def _fast(layer: Any) -> Any:
-    """The same layer, cheaper to run many times. In context every pass runs every quantized
-    layer, and diffusers' ``GGUFLinear`` dequantizes its weight on each CPU call (that is its
-    whole CPU forward: dequantize, cast to the compute dtype, ``F.linear``); a plain ``Linear``
-    holding that dequantized, cast weight computes the same thing bit for bit, once. Any other
-    module (activation quantization, GGUF's fused CUDA kernel) is run as it is."""
-    if type(layer).__name__ != "GGUFLinear" or layer.weight.is_cuda:
-        return layer
-    import torch
-    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
-
-    dtype = layer.compute_dtype or torch.get_default_dtype()
-    plain = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, dtype=dtype,
-                            device=layer.weight.device)
-    with torch.no_grad():
-        plain.weight.copy_(dequantize_gguf_tensor(layer.weight).to(dtype))
-        if layer.bias is not None:
-            plain.bias.copy_(layer.bias.to(dtype))
-    return plain.requires_grad_(False)
-
-
 def _calls(parts: tuple[_Part, ...], main: _Part, pipe: Any, captured: Captured) -> list[Any]:
     """The captured calls as the current text encoders condition them (the captured ones when no
     text encoder is measured: the reference conditioning)."""
@@ -73,7 +52,9 @@ def sweep_in_context(parts: tuple[_Part, ...], main: _Part, pipe: Any, captured:
     quantized: the calibration's denominator, as in the "alone" sweep), the uniform recipe's
     error, and the quantized copies by component (the end-image measurements reuse them)."""
     real = {p.component: _quantized(p.backend, p.spec, p.model, tuple(p.names)) for p in parts}
-    quantized = {c: {n: _fast(layer) for n, layer in layers.items()} for c, layers in real.items()}
+    # Every pass runs every quantized layer: each backend may offer a copy that is cheaper to rerun.
+    quantized = {p.component: {n: p.backend.evaluation_copy(layer) for n, layer in real[p.component].items()}
+                 for p in parts}
     # The upgrade copies are made from the reference modules, before the quantized ones go in.
     upgraded = {p.component: _quantized(p.backend, p.up_spec, p.model, tuple(p.names)) if p.up_spec else {}
                 for p in parts}
@@ -106,7 +87,8 @@ def sweep_in_context(parts: tuple[_Part, ...], main: _Part, pipe: Any, captured:
                 refs = {n: reference[part.component][n] for n in group.modules}
                 at_reference = error_with(refs)
                 ups = {n: upgraded[part.component][n] for n in group.modules} if part.up_spec else refs
-                at_upgrade = error_with({n: _fast(u) for n, u in ups.items()}) if part.up_spec else at_reference
+                at_upgrade = (error_with({n: part.backend.evaluation_copy(u) for n, u in ups.items()})
+                              if part.up_spec else at_reference)
                 for name in group.modules:  # bytes: of the backend's own modules
                     table[name] = (_bytes(refs[name]), _bytes(real[part.component][name]), _bytes(ups[name]))
                 results.append(GroupResult(
