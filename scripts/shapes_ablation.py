@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from diffquant.atomic import write_json_atomic
+from diffquant.atomic import write_text_atomic
 from diffquant.zoo.shapes import train
 from diffquant.zoo.shapes.model import WEIGHTS_DIR
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--out", type=Path, default=Path("out") / "shapes-ablation")
-    parser.add_argument("--json", type=Path, help="append the result to this JSON list")
+    parser.add_argument("--json", type=Path, help="append the result to this file's rows (docs/data/shapes_ablations.json)")
     args = parser.parse_args(argv)
     overrides = parse_set(args.set)
     out = args.out / args.name
@@ -114,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
               "train_seconds": round(time.perf_counter() - started, 1), **evaluate(out / "pipeline")}
     print(json.dumps(record), flush=True)
     if args.json:
-        rows = json.loads(args.json.read_text()) if args.json.is_file() else []
-        write_json_atomic(args.json, [*rows, record])
+        data = json.loads(args.json.read_text()) if args.json.is_file() else {"rows": []}
+        data["rows"] = [*data["rows"], record]
+        write_text_atomic(args.json, json.dumps(data, indent=2) + "\n")
     return 0
 
 

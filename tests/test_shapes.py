@@ -172,6 +172,26 @@ def test_flow_loss_weights_the_outline_tokens() -> None:
     assert grid[2, 3] > 2 * grid_shape[2, 3]
 
 
+def test_training_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
+    """A rerun continues only a checkpoint written with its own settings (negative control: the same
+    settings get past the check and fail later, on the checkpoint's missing weights)."""
+    from dataclasses import replace
+
+    from diffquant.errors import DiffquantError
+    from diffquant.zoo.shapes.model import new_pipeline
+    from diffquant.zoo.shapes.train import SMOKE, _resumable, train_transformer
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"config": _resumable(replace(SMOKE, steps=99))}, checkpoint)
+    pipe = new_pipeline(transformer=SMOKE.transformer, vae=SMOKE.vae)
+    with pytest.raises(DiffquantError, match=r"other settings \(steps: 99 there, 3 now\)"):
+        train_transformer(pipe, SMOKE, lambda _msg: None, checkpoint)
+    torch.save({"config": _resumable(SMOKE)}, checkpoint)
+    with pytest.raises(KeyError, match="transformer"):
+        train_transformer(new_pipeline(transformer=SMOKE.transformer, vae=SMOKE.vae), SMOKE, lambda _msg: None,
+                          checkpoint)
+
+
 def test_training_smoke(tmp_path: Path) -> None:
     from diffusers import FluxPipeline
 

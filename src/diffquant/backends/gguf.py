@@ -240,7 +240,7 @@ def evaluation_copy(layer: Any) -> Any:
     import torch
     from diffusers.quantizers.gguf.utils import GGUFLinear, dequantize_gguf_tensor
 
-    if not isinstance(layer, GGUFLinear) or layer.weight.is_cuda:
+    if type(layer) is not GGUFLinear or layer.weight.is_cuda:  # not subclasses: their kernels differ
         return layer
     dtype = layer.compute_dtype or torch.get_default_dtype()
     plain = torch.nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, dtype=dtype,

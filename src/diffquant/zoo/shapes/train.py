@@ -24,6 +24,7 @@ scorer next to it, and the adherence of the result is measured and logged.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from diffquant.atomic import write_json_atomic
+from diffquant.atomic import write_text_atomic
 from diffquant.zoo.shapes import DEFAULT_PIPELINE_KWARGS, DEFAULT_T5_LENGTH, data
 from diffquant.zoo.shapes.model import default_meta, new_pipeline, save_pipeline
 
@@ -246,6 +247,18 @@ def pad_bias(lengths: Any, slots: int, t5_length: int = DEFAULT_T5_LENGTH) -> An
     return torch.where(is_pad, per_slot[:, None], torch.zeros(()))
 
 
+def _resumable(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings a checkpoint must share with the run that continues it (all but logging)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("log_every", "checkpoint_every", "eval_seeds")}
+
+
+def _differences(saved: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    if saved is None:
+        return "a checkpoint without its settings, from an older diffquant"
+    keys = sorted(k for k in {*saved, *now} if saved.get(k) != now.get(k))
+    return ", ".join(f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in keys)
+
+
 def _token_weight(scenes: list[data.Scene], x: Any, grid: int, cfg: TrainConfig) -> Any:
     """Flow-loss weight per image token (B, tokens, 1), or None for a plain mean.
 
@@ -317,6 +330,14 @@ def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None],
     first = 0
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=False)
+        saved = state.get("config")
+        if saved != _resumable(cfg):
+            from diffquant.errors import DiffquantError
+
+            raise DiffquantError(
+                f"{checkpoint} was written by a run with other settings ({_differences(saved, _resumable(cfg))}); "
+                "continuing it would mix two trainings.",
+                hint=f"delete {checkpoint} to start over, or rerun with the settings that wrote it")
         for model, key in ((transformer, "transformer"), (clip, "clip"), (ema_tr, "ema_transformer"),
                            (ema_clip, "ema_clip")):
             model.load_state_dict(state[key])
@@ -377,7 +398,8 @@ def train_transformer(pipe: Any, cfg: TrainConfig, log: Callable[[str], None],
             tmp = checkpoint.with_suffix(".tmp")
             torch.save({"step": step + 1, "transformer": transformer.state_dict(), "clip": clip.state_dict(),
                         "ema_transformer": ema_tr.state_dict(), "ema_clip": ema_clip.state_dict(),
-                        "optimizer": opt.state_dict(), "generator": gen.get_state()}, tmp)
+                        "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                        "config": _resumable(cfg)}, tmp)
             tmp.replace(checkpoint)
     pipe.raw_models = {"transformer": transformer.eval(), "text_encoder": clip.eval()}
     pipe.transformer, pipe.text_encoder = ema_tr, ema_clip
@@ -455,6 +477,8 @@ def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None
 
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.compile and "transformer" in stages:
+        _check_compiler()
     out = Path(out)
     pipe_dir = out / "pipeline"
     # The code's commit as the run starts (edits made while it runs are not its code).
@@ -513,11 +537,26 @@ def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None
     report["seconds"]["total"] = round(time.perf_counter() - started, 1)
     report["files"] = written_files(out)
     report["environment"]["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_json_atomic(out / REPORT_FILE, report)
+    write_text_atomic(out / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
 
 
 REPORT_FILE = "train_report.json"
+
+
+def _check_compiler() -> None:
+    """torch.compile on CPU builds C++: fail now, not after the VAE stage, when there is no compiler."""
+    import os
+    import shutil
+
+    from diffquant.errors import DiffquantError
+
+    names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if not any(n and shutil.which(n) for n in names):
+        raise DiffquantError("The transformer stage compiles the model (torch.compile builds C++ on CPU), "
+                             "but no C++ compiler was found (CXX, g++, c++, clang++).",
+                             hint="install one (Debian: apt-get install g++), or train without compile: "
+                                  "TrainConfig(compile=False) gives other weights than the shipped ones")
 
 
 def written_files(out: Path) -> dict[str, str]:
