@@ -209,3 +209,16 @@ def test_training_smoke(tmp_path: Path) -> None:
     pipe = FluxPipeline.from_pretrained(tmp_path / "pipeline")
     assert pipe.transformer.config.num_single_layers == 1
     load_scorer(tmp_path / "scorer.safetensors")
+
+
+def test_evaluation_records_what_it_measured() -> None:
+    """docs/shapes-eval.json carries the commit and the hashes of the weights it measured, the same
+    map as the training report beside the shipped weights (which the shipped files must match)."""
+    from diffquant.zoo.shapes.evaluate import provenance
+    from diffquant.zoo.shapes.model import WEIGHTS_DIR
+
+    record = provenance()
+    report = json.loads((WEIGHTS_DIR / "train_report.json").read_text())
+    assert record["weights"] == report["files"]
+    assert "pipeline/transformer/diffusion_pytorch_model.safetensors" in record["weights"]
+    assert record["commit"] is None or len(record["commit"]) == 40

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from diffquant.atomic import write_text_atomic
 from diffquant.zoo.shapes.scorer import (
     EVAL_PROMPTS_HELDOUT,
     EVAL_PROMPTS_SEEN,
@@ -68,6 +69,17 @@ def evaluate_variant(variant: str, seeds: Sequence[int] = (0, 1), steps: int | N
     return result, grid
 
 
+def provenance() -> dict[str, Any]:
+    """What the figures are of: the code's commit, and the sha256 of every shipped weight file (the
+    scorer's too), the same map the training run's report lists."""
+    from diffquant.bench.env import git_commit
+    from diffquant.zoo.shapes.model import WEIGHTS_DIR
+    from diffquant.zoo.shapes.train import written_files
+
+    commit = git_commit()
+    return {"commit": commit["git_commit"], "commit_dirty": commit["git_dirty"], "weights": written_files(WEIGHTS_DIR)}
+
+
 def save_grid(rows: list[list[Any]], path: Path, scale: int = 2) -> None:
     """Paste rows of 64x64 images into one PNG (nearest-neighbour upscaled ``scale`` x)."""
     from PIL import Image
@@ -109,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             grids[variant] = grid
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"seeds": seeds, "results": results}, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps({"seeds": seeds, **provenance(), "results": results}, indent=2) + "\n")
     if args.images and grids:
         for variant, grid in grids.items():
             save_grid([grid], args.images / f"{variant}.png")
