@@ -67,6 +67,9 @@ def test_doc_tables_are_filled_by_render_docs_and_checked(tmp_path: Path) -> Non
     for name in ("README.md", "docs"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    report = "src/diffquant/zoo/shapes/weights/train_report.json"  # docs/shapes.md renders it
+    (tmp_path / report).parent.mkdir(parents=True)
+    shutil.copy(ROOT / report, tmp_path / report)
     (tmp_path / "docs" / "data" / "new_backends.json").write_text(json.dumps(DATA))
     bench = _load(ROOT / "benchmarks" / "bench_new_backends.py")
     doc = tmp_path / "docs" / "backends.md"
