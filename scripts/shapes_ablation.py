@@ -46,7 +46,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             try:
                 out[name] = kind(text)
             except ValueError:
-                raise SystemExit(f"--set {item!r}: {name} takes a {kind.__name__}, not {text!r}") from None
+                raise SystemExit(f"--set {item!r}: {name} takes {kind.__name__} values, not {text!r}") from None
     return out
 
 
