@@ -33,20 +33,5 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_reproduction(data: dict[str, Any]) -> str:
-    """docs/shapes.md's table of a second run from scratch against the shipped run's report
-    (``docs/data/shapes_reproduction.json``): per file, whether its sha256 is the same."""
-    first, second = data["shipped"]["files"], data["rerun"]["files"]
-    lines = ["| file | shipped run | rerun | same |", "|---|---|---|---|"]
-    for path in sorted(set(first) | set(second)):
-        a, b = first.get(path, "-"), second.get(path, "-")
-        lines.append(f"| `{path}` | `{a[:12]}` | `{b[:12]}` | {'yes' if a == b else 'NO'} |")
-    same = sum(first.get(p) == second.get(p) for p in set(first) | set(second))
-    lines.append(f"| **all files** | {data['shipped']['seconds']:.0f} s, commit {data['shipped']['commit'][:7]} | "
-                 f"{data['rerun']['seconds']:.0f} s, commit {data['rerun']['commit'][:7]} | "
-                 f"**{same} of {len(set(first) | set(second))}** |")
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
     sys.exit(main())
