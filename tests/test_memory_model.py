@@ -18,7 +18,11 @@ from diffquant.bench.spec import RunSpec
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
 
 FAKE_MIB = 96
-TOLERANCE_MIB = 12  # allocator and interpreter noise around a 96 MiB allocation
+# Allocator and interpreter noise around a 96 MiB allocation. Inside a full pytest run the process
+# may have glibc's mmap threshold pinned by an earlier fp8-layerwise load (file_pages.fix_mmap_threshold),
+# so large blocks an earlier test left for the collector go back to the system mid-measurement: seen
+# 12.6 MiB once. The broken baseline (the negative control) reads ~0, far outside either way.
+TOLERANCE_MIB = 24
 
 
 class _Events:
