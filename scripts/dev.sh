@@ -43,7 +43,7 @@ case "${1:-}" in
     setup
     browser
     shift
-    python -m pytest -q "$@"
+    python -m pytest -q --durations=15 "$@"
     ;;
   *)
     echo "usage: bash scripts/dev.sh {demo|test|setup} [extra args]" >&2

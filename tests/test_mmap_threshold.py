@@ -60,3 +60,16 @@ def test_layerwise_fp8_pins_it_on_cpu_only() -> None:
     spec = QuantSpec(backend="layerwise", qtype="e4m3")
     assert any("MALLOC_MMAP_THRESHOLD_" in n for n in layerwise.notes(spec, "cpu"))
     assert layerwise.notes(spec, "cuda") == []
+
+
+def test_the_note_says_so_where_the_threshold_cannot_be_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffquant import file_pages
+    from diffquant.backends import get_backend
+    from diffquant.recipes.model import QuantSpec
+
+    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("musl", "1.2"))
+    layerwise = get_backend("layerwise")
+    notes = layerwise.notes(QuantSpec(backend="layerwise", qtype="e4m3"), "cpu")
+    assert notes and not any("is pinned" in n for n in notes), notes
+    assert any("cannot pin" in n for n in notes), notes
+    assert file_pages.fix_mmap_threshold() is False  # and nothing is attempted

@@ -106,6 +106,8 @@ def trim_heap() -> bool:
     import ctypes
     import ctypes.util
 
+    if not on_glibc():
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.malloc_trim(0))
@@ -115,6 +117,14 @@ def trim_heap() -> bool:
 
 MMAP_THRESHOLD = 1 << 20  # glibc's M_MMAP_THRESHOLD set by fix_mmap_threshold
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def on_glibc() -> bool:
+    """Whether this process runs on glibc, whose ``malloc_trim`` and ``mallopt(M_MMAP_THRESHOLD)``
+    ``trim_heap`` and ``fix_mmap_threshold`` use (musl, macOS and Windows have no such knobs)."""
+    import platform
+
+    return platform.libc_ver()[0] == "glibc"
 
 
 def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
@@ -132,6 +142,8 @@ def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
     import ctypes
     import ctypes.util
 
+    if not on_glibc():
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(nbytes)))

@@ -37,8 +37,12 @@ after_load = nothing_after_load
 def notes(spec: QuantSpec, device: str) -> list[str]:
     if device != "cpu":
         return []
-    from diffquant.file_pages import MMAP_THRESHOLD
+    from diffquant.file_pages import MMAP_THRESHOLD, on_glibc
 
+    if not on_glibc():
+        return [("this C library is not glibc, so diffquant cannot pin its mmap threshold: every call "
+                 "re-allocates the cast weights, and the freed copies may stay resident (the generation "
+                 "peak can then reach bf16's)")]
     return [(f"glibc's mmap threshold is pinned at {MMAP_THRESHOLD >> 20} MiB in this process: every call "
             "re-allocates the cast weights, and with glibc's sliding threshold the freed copies stayed "
             "resident in the heap (a plain script gets the same with "
