@@ -53,6 +53,7 @@ def test_three_recipes_measured(sweep_db: Path) -> None:
             assert m["load.rss_weight_files_mib"] <= m["load.rss_file_mib"] + 1
             assert m["call.latency_s.p90"] >= m["call.latency_s.p50"] > 0 and m["step.latency_s.p50"] > 0
             assert m["call.latency_s.n"] == 1 and m["first_call.latency_s"] > 0
+            assert m["call.minor_faults.p50"] >= 0  # per steady call (getrusage)
             assert m["compile.time_s"] is None  # not compiled
             assert m["run.wall_s"] >= m["worker.wall_s"] >= m["load.wall_s"] + m["gen.wall_s"]
             assert m["weights.total_params"] > 10_000_000

@@ -246,6 +246,17 @@ def loadavg_1m() -> float | None:
         return None
 
 
+def minor_page_faults() -> int | None:
+    """Minor page faults of this process so far (``getrusage``): fresh pages the kernel had to map
+    and zero. Many per call mean the allocator hands memory back to the OS and takes it again on
+    every call, which costs time the model's arithmetic does not explain."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 # -- statistics and timing ----------------------------------------------------------------------
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Linear-interpolated percentile (q in 0..100); None for no values."""

@@ -279,6 +279,8 @@ def generate_phase(ctx: Context, pipe: Any) -> None:
         StepClock,
         cuda_counters,
         latency_stats,
+        minor_page_faults,
+        percentile,
         proc_status,
         reset_cuda_peaks,
         reset_peak_rss,
@@ -301,6 +303,7 @@ def generate_phase(ctx: Context, pipe: Any) -> None:
     model_kwargs = default_settings(spec.model).pipeline_kwargs  # generate() applies them
     clock = StepClock(sync=ctx.sync, on_step=lambda step: ctx.events.send("step", step=step + 1, steps=spec.steps))
     first_s, steady, steps, first_latents, repeat_diff = None, [], [], None, []
+    faults: list[int] = []
     metrics.update(page_in_weights())  # disk reads of mapped weights are not compile time
     gen_started = time.perf_counter()
     steady_started: list[float] = []
@@ -314,6 +317,7 @@ def generate_phase(ctx: Context, pipe: Any) -> None:
         if kind == "steady" and not steady_started:
             steady_started.append(time.perf_counter())
         ctx.events.send("call", index=index + 1, total=max(planned, index + 1), kind=kind)
+        faults_before = minor_page_faults()
         clock.start_call()
         output = generate(pipe, prompt, seed=seed, steps=spec.steps, height=spec.height, width=spec.width,
                           guidance_scale=spec.guidance_scale, step_callback=clock)
@@ -325,6 +329,8 @@ def generate_phase(ctx: Context, pipe: Any) -> None:
         elif kind == "steady":
             steady.append(elapsed)
             steps.extend(clock.step_intervals())
+            if faults_before is not None and (faults_after := minor_page_faults()) is not None:
+                faults.append(faults_after - faults_before)
             if pair == pairs[0] and first_latents is not None and output.latents is not None:
                 repeat_diff.append(float((output.latents - first_latents).abs().max()))
         if save and spec.save_images:
@@ -343,6 +349,8 @@ def generate_phase(ctx: Context, pipe: Any) -> None:
     metrics["first_call.latency_s"] = first_s
     metrics.update(latency_stats("call.latency_s", steady, keep_samples=True))
     metrics.update(latency_stats("step.latency_s", steps))
+    if faults:  # per steady call; the denominator of "the allocator re-faults its pages every call"
+        metrics["call.minor_faults.p50"] = percentile(faults, 50)
     metrics["compile.time_s"] = (first_s - metrics["call.latency_s.p50"]
                                  if recipe.compile.enabled and steady and first_s is not None else None)
     metrics["call.repeat_max_abs_diff"] = max(repeat_diff) if repeat_diff else None
