@@ -146,8 +146,9 @@ def _why_not_here(recipe: Any, device: str) -> str | None:
 
 
 def plan_sweep(options: SweepOptions, db: ResultsDB) -> list[PlannedRun]:
-    """Reference first, duplicates dropped, each recipe parsed, checked and looked up in the DB."""
-    from diffquant.recipes import parse_recipe
+    """Reference first, duplicates dropped, each recipe parsed (a ``.toml`` path is read, as
+    ``generate --recipe`` does), checked and looked up in the DB."""
+    from diffquant.recipes import load_recipe, parse_recipe
 
     reference = parse_recipe(options.reference)
     fit = None
@@ -169,7 +170,7 @@ def plan_sweep(options: SweepOptions, db: ResultsDB) -> list[PlannedRun]:
         problem = kind = recipe = None
         compiled = False
         try:
-            recipe = parse_recipe(text)
+            recipe = load_recipe(text)
             name, recipe_hash, compiled = recipe.name, recipe.hash, recipe.compile.enabled
             reason = _why_not_here(recipe, settings.device)
             if reason:

@@ -23,7 +23,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("model", nargs="?", default=None,
                         help="Hub id, local folder or zoo:NAME (default: the only model in the database)")
     parser.add_argument("--budget", required=True,
-                        help="memory budget: 16GB (10^9 bytes), 16GiB (2^30), 900MiB, 1.5e10 (bytes)")
+                        help="memory budget: 16GB or 16GiB (both 2^30 bytes per GB), 900MiB, 1.5e10 (bytes)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="device (default: cuda)")
     parser.add_argument("--db", type=Path, default=None,
                         help=f"results database (default: {DEFAULT_DB} when it exists, else predictions only)")
