@@ -16,8 +16,15 @@ setup() {
   # shellcheck disable=SC1091
   . "$VENV/bin/activate"
   python -m pip install -q --upgrade pip
-  # torch first: an unpinned torch would pull a multi-GB CUDA build on a CPU machine.
-  python -m pip install -q "torch==2.13.0"
+  # torch first, pinned, so the extras below cannot move it. Where it comes from is pip's choice: a
+  # wheel in PIP_FIND_LINKS (this project's CI machines hold a CPU build there) or PyPI, whose Linux
+  # wheel is the multi-GB CUDA build. DIFFQUANT_TORCH_INDEX picks an index instead, e.g.
+  # https://download.pytorch.org/whl/cpu for a CPU-only build.
+  if [ -n "${DIFFQUANT_TORCH_INDEX:-}" ]; then
+    python -m pip install -q "torch==2.13.0" --index-url "$DIFFQUANT_TORCH_INDEX"
+  else
+    python -m pip install -q "torch==2.13.0"
+  fi
   python -m pip install -q -e '.[all,dev]' -c constraints/cpu-ci.txt
 }
 
