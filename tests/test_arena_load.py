@@ -4,11 +4,11 @@ marked slow; a small one against the API in a thread runs by default."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from scriptload import load_script
 
 pytest.importorskip("fastapi", reason="the arena's API needs FastAPI (pip install 'diffquant[arena]')")
 pytest.importorskip("httpx", reason="the load test's clients use httpx")
@@ -17,11 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("arena_load", REPO / "benchmarks" / "arena_load.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/arena_load.py")
 
 
 def _check(data: dict, clients: int, votes: int) -> None:

@@ -3,7 +3,6 @@ renders into docs/backends.md through scripts/render_docs.py (no model is run he
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -11,15 +10,13 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from scriptload import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path)
 
 
 def test_quick_preset_keeps_the_coverage_and_cuts_the_calls() -> None:

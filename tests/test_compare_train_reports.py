@@ -5,21 +5,18 @@ and the rendered table and exit status say so."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
+
+from scriptload import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_train_reports.py"
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "diffquant" / "zoo" / "shapes" / "weights" / "train_report.json"
 
 
 def _script() -> Any:
-    spec = importlib.util.spec_from_file_location("compare_train_reports", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _write(path: Path, report: dict[str, Any]) -> Path:

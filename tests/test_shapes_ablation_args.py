@@ -4,21 +4,17 @@ name or a value of the wrong type is refused with the valid choices."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
+from scriptload import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "shapes_ablation.py"
 
 
 def _script() -> Any:
-    spec = importlib.util.spec_from_file_location("shapes_ablation", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_values_take_their_fields_types() -> None:
