@@ -467,12 +467,24 @@ def scorer_accuracy(net: Any, n: int = 1000, seed: int = 99) -> dict[str, float]
 
 # --- driver ------------------------------------------------------------------------------------
 
+def load_trained_vae(folder: Path) -> Any:
+    """The VAE a previous run wrote to ``folder`` (a resumed run reuses it), in float32. Built from
+    its config and weights rather than ``from_pretrained``, which records the folder as
+    ``_name_or_path``: saving that config again would write this machine's path into the shipped
+    files and make a resumed run's ``vae/config.json`` differ from a fresh run's."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder))
+    vae.load_state_dict(load_file(folder / "diffusion_pytorch_model.safetensors"))
+    return vae.float().eval()
+
+
 def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None] = print,
         keep_raw: bool = False, resume: bool = True) -> dict[str, Any]:
     """Train ``stages`` into ``out``. With ``resume``, the transformer stage checkpoints into
     ``out/checkpoint.pt``; a run that finds one reuses ``out/pipeline/vae`` and continues."""
     import torch
-    from diffusers import AutoencoderKL
     from safetensors.torch import save_file
 
     from diffquant.zoo.shapes.scorer import evaluate
@@ -495,7 +507,7 @@ def run(cfg: TrainConfig, out: Path, stages: set[str], log: Callable[[str], None
         pipe.vae.to(torch.bfloat16).save_pretrained(pipe_dir / "vae")  # weights are bf16-exact already
         pipe.vae.float()
     else:
-        pipe.vae = AutoencoderKL.from_pretrained(pipe_dir / "vae").float().eval()
+        pipe.vae = load_trained_vae(pipe_dir / "vae")
         log(f"vae loaded from {pipe_dir / 'vae'}")
     if "transformer" in stages:
         t = time.perf_counter()
