@@ -54,17 +54,22 @@ def ratio_with_ci(run: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[
     return None if est is None else {"ratio": est.mean, "low": est.ci_low, "high": est.ci_high}
 
 
+def _count(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"  # no getrusage (Windows): not measured
+
+
 def render(data: Mapping[str, Any]) -> str:
     ref, recipe = data["reference"], data["recipe"]
     header = (f"| worker pair | {ref} call p50 s | {recipe} call p50 s | ×{ref} [95% CI] | "
-              f"minor faults per call, {ref} / {recipe} | host load 1 min, max |")
+              f"minor faults per call, {ref} / {recipe} | host load 1 min, max (contended?) |")
     lines = [header, "|---|---|---|---|---|---|"]
     for i, row in enumerate(data["rows"], 1):
         a, b, r = row[ref], row[recipe], row["ratio"]
         load = max(a["host.loadavg_1m.max"] or 0, b["host.loadavg_1m.max"] or 0)
+        contended = "contended" if a.get("host.contended") or b.get("host.contended") else "idle"
         lines.append(f"| {i} | {a['call.latency_s.p50']:.2f} | {b['call.latency_s.p50']:.2f} | "
                      f"{r['ratio']:.2f}× [{r['low']:.2f}, {r['high']:.2f}] | "
-                     f"{a['call.minor_faults.p50']:,.0f} / {b['call.minor_faults.p50']:,.0f} | {load:.2f} |")
+                     f"{_count(a['call.minor_faults.p50'])} / {_count(b['call.minor_faults.p50'])} | {load:.2f} ({contended}) |")
     ratios = [row["ratio"] for row in data["rows"]]
     overlap = all(max(x["low"], y["low"]) <= min(x["high"], y["high"]) for x in ratios for y in ratios)
     lines += ["", (f"Ratios {min(r['ratio'] for r in ratios):.2f}–{max(r['ratio'] for r in ratios):.2f}× over "
@@ -91,13 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             got = one_sweep(args.model, args.reference, args.recipe, settings, Path(tmp))
         if args.reference not in got or args.recipe not in got:
-            raise SystemExit(f"pair {i + 1}: a run failed (got {sorted(got)}); see `diffquant bench` output")
+            raise SystemExit(f"pair {i + 1}: a run failed (got {sorted(got)}); rerun its command without this "
+                             "script to see the error: diffquant bench MODEL --recipes REFERENCE,RECIPE --device cpu")
         ratio = ratio_with_ci(got[args.recipe], got[args.reference])
+        if ratio is None:
+            raise SystemExit(f"pair {i + 1}: a run recorded no steady-call latencies, so there is no ratio")
         rows.append({**got, "ratio": ratio})
-        print(f"pair {i + 1}: {args.recipe} {ratio['ratio']:.2f}× {args.reference} "  # type: ignore[index]
-              f"[{ratio['low']:.2f}, {ratio['high']:.2f}]", flush=True)  # type: ignore[index]
+        print(f"pair {i + 1}: {args.recipe} {ratio['ratio']:.2f}× {args.reference} "
+              f"[{ratio['low']:.2f}, {ratio['high']:.2f}]", flush=True)
     data = {"model": args.model, "reference": args.reference, "recipe": args.recipe, "settings": settings,
             "rows": rows, "cpu_count": os.cpu_count(), "commit": git_commit()["git_commit"] or "unknown",
+            "commit_dirty": git_commit()["git_dirty"],
             "note": "each pair a fresh `diffquant bench` process (one worker per recipe) without the "
                     "quantized-weights cache; CI: bootstrap over each worker's steady calls (unpaired)"}
     args.out.parent.mkdir(parents=True, exist_ok=True)

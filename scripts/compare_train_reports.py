@@ -6,8 +6,10 @@ weights it trains) and writes the comparison as data.
         [--shipped src/diffquant/zoo/shapes/weights/train_report.json] \\
         [--note "how the rerun was made"] [--out docs/data/shapes_reproduction.json]
 
-``render(data)`` gives the table docs/shapes.md shows (scripts/render_docs.py). Exits 1 when a
-file differs or is missing from either run.
+Prints the comparison; ``--out`` also writes it as data (docs/shapes.md's table is
+``docs/data/shapes_reproduction.json``; ``render(data)`` gives it, through scripts/render_docs.py).
+Exits 0 when every file matches, 1 when a file differs or is missing from either run, 2 when a
+report cannot be read.
 """
 
 from __future__ import annotations
@@ -57,15 +59,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("rerun", type=Path, help="the second run's train_report.json")
     parser.add_argument("--shipped", type=Path, default=SHIPPED)
     parser.add_argument("--note", default="", help="how the rerun was made (kept in the data)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"also write the comparison as JSON here (docs' data: {DEFAULT_OUT.relative_to(REPO)})")
     args = parser.parse_args(argv)
     for path in (args.rerun, args.shipped):
         if not path.is_file():
             print(f"error: {path} does not exist; give a train_report.json written by scripts/train_shapes.py",
                   file=sys.stderr)
             return 2
-    data = compare(json.loads(args.shipped.read_text()), json.loads(args.rerun.read_text()), args.note)
-    write_text_atomic(args.out, json.dumps(data, indent=2) + "\n")
+    reports = []
+    for path in (args.shipped, args.rerun):
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(report, dict) or not {"files", "environment", "seconds"} <= report.keys():
+            print(f"error: {path} is not a training report (it needs 'files', 'environment' and 'seconds', "
+                  "as scripts/train_shapes.py writes them)", file=sys.stderr)
+            return 2
+        reports.append(report)
+    data = compare(reports[0], reports[1], args.note)
+    if args.out is not None:
+        write_text_atomic(args.out, json.dumps(data, indent=2) + "\n")
     print(render(data))
     return 0 if data["identical"] else 1
 

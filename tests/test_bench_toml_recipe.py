@@ -13,7 +13,7 @@ from diffquant.store import ResultsDB
 
 
 def test_a_toml_path_is_planned_as_its_recipe(tmp_path: Path) -> None:
-    mixed = parse_recipe("bnb-nf4(skip=proj_out)")
+    mixed = parse_recipe("fp8-layerwise(skip=proj_out)")
     path = tmp_path / "mixed.toml"
     path.write_text(recipe_to_toml(mixed))
     missing = tmp_path / "absent.toml"
@@ -26,3 +26,13 @@ def test_a_toml_path_is_planned_as_its_recipe(tmp_path: Path) -> None:
     assert from_file.outcome_kind is None and from_file.problem is None
     assert (from_file.name, from_file.recipe_hash) == (mixed.name, mixed.hash)
     assert by_text[str(missing)].outcome_kind == "invalid" and "not found" in (by_text[str(missing)].problem or "")
+
+
+def test_a_toml_recipe_is_checked_against_the_budget(tmp_path: Path) -> None:
+    from diffquant.plan.fit import fit_sweep
+
+    mixed = parse_recipe("fp8-layerwise(skip=proj_out)")
+    path = tmp_path / "mixed.toml"
+    path.write_text(recipe_to_toml(mixed))
+    fit = fit_sweep("zoo:tiny-flux", "bf16", [str(path)], 2**40, device="cpu")
+    assert mixed.name in fit.predicted_bytes  # planned, so --budget can refuse it

@@ -52,3 +52,7 @@ def test_a_missing_report_is_refused_and_nothing_is_written(tmp_path: Path, caps
     out = tmp_path / "repro.json"
     assert _script().main([str(tmp_path / "absent.json"), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err and not out.exists()
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"runs": []}))
+    assert _script().main([str(other), "--out", str(out)]) == 2
+    assert "is not a training report" in capsys.readouterr().err and not out.exists()

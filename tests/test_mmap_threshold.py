@@ -52,9 +52,12 @@ def test_pinned_threshold_keeps_per_call_copies_out_of_the_heap() -> None:
     assert pinned <= 9, pinned  # at most one block's worth
 
 
-def test_layerwise_fp8_pins_it_on_cpu_only() -> None:
+def test_layerwise_fp8_pins_it_on_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffquant import file_pages
     from diffquant.backends import get_backend
     from diffquant.recipes.model import QuantSpec
+
+    monkeypatch.setattr(file_pages, "on_glibc", lambda: True)
 
     layerwise = get_backend("layerwise")
     spec = QuantSpec(backend="layerwise", qtype="e4m3")
@@ -67,7 +70,7 @@ def test_the_note_says_so_where_the_threshold_cannot_be_pinned(monkeypatch: pyte
     from diffquant.backends import get_backend
     from diffquant.recipes.model import QuantSpec
 
-    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("musl", "1.2"))
+    monkeypatch.setattr(file_pages, "on_glibc", lambda: False)
     layerwise = get_backend("layerwise")
     notes = layerwise.notes(QuantSpec(backend="layerwise", qtype="e4m3"), "cpu")
     assert notes and not any("is pinned" in n for n in notes), notes

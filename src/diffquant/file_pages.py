@@ -18,6 +18,7 @@ Linux only (``/proc/self/maps``, glibc's ``malloc_trim``); elsewhere nothing is 
 from __future__ import annotations
 
 import bisect
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +120,7 @@ MMAP_THRESHOLD = 1 << 20  # glibc's M_MMAP_THRESHOLD set by fix_mmap_threshold
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 
 
+@functools.cache
 def on_glibc() -> bool:
     """Whether this process runs on glibc, whose ``malloc_trim`` and ``mallopt(M_MMAP_THRESHOLD)``
     ``trim_heap`` and ``fix_mmap_threshold`` use (musl, macOS and Windows have no such knobs)."""

@@ -247,9 +247,10 @@ def loadavg_1m() -> float | None:
 
 
 def minor_page_faults() -> int | None:
-    """Minor page faults of this process so far (``getrusage``): fresh pages the kernel had to map
-    and zero. Many per call mean the allocator hands memory back to the OS and takes it again on
-    every call, which costs time the model's arithmetic does not explain."""
+    """Minor page faults of this process so far (``getrusage``): pages the kernel mapped without
+    reading the disk — fresh zeroed pages, or pages of a mapped file already in memory. Far more per
+    call than the reference recipe's means memory is handed back to the OS and taken again on every
+    call, which costs time the model's arithmetic does not explain."""
     try:
         import resource
     except ImportError:  # not on Windows

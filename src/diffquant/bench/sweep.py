@@ -150,7 +150,7 @@ def plan_sweep(options: SweepOptions, db: ResultsDB) -> list[PlannedRun]:
     ``generate --recipe`` does), checked and looked up in the DB."""
     from diffquant.recipes import load_recipe, parse_recipe
 
-    reference = parse_recipe(options.reference)
+    reference = load_recipe(options.reference)
     fit = None
     if options.budget_bytes:
         from diffquant.plan.fit import fit_sweep

@@ -36,7 +36,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("model", nargs="?", default=DEFAULT_MODEL,
                         help=f"Hub id, local pipeline folder or zoo:NAME (default: {DEFAULT_MODEL})")
     parser.add_argument("--recipes", default=None,
-                        help="comma-separated recipes (default: the seed article's list; "
+                        help="comma-separated recipes or recipe .toml files (default: the seed article's list; "
                              "`diffquant recipes` shows the syntax). Commas inside (...) are kept.")
     parser.add_argument("--reference", default="bf16",
                         help="baseline recipe: run first, uncompiled; ratios and quality are against it "

@@ -29,15 +29,15 @@ def fit_sweep(model: str, reference: str, recipes: Sequence[str], budget_bytes: 
               height: int | None = None, width: int | None = None) -> BudgetFit:
     from diffquant.plan.budget import format_bytes
     from diffquant.plan.planner import plan_model
-    from diffquant.recipes import parse_recipe
+    from diffquant.recipes import load_recipe, parse_recipe
 
     dev = "cuda" if device.startswith("cuda") else device
-    ref = parse_recipe(reference)
+    ref = load_recipe(reference)
     ladder = [] if ref.memory.offload != "none" else [f"{ref.name}+{o}" for o in OFFLOAD_LADDER.get(dev, ())]
     names: list[str] = []
     for text in [ref.name, *ladder, *recipes]:
         try:
-            names.append(parse_recipe(text).name)
+            names.append(load_recipe(text).name)  # a .toml path too, as the sweep reads it
         except DiffquantError:
             continue  # the sweep turns it into an error row with the parse error
     plan = plan_model(model, list(dict.fromkeys(names)), device=dev, height=height, width=width)
