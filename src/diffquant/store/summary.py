@@ -173,7 +173,9 @@ def counters_legend(devices: Sequence[str]) -> list[str]:
 
 
 LATENCY_NOTE = ("[p25–p75] n=N after the p50: interquartile range and number of steady calls (call.latency_s.*); "
-                "the latency ratio carries a bootstrap 95% CI, "
+                "the latency ratio carries a bootstrap 95% CI over the two runs' steady calls (one worker "
+                "process each: a fresh worker's speed can differ by more, so compare close ratios over repeated "
+                "sweeps), "
                 "'≈' where the CI holds 1.0; 'contended' = the host's load average (minus the run's own threads) "
                 "exceeded the cores they left free during the run (host.contended): its times are not trustworthy")
 CPU_NOTE = ("on CPU, memory is the model's own: RSS minus the worker's baseline after importing every library "
