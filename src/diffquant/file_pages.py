@@ -102,8 +102,8 @@ def release_weight_files(module: Any) -> Released:
     return Released(count, nbytes)
 
 
-def trim_heap() -> bool:
-    """Return freed heap memory to the system (glibc ``malloc_trim(0)``); False where unavailable."""
+def _glibc_call(name: str, *args: int) -> bool:
+    """``libc.name(*args)`` where this process runs on glibc; its result as a bool, False elsewhere."""
     import ctypes
     import ctypes.util
 
@@ -111,9 +111,14 @@ def trim_heap() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
+        return bool(getattr(libc, name)(*args))
     except (OSError, AttributeError):
         return False
+
+
+def trim_heap() -> bool:
+    """Return freed heap memory to the system (glibc ``malloc_trim(0)``); False where unavailable."""
+    return _glibc_call("malloc_trim", 0)
 
 
 MMAP_THRESHOLD = 1 << 20  # glibc's M_MMAP_THRESHOLD set by fix_mmap_threshold
@@ -141,16 +146,7 @@ def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
     first call. With the threshold pinned, every weight-sized block is its own mapping and is
     returned to the system when freed. Process-wide; smaller allocations are unaffected.
     """
-    import ctypes
-    import ctypes.util
-
-    if not on_glibc():
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
-    except (OSError, AttributeError):
-        return False
+    return _glibc_call("mallopt", _M_MMAP_THRESHOLD, int(nbytes))
 
 
 def in_own_arena(fn: Any, *args: Any, **kwargs: Any) -> Any:
