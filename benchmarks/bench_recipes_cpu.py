@@ -6,6 +6,7 @@ harness's overhead: the sweep's wall time against the sum of the work the worker
 
     python benchmarks/bench_recipes_cpu.py                       # 1 prompt, 2 steps, 256x256
     python benchmarks/bench_recipes_cpu.py --steps 4 --repeats 3 --db out/cpu.db --force
+    python benchmarks/bench_recipes_cpu.py --processes 3 --repeats 3 --force   # docs' record (issue 10)
 
 Not a test: it takes a while (tens of minutes on 2 cores). Results land in a results database
 (``diffquant results --db ...`` shows them again) and, as ``diffquant results --format json`` plus
@@ -51,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", default="256x256")
     parser.add_argument("--prompts", type=int, default=1, help="how many of the seed's prompts (1-3)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="fresh worker processes per recipe, in rounds (diffquant bench --processes); 3 or more "
+                             "for ratios meant to be compared across sweeps")
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--db", type=Path, default=Path("out") / "bench_recipes_cpu" / "results.db")
     parser.add_argument("--force", action="store_true", help="re-run recipes already in the database")
@@ -158,11 +162,14 @@ def print_report(data: dict[str, Any], rows: list[RunRow], sweep_wall_s: float) 
         print(f"\nHost load average (1 min) during the sweep: {load['loadavg_1m_min']}-{load['loadavg_1m_max']} "
               f"on {load['cpu_count']} cores" + (" - CONTENDED: re-run on an idle machine" if load["contended"] else ""))
     ran = [r for r in rows if "run.wall_s" in r.metrics]
-    work = sum((r.metrics.get("load.wall_s") or 0) + (r.metrics.get("gen.wall_s") or 0) for r in ran)
-    lifetimes = sum(r.metrics.get("run.wall_s") or 0 for r in ran)
-    imports = sum(r.metrics.get("worker.import_s") or 0 for r in ran)
-    inside = sum(r.metrics.get("worker.wall_s") or 0 for r in ran)
-    print(f"\nHarness overhead ({len(ran)} workers started, {len(rows) - len(ran)} recipes refused before "
+
+    def total(name: str) -> float:  # over every worker process (bench --processes: <name>.all_processes)
+        return sum(r.metrics.get(f"{name}.all_processes", r.metrics.get(name)) or 0 for r in ran)
+
+    work = total("load.wall_s") + total("gen.wall_s")
+    lifetimes, imports, inside = total("run.wall_s"), total("worker.import_s"), total("worker.wall_s")
+    workers = sum(int(r.metrics.get("run.processes") or 1) for r in ran)
+    print(f"\nHarness overhead ({workers} workers started, {len(rows) - len(ran)} recipes refused before "
           "starting one):")
     print(f"- sweep wall time: {sweep_wall_s:.1f} s")
     print(f"- measured work (load + all calls, summed over workers): {work:.1f} s")
@@ -192,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
     width, height = parse_width_height(args.size) if args.size else (None, None)
     settings = resolve_settings(args.model, prompts=list(SEED_PROMPTS[: max(1, min(args.prompts, 3))]), seeds=[0],
-                                steps=args.steps, width=width, height=height, device="cpu", repeats=args.repeats)
+                                steps=args.steps, width=width, height=height, device="cpu", repeats=args.repeats,
+                                processes=args.processes)
     from diffquant.commands.bench import split_recipes
 
     options = SweepOptions(model=args.model, recipes=split_recipes(args.recipes), settings=settings,
@@ -212,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     from diffquant.bench.sweep import environment_summary
 
     print(f"\n{args.model} · cpu · {settings.steps} steps · {settings.width}x{settings.height} · "
-          f"{len(settings.prompts)} prompt(s) × {len(settings.seeds)} seed(s) · {settings.repeats} steady calls")
+          f"{len(settings.prompts)} prompt(s) × {len(settings.seeds)} seed(s) · {settings.repeats} steady calls"
+          + (f" in each of {settings.processes} processes per recipe" if settings.processes > 1 else ""))
     print(f"Machine: {environment_summary(env)}")
     data = export(args.db, rows, list(argv if argv is not None else sys.argv[1:]), host_load)
     print_report(data, rows, wall)

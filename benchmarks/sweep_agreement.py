@@ -4,15 +4,16 @@ sweeps of the same recipes on an idle machine agree within their CIs").
 Takes two data files written by ``benchmarks/bench_recipes_cpu.py`` (each one sweep: the runs'
 ``diffquant results --format json`` plus commit, machine and host load), recomputes in each sweep
 every recipe's latency ratio to the reference (p50 of its steady calls over the reference's, with
-the same unpaired bootstrap 95% CI the tables show, ``diffquant.quality.bootstrap.bootstrap_ratio``),
+the same bootstrap 95% CI the tables show, ``diffquant.store.summary.latency_ratio``: over the calls,
+and over the worker processes first where the sweep ran several per recipe, ``--processes``),
 and writes both sweeps' ratios side by side with the verdict per recipe:
 
 - ``overlap``: the two 95% intervals share at least one value (the criterion);
 - ``each_inside_other``: each sweep's point ratio lies inside the other sweep's interval (stricter,
   shown beside).
 
-    python benchmarks/bench_recipes_cpu.py --repeats 5 --force                      # sweep A (docs' table)
-    python benchmarks/bench_recipes_cpu.py --repeats 5 --force --db out/b.db \\
+    python benchmarks/bench_recipes_cpu.py --processes 3 --repeats 3 --force         # sweep A (docs' table)
+    python benchmarks/bench_recipes_cpu.py --processes 3 --repeats 3 --force --db out/b.db \\
         --data docs/data/recipes_cpu_flux_dev_slice_b.json                           # sweep B, right after
     python benchmarks/sweep_agreement.py docs/data/recipes_cpu_flux_dev_slice.json \\
         docs/data/recipes_cpu_flux_dev_slice_b.json                                   # writes docs/data/sweep_agreement.json
@@ -39,21 +40,23 @@ SAMPLES = "call.latency_s.samples"
 
 def latency_ratios(data: Mapping[str, Any], reference: str) -> dict[str, dict[str, float | int]]:
     """Per recipe that ran: its p50 call-latency ratio to ``reference`` in this sweep, with the
-    bootstrap 95% CI and the sample counts."""
-    from diffquant.quality.bootstrap import bootstrap_ratio
+    bootstrap 95% CI, the sample counts and the worker processes behind them."""
+    from diffquant.store.summary import latency_ratio
 
     runs = {r["recipe"]: r for r in data["runs"] if r.get("status") == "ok" and r["metrics"].get(SAMPLES)}
     if reference not in runs:
         raise SystemExit(f"the sweep has no successful {reference!r} run to compare against; "
                          f"recipes that ran: {', '.join(sorted(runs)) or 'none'}")
-    ref = runs[reference]["metrics"][SAMPLES]
+    ref = runs[reference]["metrics"]
     out: dict[str, dict[str, float | int]] = {}
     for recipe, run in runs.items():
-        estimate = bootstrap_ratio(run["metrics"][SAMPLES], ref)
+        estimate = latency_ratio(run["metrics"], ref)
         if estimate is None:
             continue
         out[recipe] = {"ratio": estimate.mean, "low": estimate.ci_low, "high": estimate.ci_high,
-                       "n": len(run["metrics"][SAMPLES]), "n_reference": len(ref)}
+                       "n": len(run["metrics"][SAMPLES]), "n_reference": len(ref[SAMPLES]),
+                       "processes": int(run["metrics"].get("run.processes") or 1),
+                       "processes_reference": int(ref.get("run.processes") or 1)}
     return out
 
 
@@ -78,7 +81,8 @@ def render(data: Mapping[str, Any]) -> str:
              "|---|---|---|---|---|"]
 
     def cell(e: Mapping[str, Any]) -> str:
-        return f"{e['ratio']:.2f}× [{e['low']:.2f}, {e['high']:.2f}]"
+        processes = e.get("processes", 1)
+        return f"{e['ratio']:.2f}× [{e['low']:.2f}, {e['high']:.2f}]" + (f" ({processes} proc)" if processes > 1 else "")
 
     for row in data["rows"]:
         lines.append(f"| {row['recipe']} | {cell(row['a'])} | {cell(row['b'])} | "

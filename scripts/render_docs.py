@@ -275,6 +275,8 @@ def view_cpu_recipes(data: Mapping[str, Any], block: Block) -> Table:
 
         latency = (f"{fmt_s(sm.get('inference_s'))} [{fmt_s(sm.get('inference_s.p25'))}–"
                    f"{fmt_s(sm.get('inference_s.p75'))}], {sm.get('inference_s.n')}")
+        if (sm.get("inference_s.processes") or 1) > 1:  # bench --processes: calls pooled over fresh workers
+            latency += f" in {sm['inference_s.processes']} proc"
         ratio = fmt_ratio_ci(sm.get("inference_s.ratio"), sm.get("inference_s.ratio_low"),
                              sm.get("inference_s.ratio_high")) if sm.get("inference_s.ratio") else "1.00×"
         host = "contended" if sm.get("contended") else "idle"

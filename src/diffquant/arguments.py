@@ -151,6 +151,18 @@ def parse_count(text: str) -> int:
     return value
 
 
+MAX_PROCESSES = 100
+
+
+def parse_processes(text: str) -> int:
+    """Fresh worker processes per recipe (bench --processes): 1 to MAX_PROCESSES."""
+    value = _int(text, "processes", "--processes 3")
+    if not 1 <= value <= MAX_PROCESSES:
+        raise DiffquantError(f"--processes must be between 1 and {MAX_PROCESSES}; got {value}.",
+                             hint="write e.g. --processes 3 (each recipe is measured in that many fresh workers)")
+    return value
+
+
 def argtype(parse: Callable[[str], T]) -> Callable[[str], T]:
     """``parse`` for argparse's ``type=``: a DiffquantError becomes argparse's own usage error."""
     def convert(text: str) -> T:

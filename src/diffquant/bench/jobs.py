@@ -52,6 +52,7 @@ class Job:
     argv: Sequence[str] | None = None  # test-only: replaces `python -m diffquant.bench.worker`
     on_event: EventHandler | None = None
     started_at: str | None = None  # set when the run starts (by the executor)
+    process: int = 0  # which of the recipe's worker processes (bench --processes N), from 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

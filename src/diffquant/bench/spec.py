@@ -38,6 +38,7 @@ class BenchSettings:
     repeats: int = 2  # minimum number of steady (timed) calls after the first call and warm-up
     warmup: int = 0  # extra untimed calls after the first one (e.g. for CUDA graphs)
     min_time_s: float = 0.0  # steady calls go on until they have taken this long too (0: count-based)
+    processes: int = 1  # fresh worker processes per recipe, their calls pooled (bench/processes.py)
     # what the model's diffquant.json fixes (e.g. true_cfg_scale); applied by pipeline.generate
     pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -48,6 +49,7 @@ class BenchSettings:
                 "device": self.device, "repeats": self.repeats, "warmup": self.warmup,
                 # only when set, so that count-based sweeps keep the ids they had before
                 **({"min_time_s": self.min_time_s} if self.min_time_s else {}),
+                **({"processes": self.processes} if self.processes > 1 else {}),
                 **self.pipeline_kwargs}
 
     def to_dict(self) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def default_prompts(model: str) -> tuple[str, ...]:
 def resolve_settings(model: str, *, prompts: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                      steps: int | None = None, height: int | None = None, width: int | None = None,
                      guidance_scale: float | None = None, device: str | None = None, repeats: int = 2,
-                     warmup: int = 0) -> BenchSettings:
+                     warmup: int = 0, processes: int = 1) -> BenchSettings:
     """Fill what the user left out from the model's defaults and this machine."""
     from diffquant.pipeline import default_device, default_settings
 
@@ -136,7 +136,7 @@ def resolve_settings(model: str, *, prompts: Sequence[str] | None = None, seeds:
         width=width if width is not None else defaults.width,
         guidance_scale=guidance_scale if guidance_scale is not None else defaults.guidance_scale,
         device=device or default_device(), repeats=max(int(repeats), 0), warmup=max(int(warmup), 0),
-        pipeline_kwargs=dict(defaults.pipeline_kwargs))
+        processes=max(int(processes), 1), pipeline_kwargs=dict(defaults.pipeline_kwargs))
 
 
 def _why_not_here(recipe: Any, device: str) -> str | None:
@@ -227,7 +227,10 @@ def run_sweep(options: SweepOptions, on_event: SweepEventHandler | None = None) 
         planned = plan_sweep(options, db)
         report = SweepReport(sid, options.model, planned[0].name, db_path, planned, {})
         emit("plan", planned[0], {"planned": planned})
-        open_jobs: dict[int, Job] = {}
+        processes = max(options.settings.processes, 1)
+        open_jobs: dict[tuple[int, int], Job] = {}
+        # (job, outcome) of each finished process of a recipe whose row is not yet written
+        finished: dict[int, list[tuple[Job, WorkerOutcome]]] = {}
 
         def jobs() -> Iterator[Job]:
             # Rows that need no worker are recorded while the executor pulls the next job: with
@@ -247,41 +250,87 @@ def run_sweep(options: SweepOptions, on_event: SweepEventHandler | None = None) 
                     report.rows[item.index] = _record(db, row, [], item, image_root)
                     emit("finish", item, {"row": report.rows[item.index]})
                     continue
-                job = _job(options, item, image_root, emit)
-                open_jobs[item.index] = job
-                yield job
+                yield _open(_job(options, item, image_root, emit))
+            # --processes N: further rounds in plan order, so that each recipe's processes are spread
+            # over the sweep; a recipe whose row is written (a process failed) gets no more.
+            for process in range(1, processes):
+                for item in planned:
+                    if item.index in finished and item.index not in report.rows:
+                        yield _open(_job(options, item, image_root, emit, process=process))
+
+        def _open(job: Job) -> Job:
+            open_jobs[(job.item.index, job.process)] = job
+            return job
 
         def on_start(job: Job) -> None:
             job.started_at = now_iso()
-            emit("start", job.item, {})
+            emit("start", job.item, {"process": job.process, "processes": processes})
 
         try:
             with contextlib.closing(executor.run(jobs(), on_start)) as outcomes:
                 for job, outcome in outcomes:
-                    open_jobs.pop(job.item.index, None)
-                    report.rows[job.item.index] = _finish(options, db, sid, job, outcome, image_root)
-                    emit("finish", job.item, {"row": report.rows[job.item.index]})
+                    open_jobs.pop((job.item.index, job.process), None)
+                    index = job.item.index
+                    if index in report.rows:  # a process of this recipe failed already (Ray ran ahead)
+                        _discard(job)
+                        continue
+                    done = finished.setdefault(index, [])
+                    done.append((job, outcome))
+                    if outcome.status == "ok" and len(done) < processes:
+                        emit("process", job.item, {"process": job.process, "processes": processes,
+                                                   "outcome": outcome})
+                        continue
+                    first, merged = _merge(done, processes)
+                    for other, _ in done:
+                        if other is not first:
+                            _discard(other)
+                    report.rows[index] = _finish(options, db, sid, first, merged, image_root)
+                    emit("finish", job.item, {"row": report.rows[index]})
         finally:  # interrupted: runs that were not recorded keep no files
-            for job in open_jobs.values():
-                shutil.rmtree(job.workdir, ignore_errors=True)
-                shutil.rmtree(job.spec.image_dir, ignore_errors=True)
+            for job in [*open_jobs.values(), *(j for i, done in finished.items() if i not in report.rows
+                                               for j, _ in done)]:
+                _discard(job)
         report.wall_s = time.monotonic() - started
     return report
 
 
-def _job(options: SweepOptions, item: PlannedRun, image_root: Path, emit: SweepEventHandler) -> Job:
-    attempt_dir = image_root / slug(options.model) / f"{slug(item.name)}-{item.run_key[:8]}-{uuid.uuid4().hex[:6]}"
+def _merge(done: list[tuple[Job, WorkerOutcome]], processes: int) -> tuple[Job, WorkerOutcome]:
+    """The first process's job (its images, start time and work folder) and the recipe's one
+    outcome: the single process's, or the processes' merged (bench/processes.py)."""
+    done = sorted(done, key=lambda pair: pair[0].process)
+    if processes == 1:
+        return done[0]
+    from diffquant.bench.processes import merge_outcomes
+
+    failed = [outcome for _, outcome in done if outcome.status != "ok"]
+    if failed:  # the failure alone, naming its process
+        job, outcome = next(pair for pair in done if pair[1].status != "ok")
+        outcome.error = f"process {job.process + 1} of {processes}: {outcome.error}"
+        return done[0][0], outcome
+    return done[0][0], merge_outcomes([outcome for _, outcome in done])
+
+
+def _discard(job: Job) -> None:
+    shutil.rmtree(job.workdir, ignore_errors=True)
+    shutil.rmtree(job.spec.image_dir, ignore_errors=True)
+
+
+def _job(options: SweepOptions, item: PlannedRun, image_root: Path, emit: SweepEventHandler,
+         process: int = 0) -> Job:
+    """The job of one worker process; the first of a recipe's processes saves its images."""
     workdir = Path(tempfile.mkdtemp(prefix="diffquant-run-"))
+    attempt_dir = (image_root / slug(options.model) / f"{slug(item.name)}-{item.run_key[:8]}-{uuid.uuid4().hex[:6]}"
+                   if process == 0 else workdir / "images")
     fault, _, phase = (options.faults.get(item.text) or options.faults.get(item.name) or "").partition("@")
     spec = RunSpec.build(options.model, item.recipe or item.name, options.settings, result_path=workdir / "result.json",
-                         image_dir=attempt_dir, save_images=options.save_images,
+                         image_dir=attempt_dir, save_images=options.save_images and process == 0,
                          quant_cache_dir=str(options.quant_cache_dir) if options.quant_cache_dir else None,
                          sample_interval_s=options.sample_interval_s, fault=fault or None,
                          fault_phase=phase or "start")
     # Compile time as a first-time user sees it, unless the user asked for the shared cache.
     cold = item.compiled and not options.warm_compile_cache
     return Job(item, spec, workdir, options.timeout_s, cold, argv=options.worker_argv,
-               on_event=lambda event: emit("worker", item, event))
+               on_event=lambda event: emit("worker", item, event), process=process)
 
 
 def _finish(options: SweepOptions, db: ResultsDB, sid: str, job: Job, outcome: WorkerOutcome,

@@ -13,6 +13,7 @@ from diffquant.arguments import (
     parse_count,
     parse_device,
     parse_guidance,
+    parse_processes,
     parse_seeds,
     parse_steps,
     parse_timeout,
@@ -59,6 +60,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--min-time", type=float, default=0.0,
                         help="and go on with steady calls until they have taken this many seconds "
                              "(time-based; default 0: count-based, --repeats calls)")
+    parser.add_argument("--processes", type=argtype(parse_processes), default=1,
+                        help="measure each recipe in this many fresh worker processes, one after another in rounds "
+                             "(reference, A, B, ... then again), pooling their steady calls; the latency ratio's CI "
+                             "then also covers how much a fresh worker's speed differs, which one process cannot "
+                             "show. Memory, compile time and images come from the first process (default: 1)")
     parser.add_argument("--warmup", type=argtype(parse_count), default=0,
                         help="extra untimed calls after the first one, e.g. for CUDA graphs (default: 0)")
     parser.add_argument("--timeout", type=argtype(parse_timeout), default=3600.0,
@@ -134,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
     check_size_for_model(resolve_model(args.model), width, height)
     settings = resolve_settings(args.model, prompts=prompts or None, seeds=args.seeds,
                                 steps=args.steps, height=height, width=width, guidance_scale=args.guidance,
-                                device=args.device, repeats=args.repeats, warmup=args.warmup)
+                                device=args.device, repeats=args.repeats, warmup=args.warmup,
+                                processes=args.processes)
     if args.min_time > 0:
         import dataclasses
 
@@ -245,11 +252,24 @@ class SweepDisplay:
                                "--force re-runs[/]")
             progress.advance(self.sweep_task)
         elif kind == "start":
-            self.name = item.name
-            self.run_task = progress.add_task(f"{item.name}: starting", total=None)
+            processes = int(data.get("processes") or 1)
+            self.name = item.name + (f" [process {int(data.get('process') or 0) + 1}/{processes}]"
+                                     if processes > 1 else "")
+            self.run_task = progress.add_task(f"{self.name}: starting", total=None)
             self.run_tasks[item.index] = self.run_task
         elif kind == "worker":
             self._worker_event(data)
+        elif kind == "process":  # one of a recipe's processes ended; its row comes with the last
+            from rich.markup import escape
+
+            task = self.run_tasks.pop(item.index, self.run_task)
+            if task is not None:
+                progress.remove_task(task)
+            if task == self.run_task:
+                self.run_task = None
+            p50 = data["outcome"].metrics.get("call.latency_s.p50")
+            self.console.print(f"  [dim]· {escape(item.name)}: process {data['process'] + 1}/{data['processes']} done"
+                               + (f", p50 {p50:.3g} s[/]" if isinstance(p50, (int, float)) else "[/]"))
         elif kind == "finish":
             task = self.run_tasks.pop(item.index, self.run_task)
             if task is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
@@ -111,3 +112,54 @@ def bootstrap_ratio(values: Sequence[float], reference: Sequence[float], *, q: f
     alpha = (1.0 - level) / 2.0
     low, high = (float(x) for x in np.quantile(ratios, [alpha, 1.0 - alpha], method="inverted_cdf"))
     return Estimate(int(min(a.size, b.size)), point, min(low, point), max(high, point), level)
+
+
+def bootstrap_ratio_nested(groups: Sequence[Sequence[float]], reference_groups: Sequence[Sequence[float]], *,
+                           q: float = 50.0, level: float = DEFAULT_LEVEL, resamples: int = DEFAULT_RESAMPLES,
+                           seed: int = DEFAULT_SEED) -> Estimate | None:
+    """The ratio of ``bootstrap_ratio`` when each side's values come in groups (one group per worker
+    process): every resample draws the groups with replacement, then the values within each drawn
+    group, so the interval also covers how much a fresh process's speed differs (a two-stage, or
+    cluster, bootstrap). The point estimate is the percentile over all values pooled. One group per
+    side gives exactly ``bootstrap_ratio``'s interval. ``n`` is the smaller side's number of groups."""
+    import numpy as np
+
+    a = [np.asarray([v for v in g if math.isfinite(v)], dtype=np.float64) for g in groups]
+    b = [np.asarray([v for v in g if math.isfinite(v)], dtype=np.float64) for g in reference_groups]
+    a, b = [g for g in a if g.size], [g for g in b if g.size]
+    if not a or not b:
+        return None
+    if len(a) == 1 and len(b) == 1:
+        single = bootstrap_ratio(a[0].tolist(), b[0].tolist(), q=q, level=level, resamples=resamples, seed=seed)
+        return None if single is None else Estimate(1, single.mean, single.ci_low, single.ci_high, level)
+    denominator = float(np.percentile(np.concatenate(b), q))
+    if denominator == 0:
+        return None
+    point = float(np.percentile(np.concatenate(a), q)) / denominator
+    rng = np.random.default_rng(seed)
+    sa, sb = _two_stage_percentiles(a, q, resamples, rng), _two_stage_percentiles(b, q, resamples, rng)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = sa / sb
+    ratios = ratios[np.isfinite(ratios)]
+    alpha = (1.0 - level) / 2.0
+    low, high = (float(x) for x in np.quantile(ratios, [alpha, 1.0 - alpha], method="inverted_cdf"))
+    return Estimate(int(min(len(a), len(b))), point, min(low, point), max(high, point), level)
+
+
+def _two_stage_percentiles(groups: list[Any], q: float, resamples: int, rng: Any) -> Any:
+    """``resamples`` percentiles, each of the values of groups drawn with replacement and values
+    drawn with replacement within each drawn group."""
+    import numpy as np
+
+    sizes = {g.size for g in groups}
+    if len(sizes) == 1:  # the usual case (every process made the same number of calls): vectorised
+        table, size = np.stack(groups), sizes.pop()
+        drawn = rng.integers(0, len(groups), size=(resamples, len(groups)))
+        within = rng.integers(0, size, size=(resamples, len(groups), size))
+        return np.percentile(table[drawn[:, :, None], within].reshape(resamples, -1), q, axis=1)
+    out = np.empty(resamples, dtype=np.float64)
+    for i in range(resamples):
+        drawn = rng.integers(0, len(groups), size=len(groups))
+        values = [g[rng.integers(0, g.size, size=g.size)] for g in (groups[j] for j in drawn)]
+        out[i] = np.percentile(np.concatenate(values), q)
+    return out

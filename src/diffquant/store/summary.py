@@ -20,7 +20,8 @@ recorded before those counters existed shows its whole-process figure instead, m
 
 Ratios (in brackets after a value) compare runs of the same sweep (same model, device and
 settings) with the reference recipe's run of that sweep. The latency ratio is the ratio of p50s
-with a bootstrap 95% CI over both runs' steady calls; "≈" marks a ratio whose CI holds 1.0.
+with a bootstrap 95% CI over both runs' steady calls, resampling their worker processes first
+where a run had several (``bench --processes``); "≈" marks a ratio whose CI holds 1.0.
 A run whose host was busy with other work is marked "contended" (``host.contended``). No torch
 import here (numpy, for the bootstrap, only when latency samples are present).
 """
@@ -67,6 +68,9 @@ COLUMNS: tuple[Column, ...] = (
 )
 RATIO_KEYS = ("after_load_mib", "peak_mib", "inference_s", "weights_mib")
 LATENCY_SAMPLES = "call.latency_s.samples"
+# a run measured in several worker processes (bench --processes N; bench/processes.py)
+LATENCY_BY_PROCESS = "call.latency_s.by_process"
+LATENCY_PROCESS_P50S = "call.latency_s.process_p50s"
 
 
 def run_device(run: RunRow) -> str:
@@ -97,9 +101,27 @@ def is_contended(run: RunRow) -> bool:
     return bool(run.metrics.get("host.contended"))
 
 
-def latency_samples(run: RunRow) -> list[float]:
-    values = run.metrics.get(LATENCY_SAMPLES)
-    return [float(v) for v in values if isinstance(v, (int, float))] if isinstance(values, list) else []
+def latency_groups(metrics: dict[str, Any]) -> list[list[float]]:
+    """A run's steady-call latencies grouped by worker process: ``call.latency_s.by_process`` where
+    the run had several, else its one process's ``call.latency_s.samples`` ([] without samples)."""
+    by_process = metrics.get(LATENCY_BY_PROCESS)
+    if isinstance(by_process, list) and by_process and all(isinstance(g, list) for g in by_process):
+        return [[float(v) for v in g if isinstance(v, (int, float))] for g in by_process]
+    values = metrics.get(LATENCY_SAMPLES)
+    samples = [float(v) for v in values if isinstance(v, (int, float))] if isinstance(values, list) else []
+    return [samples] if samples else []
+
+
+def latency_ratio(metrics: dict[str, Any], reference_metrics: dict[str, Any]) -> Any:
+    """The p50 latency ratio of two runs with its bootstrap 95% CI (``quality.bootstrap.Estimate``;
+    None without samples): over both runs' steady calls, and over their worker processes too where
+    a run had several (``bootstrap_ratio_nested``; ``n`` is then the fewer processes)."""
+    from diffquant.quality.bootstrap import bootstrap_ratio_nested
+
+    mine, theirs = latency_groups(metrics), latency_groups(reference_metrics)
+    if sum(map(len, mine)) < 2 or sum(map(len, theirs)) < 2:
+        return None
+    return bootstrap_ratio_nested(mine, theirs)
 
 
 def summary_rows(runs: Sequence[RunRow], reference: str = "bf16") -> list[dict[str, Any]]:
@@ -140,15 +162,12 @@ def _latency(row: dict[str, Any], run: RunRow, ref: RunRow | None) -> None:
     row["inference_s.p75"] = _number(run, "call.latency_s.p75") if run.ok else None
     n = run.metrics.get("call.latency_s.n")
     row["inference_s.n"] = int(n) if isinstance(n, (int, float)) and run.ok else None
+    processes = run.metrics.get("run.processes")
+    row["inference_s.processes"] = int(processes) if isinstance(processes, int) and run.ok else (1 if run.ok else None)
     row["inference_s.ratio_low"] = row["inference_s.ratio_high"] = None
     if not run.ok or ref is None or ref is run or row.get("inference_s.ratio") is None:
         return
-    mine, theirs = latency_samples(run), latency_samples(ref)
-    if len(mine) < 2 or len(theirs) < 2:
-        return
-    from diffquant.quality.bootstrap import bootstrap_ratio
-
-    estimate = bootstrap_ratio(mine, theirs)
+    estimate = latency_ratio(run.metrics, ref.metrics)
     if estimate is not None:
         row["inference_s.ratio_low"], row["inference_s.ratio_high"] = estimate.ci_low, estimate.ci_high
 
@@ -172,10 +191,11 @@ def counters_legend(devices: Sequence[str]) -> list[str]:
     return lines
 
 
-LATENCY_NOTE = ("[p25–p75] n=N after the p50: interquartile range and number of steady calls (call.latency_s.*); "
-                "the latency ratio carries a bootstrap 95% CI over the two runs' steady calls (one worker "
-                "process each: a fresh worker's speed can differ by more, so compare close ratios over repeated "
-                "sweeps), "
+LATENCY_NOTE = ("[p25–p75] n=N after the p50: interquartile range and number of steady calls (call.latency_s.*), "
+                "'/P proc' when they come from P fresh worker processes (bench --processes P); the latency ratio "
+                "carries a bootstrap 95% CI that resamples the processes, then their calls: with one process each "
+                "it covers only that worker's calls, and a fresh worker's speed can differ by more "
+                "(use --processes 3 or more for ratios you compare across sweeps), "
                 "'≈' where the CI holds 1.0; 'contended' = the host's load average (minus the run's own threads) "
                 "exceeded the cores they left free during the run (host.contended): its times are not trustworthy")
 CPU_NOTE = ("on CPU, memory is the model's own: RSS minus the worker's baseline after importing every library "
@@ -191,13 +211,17 @@ def first_line(text: str, limit: int = 160) -> str:
 
 
 def fmt_latency(row: dict[str, Any]) -> str:
-    """``7.35 s [7.20–7.51] n=5``: p50, interquartile range and the number of steady calls."""
+    """``7.35 s [7.20–7.51] n=5``: p50, interquartile range and the number of steady calls, and
+    ``n=9/3 proc`` where they come from several worker processes."""
     text = fmt_s(row.get("inference_s"))
     low, high, n = row.get("inference_s.p25"), row.get("inference_s.p75"), row.get("inference_s.n")
     if row.get("inference_s") is not None and low is not None and high is not None and n and n > 1:
         text += f" [{fmt_s(low)}–{fmt_s(high)}]"
     if n:
         text += f" n={n}"
+        processes = row.get("inference_s.processes")
+        if processes and processes > 1:
+            text += f"/{processes} proc"
     return text
 
 
