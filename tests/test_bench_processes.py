@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 
 from diffquant.bench import BenchSettings, SweepOptions, run_sweep
+from diffquant.bench.jobs import Job, StartHandler
+from diffquant.bench.runner import WorkerOutcome, run_worker
 from diffquant.bench.spec import run_key, sweep_id
 from diffquant.cli import main as cli_main
 from diffquant.quality.bootstrap import bootstrap_ratio, bootstrap_ratio_nested
@@ -52,13 +55,25 @@ open(spec["result_path"], "w").write(json.dumps(result))
 """
 
 
-def _sweep(tmp_path: Path, fail_at: dict[str, int] | None = None, settings: BenchSettings = SETTINGS
-           ) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+class EagerExecutor:
+    """Takes every job before running any, as an executor that submits ahead (Ray) may."""
+
+    name = "eager"
+
+    def run(self, jobs: Iterable[Job], on_start: StartHandler) -> Iterator[tuple[Job, WorkerOutcome]]:
+        taken = list(jobs)
+        for job in taken:
+            on_start(job)
+            yield job, run_worker(job.spec, job.workdir, timeout_s=job.timeout_s, argv=job.argv)
+
+
+def _sweep(tmp_path: Path, fail_at: dict[str, int] | None = None, settings: BenchSettings = SETTINGS,
+           executor: Any = "local") -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     log = tmp_path / "log.jsonl"
     fake = tmp_path / "fake_worker.py"
     fake.write_text(_WORKER.replace("LOG", json.dumps(str(log))).replace("FAIL_AT", json.dumps(fail_at or {})))
     options = SweepOptions(model=MODEL, recipes=["bf16+vae-tiling"], settings=settings, db_path=tmp_path / "r.db",
-                           worker_argv=[sys.executable, str(fake)])
+                           worker_argv=[sys.executable, str(fake)], executor=executor)
     report = run_sweep(options)
     with ResultsDB(tmp_path / "r.db") as db:
         rows = {r.recipe: r for r in db.runs()}
@@ -82,6 +97,12 @@ def test_processes_run_in_rounds_and_file_one_row(tmp_path: Path) -> None:
     with ResultsDB(tmp_path / "r.db") as db:
         images = db.images(rows["bf16+vae-tiling"].id)
     assert len(images) == 1 and Path(images[0].path).is_file()
+
+
+def test_an_executor_that_takes_jobs_ahead_still_runs_every_process(tmp_path: Path) -> None:
+    status, rows, started = _sweep(tmp_path, executor=EagerExecutor())
+    assert status == 0 and [s["recipe"] for s in started] == ["bf16", "bf16+vae-tiling"] * 3
+    assert all(r.metrics["run.processes"] == 3 for r in rows.values())
 
 
 def test_a_failed_process_makes_the_row_that_failure_and_stops_its_recipe(tmp_path: Path) -> None:

@@ -252,10 +252,13 @@ def run_sweep(options: SweepOptions, on_event: SweepEventHandler | None = None) 
                     continue
                 yield _open(_job(options, item, image_root, emit))
             # --processes N: further rounds in plan order, so that each recipe's processes are spread
-            # over the sweep; a recipe whose row is written (a process failed) gets no more.
+            # over the sweep; a recipe whose row is written (a process failed) gets no more. (An
+            # executor that pulls ahead, Ray, may start one before an earlier failure is known: its
+            # outcome is then discarded.)
+            runnable = [item for item in planned if item.action == "run" and not item.problem]
             for process in range(1, processes):
-                for item in planned:
-                    if item.index in finished and item.index not in report.rows:
+                for item in runnable:
+                    if item.index not in report.rows:
                         yield _open(_job(options, item, image_root, emit, process=process))
 
         def _open(job: Job) -> Job:
