@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,9 @@ if spec["save_images"]:
 metrics = {"call.latency_s.samples": samples, "call.latency_s.p50": sorted(samples)[len(samples) // 2],
            "call.latency_s.n": len(samples), "gen.model_peak_rss_mib": 100.0 + nth,
            "host.loadavg_1m.max": 1.0 + nth, "host.contended": int(nth == 1)}
+bad_hash = spec["recipe"] in BAD_HASH_AT and nth == BAD_HASH_AT[spec["recipe"]]
 result = {"status": "ok", "error": None, "images": images, "env": {"fake": True}, "metrics": metrics,
-          "recipe": spec["recipe"], "recipe_hash": spec["recipe_hash"]}
+          "recipe": spec["recipe"], "recipe_hash": "0123456789abcdef" if bad_hash else spec["recipe_hash"]}
 open(spec["result_path"], "w").write(json.dumps(result))
 """
 
@@ -67,11 +68,29 @@ class EagerExecutor:
             yield job, run_worker(job.spec, job.workdir, timeout_s=job.timeout_s, argv=job.argv)
 
 
+class InterruptingExecutor:
+    """Runs jobs here, one at a time, and is interrupted (Ctrl-C) as it starts job number ``at``."""
+
+    name = "interrupting"
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def run(self, jobs: Iterable[Job], on_start: StartHandler) -> Iterator[tuple[Job, WorkerOutcome]]:
+        for number, job in enumerate(jobs):
+            if number == self.at:
+                raise KeyboardInterrupt
+            on_start(job)
+            yield job, run_worker(job.spec, job.workdir, timeout_s=job.timeout_s, argv=job.argv)
+
+
 def _sweep(tmp_path: Path, fail_at: dict[str, int] | None = None, settings: BenchSettings = SETTINGS,
-           executor: Any = "local") -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+           executor: Any = "local", bad_hash_at: dict[str, int] | None = None
+           ) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
     log = tmp_path / "log.jsonl"
     fake = tmp_path / "fake_worker.py"
-    fake.write_text(_WORKER.replace("LOG", json.dumps(str(log))).replace("FAIL_AT", json.dumps(fail_at or {})))
+    fake.write_text(_WORKER.replace("LOG", json.dumps(str(log))).replace("FAIL_AT", json.dumps(fail_at or {}))
+                    .replace("BAD_HASH_AT", json.dumps(bad_hash_at or {})))
     options = SweepOptions(model=MODEL, recipes=["bf16+vae-tiling"], settings=settings, db_path=tmp_path / "r.db",
                            worker_argv=[sys.executable, str(fake)], executor=executor)
     report = run_sweep(options)
@@ -117,6 +136,25 @@ def test_a_failed_process_makes_the_row_that_failure_and_stops_its_recipe(tmp_pa
     assert leftovers == []
 
 
+def test_a_later_process_that_ran_another_recipe_fails_the_row(tmp_path: Path) -> None:
+    status, rows, _ = _sweep(tmp_path, bad_hash_at={"bf16+vae-tiling": 2})
+    row = rows["bf16+vae-tiling"]
+    assert status == 1 and not row.ok and row.metrics["run.outcome"] == "recipe-mismatch"
+    assert row.error.startswith("process 3 of 3: ") and "0123456789abcdef" in row.error
+
+
+def test_an_interrupted_sweep_keeps_no_files_and_runs_the_unfinished_recipes_again(tmp_path: Path) -> None:
+    # interrupted as the third round starts: both recipes have two processes done, no row written
+    with pytest.raises(KeyboardInterrupt):
+        _sweep(tmp_path, executor=InterruptingExecutor(at=4))
+    with ResultsDB(tmp_path / "r.db") as db:
+        assert db.runs() == []
+    assert not any(p.is_file() for p in (tmp_path / "images").rglob("*"))
+    status, rows, started = _sweep(tmp_path)
+    assert status == 0 and all(r.metrics["run.processes"] == 3 for r in rows.values())
+    assert [s["recipe"] for s in started] == ["bf16", "bf16+vae-tiling"] * 5  # 4 before, 6 again
+
+
 def test_one_process_is_the_sweep_it_always_was(tmp_path: Path) -> None:
     single = replace(SETTINGS, processes=1)
     assert "processes" not in single.identity() and SETTINGS.identity()["processes"] == 3
@@ -151,15 +189,15 @@ def test_one_group_each_is_the_unnested_interval() -> None:
 def test_the_nested_interval_covers_a_fresh_sweep_where_one_workers_does_not() -> None:
     """Simulated sweeps: each process of a recipe runs at its own speed (10% spread between fresh
     processes, 1% between one process's calls), the true ratio is 2. The interval over one worker's
-    calls misses the truth most of the time (the negative control); the interval over five processes,
-    resampling processes then calls, holds it in most sweeps."""
+    calls misses the truth most of the time (the negative control); the interval over three or five
+    processes, resampling processes then calls, holds it in most sweeps."""
     rng = np.random.default_rng(7)
 
     def process(base: float, calls: int = 5) -> list[float]:
         speed = base * rng.normal(1.0, 0.10)
         return list(speed * rng.normal(1.0, 0.01, calls))
 
-    trials, one_worker, five, uneven = 120, 0, 0, 0
+    trials, one_worker, three, five, uneven = 120, 0, 0, 0, 0
     for _ in range(trials):
         mine, ref = [process(2.0) for _ in range(5)], [process(1.0) for _ in range(5)]
         single = bootstrap_ratio(mine[0], ref[0], resamples=400)
@@ -167,11 +205,14 @@ def test_the_nested_interval_covers_a_fresh_sweep_where_one_workers_does_not() -
         # processes that made different numbers of calls (time-based steady calls)
         ragged = bootstrap_ratio_nested([process(2.0, n) for n in (4, 5, 6, 5, 7)], ref, resamples=400)
         assert single is not None and nested is not None and ragged is not None
+        fewer = bootstrap_ratio_nested(mine[:3], ref[:3], resamples=400)
+        assert fewer is not None
         one_worker += single.contains(2.0)
+        three += fewer.contains(2.0)
         five += nested.contains(2.0)
         uneven += ragged.contains(2.0)
     assert one_worker / trials < 0.35
-    assert five / trials > 0.75 and uneven / trials > 0.75
+    assert three / trials > 0.7 and five / trials > 0.75 and uneven / trials > 0.75
 
 
 @pytest.mark.parametrize("text", ["0", "three", "101"])
@@ -180,3 +221,9 @@ def test_processes_must_be_a_sensible_count(text: str, capsys: pytest.CaptureFix
         cli_main(["bench", "zoo:tiny-flux", "--processes", text])
     assert exit_info.value.code == 2
     assert "--processes" in capsys.readouterr().err
+
+
+def test_processes_without_steady_calls_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_main(["bench", "zoo:tiny-flux", "--processes", "3", "--repeats", "0", "--db", str(tmp_path / "r.db")])
+    assert code != 0 and "--repeats 0" in capsys.readouterr().err
+    assert not (tmp_path / "r.db").exists()

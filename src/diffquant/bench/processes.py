@@ -2,13 +2,14 @@
 outcomes become one run record.
 
 Within one worker the steady calls agree closely, but a fresh worker of the same recipe, minutes
-later on the same idle machine, can be 10-25% faster or slower (docs/data/worker_spread.json:
-bf16's p50 from 2.71 to 3.44 s over four workers). An interval over one worker's calls cannot see
+later on the same idle machine, can be faster or slower by more (docs/data/worker_spread.json:
+bf16's p50 from 2.71 to 3.44 s over four workers, 27%). An interval over one worker's calls cannot see
 that. With N processes the sweep runs every recipe N times, in rounds (reference, A, B, ...,
 reference, A, B, ...) so that each recipe's processes are spread over the sweep, and files one row:
 
-- every metric of the **first** process: memory, load, first call, compile time, images (what a
-  first run costs; later processes save no images);
+- every metric of the **first** process: memory, load, first call, compile time (its first call
+  minus its own p50), step times, page faults, images (what a first run costs; later processes
+  save no images);
 - the steady calls of **all** processes: ``call.latency_s.*`` over the pooled calls, each
   process's calls in ``call.latency_s.by_process`` and its p50 in ``call.latency_s.process_p50s``
   (the ratio's interval resamples processes, then calls: ``store.summary.latency_groups``);
@@ -28,7 +29,7 @@ from typing import Any
 
 from diffquant.bench.measure import latency_stats, percentile
 from diffquant.bench.runner import WorkerOutcome
-from diffquant.store.summary import LATENCY_BY_PROCESS, LATENCY_PROCESS_P50S, LATENCY_SAMPLES
+from diffquant.store.summary import LATENCY_BY_PROCESS, LATENCY_PROCESS_P50S, latency_samples
 
 LATENCY = "call.latency_s"
 # the host's load during the run: a row is as contended as its most contended process
@@ -44,7 +45,7 @@ def merge_outcomes(outcomes: Sequence[WorkerOutcome]) -> WorkerOutcome:
         raise ValueError("merge_outcomes takes one or more successful outcomes")
     first = outcomes[0]
     metrics: dict[str, Any] = dict(first.metrics)
-    groups = [_samples(o.metrics) for o in outcomes]
+    groups = [latency_samples(o.metrics) for o in outcomes]
     pooled = [value for group in groups for value in group]
     metrics.update(latency_stats(LATENCY, pooled, keep_samples=True))
     metrics[LATENCY_BY_PROCESS] = [[round(float(v), 6) for v in group] for group in groups]
@@ -58,8 +59,3 @@ def merge_outcomes(outcomes: Sequence[WorkerOutcome]) -> WorkerOutcome:
             metrics[f"{name}.all_processes"] = sum(values)
     metrics["run.processes"] = len(outcomes)
     return replace(first, metrics=metrics, wall_s=sum(o.wall_s for o in outcomes))
-
-
-def _samples(metrics: dict[str, Any]) -> list[float]:
-    values = metrics.get(LATENCY_SAMPLES)
-    return [float(v) for v in values if isinstance(v, (int, float))] if isinstance(values, list) else []

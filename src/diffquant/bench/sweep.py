@@ -9,6 +9,12 @@ each finished run (or failure) written to the results database as soon as it end
 - A run's row and its image rows are written in one transaction after the worker has exited (the
   worker wrote the image files atomically before), so an interrupted sweep leaves only complete
   runs behind and resumes where it stopped.
+- With ``settings.processes`` = N > 1 each recipe runs in N workers, in rounds (reference, A, B,
+  ..., then again), and its row is written when its last process ends (``bench/processes.py``).
+  The rows therefore come in the last round: an interrupted sweep keeps only the recipes finished
+  by then, and a resumed one runs the others' N processes again (without the reference between
+  them, if the reference was recorded). Ray, which takes jobs ahead, may run a recipe's processes
+  at once on different nodes rather than in rounds.
 - Where the workers run is the executor's business (``executors.py``): here, one at a time (the
   default), or as Ray tasks on a cluster (``executor_ray.py``). Either way only the sweep writes
   the database and keeps image folders.
@@ -24,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +233,7 @@ def run_sweep(options: SweepOptions, on_event: SweepEventHandler | None = None) 
         planned = plan_sweep(options, db)
         report = SweepReport(sid, options.model, planned[0].name, db_path, planned, {})
         emit("plan", planned[0], {"planned": planned})
-        processes = max(options.settings.processes, 1)
+        processes = options.settings.processes
         open_jobs: dict[tuple[int, int], Job] = {}
         # (job, outcome) of each finished process of a recipe whose row is not yet written
         finished: dict[int, list[tuple[Job, WorkerOutcome]]] = {}
@@ -277,6 +283,7 @@ def run_sweep(options: SweepOptions, on_event: SweepEventHandler | None = None) 
                     if index in report.rows:  # a process of this recipe failed already (Ray ran ahead)
                         _discard(job)
                         continue
+                    _check_recipe_hash(job.item, outcome)  # every process's, not only the first's
                     done = finished.setdefault(index, [])
                     done.append((job, outcome))
                     if outcome.status == "ok" and len(done) < processes:
@@ -288,7 +295,7 @@ def run_sweep(options: SweepOptions, on_event: SweepEventHandler | None = None) 
                         if other is not first:
                             _discard(other)
                     report.rows[index] = _finish(options, db, sid, first, merged, image_root)
-                    emit("finish", job.item, {"row": report.rows[index]})
+                    emit("finish", job.item, {"row": report.rows[index], "process": job.process})
         finally:  # interrupted: runs that were not recorded keep no files
             for job in [*open_jobs.values(), *(j for i, done in finished.items() if i not in report.rows
                                                for j, _ in done)]:
@@ -305,11 +312,11 @@ def _merge(done: list[tuple[Job, WorkerOutcome]], processes: int) -> tuple[Job, 
         return done[0]
     from diffquant.bench.processes import merge_outcomes
 
-    failed = [outcome for _, outcome in done if outcome.status != "ok"]
-    if failed:  # the failure alone, naming its process
-        job, outcome = next(pair for pair in done if pair[1].status != "ok")
-        outcome.error = f"process {job.process + 1} of {processes}: {outcome.error}"
-        return done[0][0], outcome
+    failed = next(((job, outcome) for job, outcome in done if outcome.status != "ok"), None)
+    if failed is not None:  # the failure alone, naming its process
+        job, outcome = failed
+        return done[0][0], replace(outcome, error=f"process {job.process + 1} of {processes}: "
+                                                  f"{outcome.error or 'failed without a message'}")
     return done[0][0], merge_outcomes([outcome for _, outcome in done])
 
 

@@ -61,10 +61,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="and go on with steady calls until they have taken this many seconds "
                              "(time-based; default 0: count-based, --repeats calls)")
     parser.add_argument("--processes", type=argtype(parse_processes), default=1,
-                        help="measure each recipe in this many fresh worker processes, one after another in rounds "
-                             "(reference, A, B, ... then again), pooling their steady calls; the latency ratio's CI "
-                             "then also covers how much a fresh worker's speed differs, which one process cannot "
-                             "show. Memory, compile time and images come from the first process (default: 1)")
+                        help="measure each recipe in this many fresh worker processes, in rounds (reference, A, B, "
+                             "... then again; Ray may run them at once), pooling their steady calls; the latency "
+                             "ratio's CI then resamples the processes too, so it also reflects how much a fresh "
+                             "worker's speed differs, which one process cannot show. Memory, compile time and images "
+                             "come from the first process (default: 1)")
     parser.add_argument("--warmup", type=argtype(parse_count), default=0,
                         help="extra untimed calls after the first one, e.g. for CUDA graphs (default: 0)")
     parser.add_argument("--timeout", type=argtype(parse_timeout), default=3600.0,
@@ -138,6 +139,12 @@ def run(args: argparse.Namespace) -> int:
     prompts = list(args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
     recipes = split_recipes(args.recipes) if args.recipes else list(SEED_RECIPES)
     check_size_for_model(resolve_model(args.model), width, height)
+    if args.processes > 1 and args.repeats == 0:
+        from diffquant.errors import DiffquantError
+
+        raise DiffquantError(f"--processes {args.processes} pools the steady calls of every process, but --repeats 0 "
+                             "asks for none: the extra processes would measure nothing.",
+                             hint="give --repeats 3 (or more) with --processes, or drop --processes")
     settings = resolve_settings(args.model, prompts=prompts or None, seeds=args.seeds,
                                 steps=args.steps, height=height, width=width, guidance_scale=args.guidance,
                                 device=args.device, repeats=args.repeats, warmup=args.warmup,
@@ -227,7 +234,8 @@ class SweepDisplay:
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=self.console)
         self.sweep_task: Any = None
         self.run_task: Any = None
-        self.run_tasks: dict[int, Any] = {}  # planned index -> its progress line (Ray runs several at once)
+        # (planned index, process) -> its progress line (Ray runs several at once)
+        self.run_tasks: dict[tuple[int, int], Any] = {}
         self.calls = 1
         self.steps = 1
         self.name = ""
@@ -256,28 +264,27 @@ class SweepDisplay:
             self.name = item.name + (f" [process {int(data.get('process') or 0) + 1}/{processes}]"
                                      if processes > 1 else "")
             self.run_task = progress.add_task(f"{self.name}: starting", total=None)
-            self.run_tasks[item.index] = self.run_task
+            self.run_tasks[(item.index, int(data.get("process") or 0))] = self.run_task
         elif kind == "worker":
             self._worker_event(data)
         elif kind == "process":  # one of a recipe's processes ended; its row comes with the last
             from rich.markup import escape
 
-            task = self.run_tasks.pop(item.index, self.run_task)
-            if task is not None:
-                progress.remove_task(task)
-            if task == self.run_task:
-                self.run_task = None
+            self._end_task(item.index, data)
             p50 = data["outcome"].metrics.get("call.latency_s.p50")
             self.console.print(f"  [dim]· {escape(item.name)}: process {data['process'] + 1}/{data['processes']} done"
                                + (f", p50 {p50:.3g} s[/]" if isinstance(p50, (int, float)) else "[/]"))
         elif kind == "finish":
-            task = self.run_tasks.pop(item.index, self.run_task)
-            if task is not None:
-                progress.remove_task(task)
-            if task == self.run_task:
-                self.run_task = None
+            self._end_task(item.index, data)
             progress.advance(self.sweep_task)
             self.console.print("  " + finish_line(data["row"]))
+
+    def _end_task(self, index: int, data: dict[str, Any]) -> None:
+        task = self.run_tasks.pop((index, int(data.get("process") or 0)), self.run_task)
+        if task is not None:
+            self.progress.remove_task(task)
+        if task == self.run_task:
+            self.run_task = None
 
     def _worker_event(self, event: dict[str, Any]) -> None:
         if self.run_task is None:
@@ -313,6 +320,8 @@ def finish_line(row: Any) -> str:
     peak = m.get("gen.cuda_max_reserved_mib") if on_cuda else model_peak or m.get("gen.peak_rss_mib")
     weights = m.get("weights.total_bytes")
     flag = " · [yellow]contended[/]" if m.get("host.contended") else ""
+    processes = int(m.get("run.processes") or 1)
+    over = f" over {processes} processes" if processes > 1 else ""
     return (f"[green]ok {escape(row.recipe)}[/]: load {fmt_s(m.get('load.wall_s'))} · "
-            f"call p50 {fmt_s(m.get('call.latency_s.p50'))} · {'model peak' if model_peak else 'peak'} "
+            f"call p50 {fmt_s(m.get('call.latency_s.p50'))}{over} · {'model peak' if model_peak else 'peak'} "
             f"{fmt_mib(peak)} · weights {fmt_mib(weights / 1048576 if weights else None)}{flag}")

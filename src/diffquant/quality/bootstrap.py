@@ -13,7 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    from numpy.typing import NDArray
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_LEVEL = 0.95
@@ -109,6 +113,8 @@ def bootstrap_ratio(values: Sequence[float], reference: Sequence[float], *, q: f
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = sa / sb
     ratios = ratios[np.isfinite(ratios)]
+    if ratios.size == 0:  # every resampled reference statistic was 0
+        return None
     alpha = (1.0 - level) / 2.0
     low, high = (float(x) for x in np.quantile(ratios, [alpha, 1.0 - alpha], method="inverted_cdf"))
     return Estimate(int(min(a.size, b.size)), point, min(low, point), max(high, point), level)
@@ -121,7 +127,9 @@ def bootstrap_ratio_nested(groups: Sequence[Sequence[float]], reference_groups: 
     process): every resample draws the groups with replacement, then the values within each drawn
     group, so the interval also covers how much a fresh process's speed differs (a two-stage, or
     cluster, bootstrap). The point estimate is the percentile over all values pooled. One group per
-    side gives exactly ``bootstrap_ratio``'s interval. ``n`` is the smaller side's number of groups."""
+    side is exactly ``bootstrap_ratio`` (``n``: the smaller sample); otherwise ``n`` is the smaller
+    side's number of groups. With few groups (3) the interval is still somewhat too narrow: the
+    groups' spread is estimated from only those few."""
     import numpy as np
 
     a = [np.asarray([v for v in g if math.isfinite(v)], dtype=np.float64) for g in groups]
@@ -130,8 +138,7 @@ def bootstrap_ratio_nested(groups: Sequence[Sequence[float]], reference_groups: 
     if not a or not b:
         return None
     if len(a) == 1 and len(b) == 1:
-        single = bootstrap_ratio(a[0].tolist(), b[0].tolist(), q=q, level=level, resamples=resamples, seed=seed)
-        return None if single is None else Estimate(1, single.mean, single.ci_low, single.ci_high, level)
+        return bootstrap_ratio(a[0].tolist(), b[0].tolist(), q=q, level=level, resamples=resamples, seed=seed)
     denominator = float(np.percentile(np.concatenate(b), q))
     if denominator == 0:
         return None
@@ -141,12 +148,15 @@ def bootstrap_ratio_nested(groups: Sequence[Sequence[float]], reference_groups: 
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = sa / sb
     ratios = ratios[np.isfinite(ratios)]
+    if ratios.size == 0:  # every resampled reference statistic was 0
+        return None
     alpha = (1.0 - level) / 2.0
     low, high = (float(x) for x in np.quantile(ratios, [alpha, 1.0 - alpha], method="inverted_cdf"))
     return Estimate(int(min(len(a), len(b))), point, min(low, point), max(high, point), level)
 
 
-def _two_stage_percentiles(groups: list[Any], q: float, resamples: int, rng: Any) -> Any:
+def _two_stage_percentiles(groups: list[NDArray[np.float64]], q: float, resamples: int,
+                           rng: np.random.Generator) -> NDArray[np.float64]:
     """``resamples`` percentiles, each of the values of groups drawn with replacement and values
     drawn with replacement within each drawn group."""
     import numpy as np

@@ -246,8 +246,9 @@ def _fill_columns(sweep: SweepView, store_columns: dict[str, Any]) -> None:
             elif process and summ.get(f"{key}.fallback"):
                 cell.extra = "whole process"
             elif key == "inference_s" and summ.get("inference_s.p25") is not None and (summ.get("inference_s.n") or 0) > 1:
+                processes = summ.get("inference_s.processes") or 1
                 cell.extra = (f"IQR {fmt_seconds(summ['inference_s.p25'])}–{fmt_seconds(summ['inference_s.p75'])}, "
-                              f"n={summ['inference_s.n']}")
+                              f"n={summ['inference_s.n']}" + (f" in {processes} processes" if processes > 1 else ""))
 
 
 def _fill_metrics(sweep: SweepView) -> None:

@@ -30,11 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffquant.figures import fmt_mib, fmt_ratio, fmt_ratio_ci, fmt_s  # re-exported: scripts use them
 from diffquant.store.db import RunRow
 from diffquant.store.reference import choose_reference
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffquant.quality.bootstrap import Estimate
 
 MIB = 1024 * 1024
 
@@ -106,13 +109,22 @@ def latency_groups(metrics: dict[str, Any]) -> list[list[float]]:
     the run had several, else its one process's ``call.latency_s.samples`` ([] without samples)."""
     by_process = metrics.get(LATENCY_BY_PROCESS)
     if isinstance(by_process, list) and by_process and all(isinstance(g, list) for g in by_process):
-        return [[float(v) for v in g if isinstance(v, (int, float))] for g in by_process]
-    values = metrics.get(LATENCY_SAMPLES)
-    samples = [float(v) for v in values if isinstance(v, (int, float))] if isinstance(values, list) else []
+        return [_numbers(g) for g in by_process]
+    samples = latency_samples(metrics)
     return [samples] if samples else []
 
 
-def latency_ratio(metrics: dict[str, Any], reference_metrics: dict[str, Any]) -> Any:
+def latency_samples(metrics: dict[str, Any]) -> list[float]:
+    """One worker's steady-call latencies (``call.latency_s.samples``; [] without them)."""
+    values = metrics.get(LATENCY_SAMPLES)
+    return _numbers(values) if isinstance(values, list) else []
+
+
+def _numbers(values: list[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def latency_ratio(metrics: dict[str, Any], reference_metrics: dict[str, Any]) -> Estimate | None:
     """The p50 latency ratio of two runs with its bootstrap 95% CI (``quality.bootstrap.Estimate``;
     None without samples): over both runs' steady calls, and over their worker processes too where
     a run had several (``bootstrap_ratio_nested``; ``n`` is then the fewer processes)."""
@@ -162,8 +174,7 @@ def _latency(row: dict[str, Any], run: RunRow, ref: RunRow | None) -> None:
     row["inference_s.p75"] = _number(run, "call.latency_s.p75") if run.ok else None
     n = run.metrics.get("call.latency_s.n")
     row["inference_s.n"] = int(n) if isinstance(n, (int, float)) and run.ok else None
-    processes = run.metrics.get("run.processes")
-    row["inference_s.processes"] = int(processes) if isinstance(processes, int) and run.ok else (1 if run.ok else None)
+    row["inference_s.processes"] = int(run.metrics.get("run.processes") or 1) if run.ok else None
     row["inference_s.ratio_low"] = row["inference_s.ratio_high"] = None
     if not run.ok or ref is None or ref is run or row.get("inference_s.ratio") is None:
         return
