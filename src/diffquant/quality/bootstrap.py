@@ -110,14 +110,7 @@ def bootstrap_ratio(values: Sequence[float], reference: Sequence[float], *, q: f
     rng = np.random.default_rng(seed)
     sa = np.percentile(a[rng.integers(0, a.size, size=(resamples, a.size))], q, axis=1)
     sb = np.percentile(b[rng.integers(0, b.size, size=(resamples, b.size))], q, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = sa / sb
-    ratios = ratios[np.isfinite(ratios)]
-    if ratios.size == 0:  # every resampled reference statistic was 0
-        return None
-    alpha = (1.0 - level) / 2.0
-    low, high = (float(x) for x in np.quantile(ratios, [alpha, 1.0 - alpha], method="inverted_cdf"))
-    return Estimate(int(min(a.size, b.size)), point, min(low, point), max(high, point), level)
+    return _ratio_interval(sa, sb, point, int(min(a.size, b.size)), level)
 
 
 def bootstrap_ratio_nested(groups: Sequence[Sequence[float]], reference_groups: Sequence[Sequence[float]], *,
@@ -145,14 +138,23 @@ def bootstrap_ratio_nested(groups: Sequence[Sequence[float]], reference_groups: 
     point = float(np.percentile(np.concatenate(a), q)) / denominator
     rng = np.random.default_rng(seed)
     sa, sb = _two_stage_percentiles(a, q, resamples, rng), _two_stage_percentiles(b, q, resamples, rng)
+    return _ratio_interval(sa, sb, point, int(min(len(a), len(b))), level)
+
+
+def _ratio_interval(resampled: NDArray[np.float64], resampled_reference: NDArray[np.float64], point: float,
+                    n: int, level: float) -> Estimate | None:
+    """The percentile interval of ``resampled / resampled_reference``, always holding ``point``;
+    None when every resampled reference statistic was 0."""
+    import numpy as np
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = sa / sb
+        ratios = resampled / resampled_reference
     ratios = ratios[np.isfinite(ratios)]
-    if ratios.size == 0:  # every resampled reference statistic was 0
+    if ratios.size == 0:
         return None
     alpha = (1.0 - level) / 2.0
     low, high = (float(x) for x in np.quantile(ratios, [alpha, 1.0 - alpha], method="inverted_cdf"))
-    return Estimate(int(min(len(a), len(b))), point, min(low, point), max(high, point), level)
+    return Estimate(n, point, min(low, point), max(high, point), level)
 
 
 def _two_stage_percentiles(groups: list[NDArray[np.float64]], q: float, resamples: int,
