@@ -47,10 +47,11 @@ def one_sweep(model: str, reference: str, recipe: str, settings: Sequence[str], 
     return {r["recipe"]: {k: r["metrics"].get(k) for k in KEEP} for r in runs if r.get("status") == "ok"}
 
 
-def ratio_with_ci(run: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, float] | None:
-    from diffquant.quality.bootstrap import bootstrap_ratio
+def ratio_with_ci(run: dict[str, Any], reference: dict[str, Any]) -> dict[str, float] | None:
+    """The table's own latency ratio and CI (``store.summary.latency_ratio``) of the two runs' kept counters."""
+    from diffquant.store.summary import latency_ratio
 
-    est = bootstrap_ratio(run["call.latency_s.samples"], reference["call.latency_s.samples"])
+    est = latency_ratio(run, reference)
     return None if est is None else {"ratio": est.mean, "low": est.ci_low, "high": est.ci_high}
 
 

@@ -51,11 +51,15 @@ def merge_outcomes(outcomes: Sequence[WorkerOutcome]) -> WorkerOutcome:
     metrics[LATENCY_BY_PROCESS] = [[round(float(v), 6) for v in group] for group in groups]
     metrics[LATENCY_PROCESS_P50S] = [percentile(group, 50) for group in groups]
     for name in WORST_OF:
-        values = [o.metrics.get(name) for o in outcomes if isinstance(o.metrics.get(name), (int, float))]
+        values = _numbers_of(outcomes, name)
         metrics[name] = max(values) if values else first.metrics.get(name)
     for name in SUMMED:
-        values = [o.metrics.get(name) for o in outcomes if isinstance(o.metrics.get(name), (int, float))]
-        if values:
+        if values := _numbers_of(outcomes, name):
             metrics[f"{name}.all_processes"] = sum(values)
     metrics["run.processes"] = len(outcomes)
     return replace(first, metrics=metrics, wall_s=sum(o.wall_s for o in outcomes))
+
+
+def _numbers_of(outcomes: Sequence[WorkerOutcome], name: str) -> list[float]:
+    """The processes' values of metric ``name``, where they recorded a number."""
+    return [o.metrics[name] for o in outcomes if isinstance(o.metrics.get(name), (int, float))]
